@@ -1,0 +1,25 @@
+"""The shared registry of workers, sessions and the queue."""
+
+from wslb.registry._interfaces import (
+    DEAD,
+    HEALTHY,
+    PACK,
+    SPREAD,
+    STARTING,
+    UNHEALTHY,
+    WORKER_STATES,
+    Assigned,
+    AssignRequest,
+    IRegistry,
+    Queued,
+    QueueFull,
+    QueueInfo,
+    Session,
+    Worker,
+)
+
+__all__ = [
+    "DEAD", "HEALTHY", "PACK", "SPREAD", "STARTING", "UNHEALTHY", "WORKER_STATES",
+    "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
+    "Session", "Worker",
+]

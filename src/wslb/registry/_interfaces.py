@@ -1,0 +1,234 @@
+"""
+The registry: the only state wslb instances share.
+
+Every method returns a Deferred, so that a Redis-backed implementation can
+stand in for the in-memory one; both pass ``tests/registry_contract.py``.
+Every state change that must be atomic is one call here (and one Lua script
+in the Redis implementation). Times are seconds from the injected clock
+(``reactor.seconds()``), passed in by the caller as ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import Interface
+
+STARTING = "starting"
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+DEAD = "dead"
+WORKER_STATES = (STARTING, HEALTHY, UNHEALTHY, DEAD)
+
+PACK = "pack"
+SPREAD = "spread"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A snapshot of one worker's record."""
+
+    id: str
+    url: str  # ws://host:port
+    provider: str  # "local", "static", "ec2", "registered"
+    state: str  # one of WORKER_STATES
+    draining: bool
+    capacity: int
+    load: int  # sum of the costs of its sessions
+    sessions: tuple[str, ...]
+    started_at: float
+    state_since: float  # when ``state`` was last changed
+    idle_since: float | None  # when load last dropped to 0 (None while loaded)
+    last_seen: float | None  # last passed health check or heartbeat
+
+    @property
+    def assignable(self) -> bool:
+        return self.state == HEALTHY and not self.draining
+
+    def fits(self, cost: int) -> bool:
+        return self.assignable and self.capacity - self.load >= cost
+
+
+@dataclass(frozen=True)
+class Session:
+    """A snapshot of one session: a key bound to a worker."""
+
+    key: str
+    worker: str  # worker id
+    cost: int
+    connections: int  # live user connections across all instances
+    since: float  # when it was assigned
+    disconnected_at: float | None  # when connections last dropped to 0
+
+    @property
+    def connected(self) -> bool:
+        return self.connections > 0
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """``assign`` found the key's worker (``fresh``: it was just bound)."""
+
+    worker: Worker
+    fresh: bool
+
+
+@dataclass(frozen=True)
+class Queued:
+    """``assign`` put (or kept) the caller in the queue."""
+
+    ticket: str
+    position: int  # 0 is the head
+
+
+@dataclass(frozen=True)
+class QueueFull:
+    """``assign`` found no room and the queue at its maximum length."""
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    length: int
+    oldest_wait: float  # seconds the head has waited; 0 when empty
+    demand: int  # sum of the costs of queued tickets
+
+
+@dataclass(frozen=True)
+class AssignRequest:
+    """Everything ``assign`` needs to decide, in one round trip."""
+
+    key: str
+    cost: int
+    instance: str  # the wslb instance holding the connection
+    placement: str = PACK  # PACK | SPREAD
+    max_queue: int = 1000
+    ticket: str | None = None  # set when a queued caller retries
+    extra: dict = field(default_factory=dict)
+
+
+class IRegistry(Interface):
+    """Workers, sessions and the waiting queue, shared by all instances."""
+
+    # -- workers --------------------------------------------------------
+
+    def addWorker(worker_id, url, provider, capacity, now):
+        """
+        Register a worker in state ``starting``. Idempotent: an existing
+        record is returned unchanged. Fires with the L{Worker}.
+        """
+
+    def getWorker(worker_id):
+        """Fire with the L{Worker}, or None."""
+
+    def listWorkers():
+        """Fire with a list of every L{Worker}, ordered by id."""
+
+    def setWorkerState(worker_id, state, now):
+        """
+        Move a worker to ``state`` (any of WORKER_STATES); ``state_since``
+        changes only when the state does. A worker moved to ``dead`` loses
+        its sessions (they are deleted, and their users get a fresh worker on
+        reconnect) and capacity listeners are told. A passing health check
+        (``healthy``) also sets ``last_seen``. Fires with the new L{Worker},
+        or None when unknown.
+        """
+
+    def setDraining(worker_id, draining):
+        """Set the draining flag. Fires with the L{Worker}, or None."""
+
+    def heartbeat(worker_id, now):
+        """Set ``last_seen``. Fires with the L{Worker}, or None."""
+
+    def removeWorker(worker_id):
+        """
+        Delete a worker and its sessions. Fires with the list of session keys
+        that were dropped (empty when unknown).
+        """
+
+    def claimIdleWorker(worker_id):
+        """
+        Atomically delete the worker only if it has no sessions, so that it
+        can be terminated without racing an assignment. Fires with True when
+        claimed, False otherwise (loaded or unknown).
+        """
+
+    # -- sessions -------------------------------------------------------
+
+    def assign(request, now):
+        """
+        Look up or assign ``request.key`` in one atomic step and count one
+        more live connection for it:
+
+          - the key has a session on a live worker: L{Assigned} (fresh False),
+            even if that worker is full or draining;
+          - otherwise, when the queue is empty (or ``request.ticket`` is its
+            head) and a worker fits ``request.cost``: bind the key to the one
+            ``request.placement`` picks (PACK: the highest load it fits in;
+            SPREAD: the lowest; ties by worker id), dequeue the ticket, and
+            fire L{Assigned} (fresh True);
+          - otherwise keep ``request.ticket`` queued, or enqueue a new ticket
+            at the tail: L{Queued}; or L{QueueFull} when a new ticket would
+            make the queue longer than ``request.max_queue``.
+
+        On L{Queued} and L{QueueFull} no connection is counted.
+        """
+
+    def release(key, instance, now):
+        """
+        Count one live connection less for ``key``; at zero set
+        ``disconnected_at`` (its reconnect grace starts). Fires with the
+        L{Session} or None.
+        """
+
+    def endSession(key):
+        """
+        End a session: delete it and free its cost on its worker. Capacity
+        listeners are told. Fires with the ended L{Session}, or None.
+        """
+
+    def expireSessions(now, grace):
+        """
+        End every session with no live connection whose ``disconnected_at``
+        is ``grace`` seconds or more before ``now``. Fires with the list of
+        ended keys.
+        """
+
+    def getSession(key):
+        """Fire with the L{Session}, or None."""
+
+    def listSessions():
+        """Fire with a list of every L{Session}, ordered by key."""
+
+    # -- queue ----------------------------------------------------------
+
+    def leaveQueue(ticket):
+        """Remove a ticket from the queue (the client gave up). Idempotent."""
+
+    def touchTickets(tickets, now):
+        """Refresh the heartbeat of tickets this instance still holds."""
+
+    def expireTickets(now, max_age):
+        """
+        Drop tickets whose heartbeat is older than ``max_age`` (their instance
+        died). Fires with the number dropped.
+        """
+
+    def queueInfo(now):
+        """Fire with a L{QueueInfo}."""
+
+    # -- notification ---------------------------------------------------
+
+    def addCapacityListener(listener):
+        """
+        Call ``listener()`` (no arguments, on the reactor) whenever capacity
+        may have become free anywhere: a session ended, a worker became
+        healthy or stopped draining, a worker was added. Queued callers retry
+        then, so freed capacity serves the queue at once.
+        """
+
+    def addSessionEndedListener(listener):
+        """
+        Call ``listener(key)`` when a session was ended by any instance (its
+        live connections, wherever they are, must be closed).
+        """
+
