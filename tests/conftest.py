@@ -3,6 +3,7 @@
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -75,3 +76,20 @@ def own_redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def twisted_log_to_captured_stderr():
+    """Show wslb's own log lines (info and up) with a failing test's output."""
+    from twisted.logger import (
+        FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+        globalLogPublisher, textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+    )
+    globalLogPublisher.addObserver(observer)
+    yield
+    globalLogPublisher.removeObserver(observer)

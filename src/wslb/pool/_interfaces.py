@@ -45,3 +45,24 @@ class IProvider(Interface):
         (a local process exited), so it is marked dead without waiting for
         health checks.
         """
+
+
+class ILeader(Interface):
+    """
+    Whether this instance runs the pool: exactly one instance launches,
+    terminates and health-checks workers (DESIGN §6).
+    """
+
+    fencingToken = Attribute(
+        "An int that grows with every new leadership, recorded with each "
+        "scaler action so that actions of a stale leader can be told apart."
+    )
+
+    def isLeader():
+        """True while this instance believes it leads (no I/O): gates the pool's timers."""
+
+    def checkLeader():
+        """
+        Confirm the leadership with its source of truth just before an action
+        with effects outside wslb (launch, terminate). Fires with a bool.
+        """

@@ -1,0 +1,235 @@
+"""
+The admin HTTP API (DESIGN section 7): health for the load balancer in front,
+and JSON views of workers, sessions and the queue, read from the registry.
+
+Routes are one explicit table of (method, path template, handler). A handler
+is ``async (request, **path_params) -> Response``; it awaits the registry
+through ``_ask``, which bounds the wait, so no admin request hangs on a
+registry that does not answer. Mutating routes join the same table, each
+wrapped in its bearer-token check.
+"""
+
+import json
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+log = Logger()
+
+DEFAULT_TIMEOUT = 3.0  # seconds the registry may take; NLB health checks wait ~5 s
+
+
+class Response(NamedTuple):
+    code: int
+    body: dict
+    headers: tuple = ()  # (name, value) pairs
+
+
+def error(code, message, headers=()):
+    return Response(code, {"error": message}, headers)
+
+
+def isoTime(seconds):
+    """Clock seconds (since the epoch) as ISO-8601 UTC, e.g. 2022-02-08T15:27:00Z."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def workerRecord(worker):
+    """A L{Worker} as the JSON record of DESIGN section 6."""
+    return {
+        "id": worker.id,
+        "url": worker.url,
+        "provider": worker.provider,
+        "state": worker.state,
+        "draining": worker.draining,
+        "capacity": worker.capacity,
+        "load": worker.load,
+        "sessions": list(worker.sessions),
+        "last_seen": isoTime(worker.last_seen),
+        "started_at": isoTime(worker.started_at),
+    }
+
+
+def sessionRecord(session):
+    return {
+        "key": session.key,
+        "worker": session.worker,
+        "cost": session.cost,
+        "connected": session.connected,
+        "since": isoTime(session.since),
+    }
+
+
+class Route:
+    """One row of the routing table, e.g. GET /api/v1/workers/{id}."""
+
+    def __init__(self, method, template, handler):
+        self.method = method
+        self.segments = template.strip("/").split("/")
+        self.handler = handler
+
+    def match(self, segments):
+        """The path parameters when ``segments`` fit the template, else None."""
+        if len(segments) != len(self.segments):
+            return None
+        params = {}
+        for pattern, segment in zip(self.segments, segments):
+            if pattern.startswith("{"):
+                params[pattern[1:-1]] = segment
+            elif pattern != segment:
+                return None
+        return params
+
+    def accepts(self, method):
+        return method == self.method or (method == "HEAD" and self.method == "GET")
+
+
+class AdminAPI(Resource):
+    """The JSON API: routes every path itself (a leaf), answers JSON only."""
+
+    isLeaf = True
+
+    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+        super().__init__()
+        self._registry = registry
+        self._clock = clock
+        self._isServing = isServing
+        self._timeout = timeout
+        self.routes = [
+            Route("GET", "/healthz", self.healthz),
+            Route("GET", "/api/v1/workers", self.listWorkers),
+            Route("GET", "/api/v1/workers/{id}", self.getWorker),
+            Route("GET", "/api/v1/sessions", self.listSessions),
+            Route("GET", "/api/v1/sessions/{key}", self.getSession),
+            Route("GET", "/api/v1/queue", self.queue),
+        ]
+
+    # -- handlers -------------------------------------------------------
+
+    async def healthz(self, request):
+        try:
+            serving = await self._ask(defer.maybeDeferred(self._isServing))
+        except Exception as e:
+            log.warn("healthz: not serving: {error!r}", error=e)
+            serving = False
+        return Response(200 if serving else 503, {"ok": bool(serving)})
+
+    async def listWorkers(self, request):
+        workers = await self._ask(self._registry.listWorkers())
+        return Response(200, {"workers": [workerRecord(w) for w in workers]})
+
+    async def getWorker(self, request, id):
+        worker = await self._ask(self._registry.getWorker(id))
+        if worker is None:
+            return error(404, f"no worker {id!r}")
+        return Response(200, workerRecord(worker))
+
+    async def listSessions(self, request):
+        sessions = await self._ask(self._registry.listSessions())
+        return Response(200, {"sessions": [sessionRecord(s) for s in sessions]})
+
+    async def getSession(self, request, key):
+        session = await self._ask(self._registry.getSession(key))
+        if session is None:
+            return error(404, f"no session {key!r}")
+        return Response(200, sessionRecord(session))
+
+    async def queue(self, request):
+        info = await self._ask(self._registry.queueInfo(self._clock.seconds()))
+        return Response(200, {
+            "length": info.length,
+            "oldest_wait_seconds": round(info.oldest_wait, 3),
+        })
+
+    # -- plumbing -------------------------------------------------------
+
+    def _ask(self, d):
+        """Bound a registry call: past the timeout it fails with TimeoutError."""
+        return d.addTimeout(self._timeout, self._clock)
+
+    def render(self, request):
+        gone = []  # the client went away: write nothing to its request
+        request.notifyFinish().addErrback(gone.append)
+        d = defer.Deferred.fromCoroutine(self._dispatch(request))
+        d.addCallback(self._write, request, gone)
+        return NOT_DONE_YET
+
+    async def _dispatch(self, request):
+        # prepath + postpath is the whole path, already split and unquoted
+        # (so a quoted id like "10.0.2.110%3A9000" arrives as one segment).
+        segments = [s.decode("utf-8", "replace") for s in request.prepath + request.postpath]
+        if len(segments) > 1 and segments[-1] == "":
+            segments.pop()  # tolerate one trailing slash
+        method = request.method.decode("ascii", "replace")
+        matching = [(r, p) for r in self.routes if (p := r.match(segments)) is not None]
+        if not matching:
+            return error(404, "no such resource")
+        for route, params in matching:
+            if route.accepts(method):
+                return await self._handle(route, request, params)
+        allowed = ", ".join(sorted({route.method for route, _ in matching}))
+        return error(405, f"method {method} not allowed; use {allowed}", (("Allow", allowed),))
+
+    async def _handle(self, route, request, params):
+        try:
+            return await route.handler(request, **params)
+        except defer.TimeoutError:
+            return error(503, "the registry did not answer in time")
+        except Exception:
+            log.failure("admin API: {method} {uri} failed",
+                        method=request.method, uri=request.uri)
+            return error(500, "internal error")
+
+    def _write(self, response, request, gone):
+        if gone:
+            return
+        request.setResponseCode(response.code)
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
+        for name, value in response.headers:
+            request.setHeader(name, value)
+        request.write(json.dumps(response.body).encode("utf-8") + b"\n")
+        request.finish()
+
+
+class AdminRoot(Resource):
+    """
+    The admin site's root: pages mounted with ``putChild`` (such as
+    ``/metrics`` and ``/status``) are served first; every other path goes
+    to the JSON API.
+    """
+
+    def __init__(self, api):
+        super().__init__()
+        self.api = api
+
+    def getChild(self, name, request):
+        return self.api
+
+
+class QuietSite(Site):
+    """A Site without per-request access log lines."""
+
+    noisy = False
+
+    def log(self, request):
+        pass
+
+
+def makeAdminResource(registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+    """
+    The admin resource tree. ``isServing()`` fires with True while this
+    instance serves users (registry reachable, not shutting down).
+    """
+    return AdminRoot(AdminAPI(registry, clock, isServing, timeout))
+
+
+def makeAdminSite(registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+    """The admin API as a quiet Site, ready for an endpoint to listen on."""
+    return QuietSite(makeAdminResource(registry, clock, isServing, timeout), reactor=clock)

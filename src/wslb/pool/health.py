@@ -1,0 +1,139 @@
+"""HTTP health checks that move workers between states (leader only)."""
+
+from treq.client import HTTPClient
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from wslb.pool.urls import healthUrl
+from wslb.registry._interfaces import DEAD, HEALTHY, STARTING, UNHEALTHY
+
+STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
+
+
+def nonPersistentClient(reactor):
+    """A treq client opening a fresh connection per check: a check proves a worker accepts."""
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+class HealthChecker:
+    """
+    C{GET http://host:port<path>} on every worker; 2xx passes. Transitions:
+    starting -> healthy on the first pass; healthy -> unhealthy after
+    C{failures} consecutive failures; unhealthy -> healthy on a pass;
+    unhealthy for C{unhealthy_timeout}, or starting for C{start_timeout}
+    without a pass -> dead. Dead workers of C{revive_providers} (which nobody
+    replaces) are still checked and come back healthy on a pass.
+
+    Each L{check} is one round over the workers that are due: one it has not
+    checked yet (at once), a starting one (every round), any other once per
+    C{interval}. Run rounds every L{pollInterval}.
+    """
+
+    log = Logger()
+
+    def __init__(self, registry, clock, path, interval, timeout, failures,
+                 start_timeout, unhealthy_timeout, http=None,
+                 revive_providers=("static", "registered")):
+        self._registry = registry
+        self._clock = clock
+        self._path = path
+        self._interval = interval
+        self._timeout = timeout
+        self._failuresAllowed = failures
+        self._startTimeout = start_timeout
+        self._unhealthyTimeout = unhealthy_timeout
+        if http is None:
+            from twisted.internet import reactor
+
+            http = nonPersistentClient(reactor)
+        self._http = http  # treq-like: get(url) -> Deferred[response with .code, .content()]
+        self._revive = frozenset(revive_providers)
+        self._failures = {}  # worker id -> consecutive failed checks
+        self._lastCheck = {}  # worker id -> clock time its last check started
+
+    @property
+    def pollInterval(self):
+        return min(self._interval, STARTING_POLL)
+
+    def check(self):
+        """One round; fires with None when its checks are done. Never fails."""
+        d = self._registry.listWorkers()
+        d.addCallback(self._round)
+        d.addErrback(lambda failure: self.log.failure("health round failed", failure))
+        return d
+
+    def _round(self, workers):
+        now = self._clock.seconds()
+        self._forgetAllBut({worker.id for worker in workers})
+        due = [worker for worker in workers if self._due(worker, now)]
+        for worker in due:
+            self._lastCheck[worker.id] = now
+        checks = DeferredList([self._checkOne(worker) for worker in due])
+        return checks.addCallback(lambda _: None)
+
+    def _forgetAllBut(self, ids):
+        for table in (self._failures, self._lastCheck):
+            for worker_id in set(table) - ids:
+                del table[worker_id]
+
+    def _due(self, worker, now):
+        if worker.state == DEAD and worker.provider not in self._revive:
+            return False
+        last = self._lastCheck.get(worker.id)
+        if last is None or worker.state == STARTING:
+            return True
+        # Rounds come every pollInterval, a little late at times: half a
+        # round of slack keeps a 5 s interval from slipping to 6 s.
+        return now - last >= self._interval - self.pollInterval / 2
+
+    def _checkOne(self, worker):
+        d = maybeDeferred(self._probe, worker.url)
+        d.addCallback(self._record, worker.id)
+        d.addErrback(lambda failure: self.log.failure(
+            "health check of {worker} failed", failure, worker=worker.id))
+        return d
+
+    def _probe(self, url):
+        """Fires with True (2xx) or False (anything else, refused, timed out)."""
+        d = self._http.get(healthUrl(url, self._path))
+        d.addCallback(lambda response: response.content().addCallback(
+            lambda _: 200 <= response.code < 300))
+        d.addTimeout(self._timeout, self._clock)
+        d.addErrback(lambda _: False)
+        return d
+
+    @inlineCallbacks
+    def _record(self, passed, worker_id):
+        failures = 0 if passed else self._failures.get(worker_id, 0) + 1
+        self._failures[worker_id] = failures
+        # Decide on a fresh record: the worker may have died or gone while
+        # the check was in flight, and must not be brought back.
+        worker = yield self._registry.getWorker(worker_id)
+        if worker is None:
+            return
+        now = self._clock.seconds()
+        state = self._nextState(worker, passed, failures, now)
+        if state is None:
+            return
+        yield self._registry.setWorkerState(worker_id, state, now)
+        if state != worker.state:
+            self.log.info(
+                "worker {worker}: {old} -> {new}",
+                worker=worker_id, old=worker.state, new=state,
+            )
+
+    def _nextState(self, worker, passed, failures, now):
+        """The state to set after a check, or None. Healthy again refreshes last_seen."""
+        if worker.state == DEAD and worker.provider not in self._revive:
+            return None
+        if passed:
+            return HEALTHY
+        in_state = now - worker.state_since
+        if worker.state == STARTING and in_state >= self._startTimeout:
+            return DEAD
+        if worker.state == HEALTHY and failures >= self._failuresAllowed:
+            return UNHEALTHY
+        if worker.state == UNHEALTHY and in_state >= self._unhealthyTimeout:
+            return DEAD
+        return None

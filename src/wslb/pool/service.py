@@ -1,0 +1,77 @@
+"""The pool as a service: scaler and health timers on the leader, the provider's lifetime."""
+
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+
+from wslb.pool.health import HealthChecker
+from wslb.pool.local import LocalProvider
+from wslb.pool.scaler import Scaler
+from wslb.pool.static import StaticProvider
+
+
+def makeProvider(reactor, pool_config, namespace):
+    """The provider C{pool.provider} names. (C{namespace} will tag EC2 instances.)"""
+    if pool_config.provider == "local":
+        local = pool_config.local
+        return LocalProvider(reactor, local.command, local.host, local.ports)
+    if pool_config.provider == "static":
+        return StaticProvider(pool_config.static.workers)
+    raise ValueError(
+        f"pool.provider = {pool_config.provider!r} is not available in this "
+        f"version: use \"local\" or \"static\""
+    )
+
+
+class PoolService(MultiService):
+    """
+    Every C{scale_interval} a scaler tick, every health poll a health round,
+    both only while C{leader.isLeader()}. An error inside a tick is logged
+    and the timer goes on (a TimerService stops for good on an unhandled
+    one). Stopping waits for a tick in progress, then stops the provider
+    when it is a service (local workers end with wslb).
+    """
+
+    log = Logger()
+
+    def __init__(self, registry, provider, leader, clock, pool_config, http=None):
+        super().__init__()
+        self.provider = provider
+        self._leader = leader
+        self.scaler = Scaler(
+            registry, provider, clock, leader,
+            min_spare=pool_config.min_spare, max_spare=pool_config.max_spare,
+            min_workers=pool_config.min_workers, max_workers=pool_config.max_workers,
+            capacity=pool_config.capacity,
+        )
+        health = pool_config.health
+        self.health = HealthChecker(
+            registry, clock, health.path, health.interval, health.timeout,
+            health.failures, pool_config.start_timeout, pool_config.unhealthy_timeout,
+            http=http,
+        )
+        for step, tick in ((pool_config.scale_interval, self.scaler.tick),
+                           (self.health.pollInterval, self.health.check)):
+            timer = TimerService(step, self._asLeader, tick)
+            timer.clock = clock
+            timer.setServiceParent(self)
+
+    def _asLeader(self, tick):
+        if not self._leader.isLeader():
+            return None
+        d = maybeDeferred(tick)
+        d.addErrback(lambda failure: self.log.failure(
+            "pool {tick} failed", failure, tick=tick.__qualname__))
+        return d
+
+    def startService(self):
+        if IService.providedBy(self.provider):
+            self.provider.startService()
+        super().startService()
+
+    def stopService(self):
+        d = super().stopService()
+        if IService.providedBy(self.provider):
+            d.addCallback(lambda _: self.provider.stopService())
+        return d

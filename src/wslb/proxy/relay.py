@@ -1,0 +1,90 @@
+"""
+Frame-streaming relay between two open WebSocket legs.
+
+Each frame is passed on as it arrives, so a large or fragmented message never
+sits whole in memory; and each leg's transport is the producer of the other's,
+so a slow reader stops us reading from the fast writer (TCP backpressure
+end to end). Autobahn's own buffering (``onMessageFrameEnd``,
+``onMessageEnd``) is bypassed.
+"""
+
+from __future__ import annotations
+
+# autobahn's sendClose accepts only these; others go as a raw close frame.
+def _sendableByClose(code):
+    return code == 1000 or 3000 <= code <= 4999
+
+
+def closeWith(leg, code, reason):
+    """Start the closing handshake on ``leg`` with any valid close code."""
+    if leg.state != leg.STATE_OPEN:
+        return
+    reasonUtf8 = reason.encode("utf-8")[:123] if reason else None
+    if code is None:
+        leg.sendCloseFrame(isReply=False)
+    elif _sendableByClose(code):
+        leg.sendClose(code, reason or None)
+    else:
+        leg.sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=False)
+
+
+class RelayMixin:
+    """
+    Mixed into both legs. ``otherLeg`` is the other leg once both are open; until
+    then the worker leg parks what it receives (a worker may speak first, in
+    the same read as its handshake answer).
+    """
+
+    otherLeg = None
+    counter = None  # callable(nbytes) counting relayed payload, or None
+    _parked = None
+
+    def parkUntilAttached(self):
+        self._parked = []
+
+    def attach(self, peer):
+        """Start relaying to ``peer`` (open) and apply backpressure both ways."""
+        self.otherLeg = peer
+        self.transport.registerProducer(peer.transport, True)
+        parked, self._parked = self._parked, None
+        for name, args in parked or ():
+            getattr(peer, name)(*args)
+
+    def detach(self):
+        """Stop relaying; returns the peer we had, if any."""
+        peer, self.otherLeg = self.otherLeg, None
+        if peer is not None and self.transport is not None:
+            try:
+                self.transport.unregisterProducer()
+            except RuntimeError:
+                pass  # the connection is already gone
+        return peer
+
+    def _send(self, name, *args):
+        if self.otherLeg is not None:
+            getattr(self.otherLeg, name)(*args)
+        elif self._parked is not None:
+            self._parked.append((name, args))
+
+    def onMessageBegin(self, isBinary):
+        super().onMessageBegin(isBinary)  # resets the size accounting
+        self._send("beginMessage", isBinary)
+
+    def onMessageFrameBegin(self, length):
+        # super() enforces maxMessagePayloadSize (close 1009) before we forward.
+        super().onMessageFrameBegin(length)
+        if not self.failedByMe:
+            self._send("beginMessageFrame", length)
+
+    def onMessageFrameData(self, payload):
+        if not self.failedByMe:
+            if self.counter is not None:
+                self.counter(len(payload))
+            self._send("sendMessageFrameData", payload)
+
+    def onMessageFrameEnd(self):
+        pass  # nothing buffered to flush: frames went out as they came
+
+    def onMessageEnd(self):
+        if not self.failedByMe:
+            self._send("endMessage")

@@ -1,0 +1,164 @@
+"""
+Routing a session key to a worker: look up or assign, else wait in the queue.
+
+The registry keeps the queue's order across instances; this instance keeps
+the Deferreds of its own waiters and retries them, oldest first, whenever the
+registry says capacity may be free (and on a slow heartbeat, in case such a
+notice was lost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from wslb.registry import Assigned, AssignRequest, QueueFull
+
+log = Logger()
+
+# Queued tickets are touched this often; a ticket untouched for
+# TICKET_MAX_AGE belongs to a dead instance and is dropped from the queue.
+HEARTBEAT = 1.0
+TICKET_MAX_AGE = 10.0
+
+
+class _Waiter:
+    __slots__ = ("request", "deferred", "deadline", "enqueuedAt")
+
+    def __init__(self, request, deferred, deadline, enqueuedAt):
+        self.request = request
+        self.deferred = deferred
+        self.deadline = deadline
+        self.enqueuedAt = enqueuedAt
+
+
+class Router(Service):
+    """
+    Fires L{Assigned} for a key, waiting in the queue when needed; refuses
+    with a L{HandshakeRefused} (503, Retry-After) when the queue is full or
+    the wait is over.
+    """
+
+    def __init__(self, registry, clock, instance, placement, maxQueue,
+                 queueTimeout, refuse):
+        self._registry = registry
+        self._clock = clock
+        self._instance = instance
+        self._placement = placement
+        self._maxQueue = maxQueue
+        self._queueTimeout = queueTimeout
+        self._refuse = refuse  # (reason, retryAfter) -> exception to fail with
+        self._waiters = []  # this instance's, oldest first
+        self._retrying = False
+        self._retryAgain = False
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = clock
+        self.retryAfter = max(1, math.ceil(min(queueTimeout, 30)))
+        registry.addCapacityListener(self.retry)
+
+    def startService(self):
+        super().startService()
+        self._heartbeat.start(HEARTBEAT, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.deferred.errback(self._refuse("wslb is shutting down", self.retryAfter))
+
+    @property
+    def waiting(self):
+        return len(self._waiters)
+
+    @defer.inlineCallbacks
+    def route(self, key, cost):
+        """
+        Fire with the L{Assigned} for ``key``. Cancelling the Deferred (the
+        client went away) takes its ticket out of the queue at once.
+        """
+        request = AssignRequest(
+            key=key, cost=cost, instance=self._instance,
+            placement=self._placement, max_queue=self._maxQueue,
+        )
+        result = yield self._registry.assign(request, self._clock.seconds())
+        if isinstance(result, Assigned):
+            return result
+        if isinstance(result, QueueFull):
+            raise self._refuse("the queue is full", self.retryAfter)
+        assigned = yield self._wait(dataclasses.replace(request, ticket=result.ticket))
+        return assigned
+
+    def _wait(self, request):
+        now = self._clock.seconds()
+
+        def cancel(deferred):
+            self._forget(waiter)
+
+        waiter = _Waiter(request, defer.Deferred(cancel), now + self._queueTimeout, now)
+        self._waiters.append(waiter)
+        log.debug("queued {key}", key=request.key)
+        return waiter.deferred
+
+    def _forget(self, waiter):
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._registry.leaveQueue(waiter.request.ticket).addErrback(
+                lambda f: log.failure("leaving the queue", f)
+            )
+
+    def retry(self):
+        """Try the queued waiters again, oldest first (capacity may be free)."""
+        if self._retrying:
+            self._retryAgain = True
+            return
+        self._retrying = True
+        self._retryRound().addErrback(
+            lambda f: log.failure("retrying queued handshakes", f)
+        ).addBoth(self._retried)
+
+    def _retried(self, _):
+        self._retrying = False
+        if self._retryAgain:
+            self._retryAgain = False
+            self.retry()
+
+    @defer.inlineCallbacks
+    def _retryRound(self):
+        for waiter in list(self._waiters):
+            if waiter not in self._waiters:
+                continue  # gave up meanwhile
+            result = yield self._registry.assign(waiter.request, self._clock.seconds())
+            if waiter not in self._waiters:
+                # The client left while we asked; give back what we got.
+                if isinstance(result, Assigned):
+                    yield self._registry.release(
+                        waiter.request.key, self._instance, self._clock.seconds()
+                    )
+                continue
+            if not isinstance(result, Assigned):
+                return  # strict FIFO: nobody behind it can go first
+            self._waiters.remove(waiter)
+            waiter.deferred.callback(result)
+
+    def _beat(self):
+        now = self._clock.seconds()
+        for waiter in [w for w in self._waiters if w.deadline <= now]:
+            self._forget(waiter)
+            waiter.deferred.errback(self._refuse(
+                "no worker became free in time", self.retryAfter
+            ))
+        registry = self._registry
+        tickets = [w.request.ticket for w in self._waiters]
+        calls = [registry.expireTickets(now, TICKET_MAX_AGE)]
+        if tickets:
+            calls.append(registry.touchTickets(tickets, now))
+        d = defer.gatherResults(calls, consumeErrors=True)
+        d.addCallback(lambda _: self.retry() if self._waiters else None)
+        d.addErrback(lambda f: log.failure("queue heartbeat", f))
+        return None

@@ -1,0 +1,180 @@
+"""
+The user leg: the WebSocket server side that users connect to.
+
+The user's handshake is held in ``onConnect`` until this instance knows the
+session, has a worker for it (perhaps after queueing) and the worker accepted
+its own handshake; the 101 then carries the worker's subprotocol.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from wslb.proxy.errors import HandshakeRefused
+from wslb.proxy.identity import HandshakeFields
+from wslb.proxy.relay import RelayMixin, closeWith
+from wslb.proxy.worker_leg import WorkerUnavailable
+
+log = Logger()
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_ABNORMAL = 1006
+CLOSE_TRY_AGAIN = 1012
+
+# Request headers the worker sees as the user sent them.
+PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
+
+
+class UserLeg(RelayMixin, WebSocketServerProtocol):
+    key = None
+    worker = None  # the open WorkerLeg, until the user leg opens
+    _counted = False  # assign() counted this connection: release() it once
+    _opening = None  # the Deferred onConnect returned
+    _handshakeTimer = None
+    _refusalHeaders = ()
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.gate.connectionMade(self)
+        # Autobahn's openHandshakeTimeout would also count the time spent
+        # queued; this one only bounds reading the request (slow clients).
+        self._handshakeTimer = self.factory.clock.callLater(
+            self.factory.requestTimeout, self._requestTooSlow
+        )
+
+    def _requestTooSlow(self):
+        self._handshakeTimer = None
+        self.dropConnection(abort=True)
+
+    def _stopHandshakeTimer(self):
+        if self._handshakeTimer is not None and self._handshakeTimer.active():
+            self._handshakeTimer.cancel()
+        self._handshakeTimer = None
+
+    def onConnect(self, request):
+        self._stopHandshakeTimer()
+        self._opening = defer.ensureDeferred(self._open(request))
+        return self._opening.addErrback(self._refused)
+
+    def _refused(self, failure):
+        if failure.check(defer.CancelledError):
+            return defer.Deferred()  # the user left: no answer is needed
+        if failure.check(HandshakeRefused):
+            # Autobahn passes on only code and reason; keep the headers.
+            self._refusalHeaders = failure.value.headers
+        return failure
+
+    async def _open(self, request):
+        factory = self.factory
+        factory.gate.admit(self, request)
+        fields = HandshakeFields(request.headers, _query(self.http_request_uri))
+        identity = factory.identifier.identify(fields)
+        self.key = identity.key
+        assigned = await factory.router.route(identity.key, identity.cost)
+        self._counted = True
+        try:
+            self.worker = await factory.connectWorker(
+                assigned.worker.url, self.http_request_uri,
+                self._workerHeaders(request), request.protocols,
+            )
+        except WorkerUnavailable as e:
+            log.info("worker {worker} unavailable for {key}: {why}",
+                     worker=assigned.worker.id, key=self.key, why=str(e))
+            if assigned.fresh:
+                factory.registry.endSession(self.key)
+            raise HandshakeRefused(502, "the worker is unavailable")
+        headers = {}
+        if identity.setCookie:
+            headers["Set-Cookie"] = identity.setCookie
+        return (self.worker.websocket_protocol_in_use, headers)
+
+    def _workerHeaders(self, request):
+        headers = {
+            name: request.headers[name.lower()]
+            for name in PASSED_HEADERS if name.lower() in request.headers
+        }
+        peer = self.transport.getPeer()
+        headers["X-WSLB-Session"] = self.key
+        headers["X-Forwarded-For"] = getattr(peer, "host", "unix")
+        headers["X-Forwarded-Proto"] = (
+            "https" if ISSLTransport.providedBy(self.transport) else "http"
+        )
+        if request.host:
+            headers["X-Forwarded-Host"] = request.headers.get("host", request.host)
+        return headers
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        self.factory.gate.refused(code)
+        super().failHandshake(reason, code, list(responseHeaders or []) + self._refusalHeaders)
+
+    def onOpen(self):
+        # The user may have left while the handshake was held (DESIGN §9).
+        if self.state != self.STATE_OPEN or self.worker is None:
+            return
+        worker, self.worker = self.worker, None
+        worker.attach(self)
+        self.attach(worker)
+        self.factory.sessions.opened(self.key, self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.gate.connectionLost(self)
+
+    def onClose(self, wasClean, code, reason):
+        self._stopHandshakeTimer()
+        if self._opening is not None and not self._opening.called:
+            self._opening.cancel()
+        worker = self.detach() or self.worker
+        self.worker = None
+        if worker is not None:
+            closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
+        if self.key is not None:
+            self.factory.sessions.closed(self.key, self)
+        if self._counted:
+            self._counted = False
+            self.factory.sessions.release(self.key)
+
+    def workerClosed(self, wasClean, code, reason):
+        """The worker leg closed: pass it on, ending the session if it says so."""
+        if code == self.factory.endCloseCode:
+            self.factory.registry.endSession(self.key)
+        if not wasClean or code in (None, CLOSE_ABNORMAL):
+            closeWith(self, CLOSE_TRY_AGAIN, "the worker went away")
+        else:
+            closeWith(self, code, reason)
+
+
+def _query(uri):
+    return uri.partition("?")[2]
+
+
+class UserLegFactory(WebSocketServerFactory):
+    """Holds what every user leg of one listener shares."""
+
+    protocol = UserLeg
+    noisy = False
+
+    def __init__(self, *, clock, registry, router, sessions, identifier, gate,
+                 connectWorker, requestTimeout, endCloseCode, options):
+        super().__init__()
+        self.clock = clock
+        self.registry = registry
+        self.router = router
+        self.sessions = sessions
+        self.identifier = identifier
+        self.gate = gate
+        self.connectWorker = connectWorker
+        self.requestTimeout = requestTimeout
+        self.endCloseCode = endCloseCode
+        self.setProtocolOptions(
+            openHandshakeTimeout=0, allowNullOrigin=True, echoCloseCodeReason=True,
+            failByDrop=False, **options,
+        )
+
+    def goingAway(self):
+        """Close every open user leg with 1001 (shutdown)."""
+        for leg in self.sessions.legs():
+            closeWith(leg, CLOSE_GOING_AWAY, "wslb is shutting down")

@@ -1,0 +1,366 @@
+"""
+The in-memory registry, for a single wslb instance.
+
+Every method does its whole job before returning, so each one is atomic for
+free; it still answers with a Deferred so that callers cannot tell it from
+the Redis registry. Listeners are called later through the clock, never from
+inside a registry call, so a listener may call the registry again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import wraps
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wslb.registry._interfaces import (
+    DEAD,
+    HEALTHY,
+    PACK,
+    SPREAD,
+    STARTING,
+    WORKER_STATES,
+    Assigned,
+    IRegistry,
+    Queued,
+    QueueFull,
+    QueueInfo,
+    Session,
+    Worker,
+)
+
+log = Logger()
+
+_PICK = {
+    PACK: lambda worker: (-worker.load, worker.id),
+    SPREAD: lambda worker: (worker.load, worker.id),
+}
+
+
+def _deferred(method):
+    """Answer with a Deferred, as IRegistry promises, errors included."""
+
+    @wraps(method)
+    def answer(*args, **kwargs):
+        return defer.maybeDeferred(method, *args, **kwargs)
+
+    return answer
+
+
+@dataclass
+class _WorkerRecord:
+    id: str
+    url: str
+    provider: str
+    capacity: int
+    started_at: float
+    state_since: float
+    idle_since: float | None
+    state: str = STARTING
+    draining: bool = False
+    last_seen: float | None = None
+    sessions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _SessionRecord:
+    key: str
+    worker: str
+    cost: int
+    since: float
+    # Live connections per wslb instance, so one instance's count can be
+    # dropped without touching the others'.
+    connections: Counter = field(default_factory=Counter)
+    disconnected_at: float | None = None
+
+
+@dataclass
+class _Ticket:
+    key: str
+    cost: int
+    instance: str
+    enqueued_at: float
+    heartbeat: float
+
+
+@implementer(IRegistry)
+class MemoryRegistry:
+    """IRegistry over plain dicts; ``clock`` only schedules listener calls."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._workers: dict[str, _WorkerRecord] = {}
+        self._sessions: dict[str, _SessionRecord] = {}
+        self._queue: dict[str, _Ticket] = {}  # insertion order is arrival order
+        self._capacityListeners = []
+        self._sessionEndedListeners = []
+
+    # -- workers --------------------------------------------------------
+
+    @_deferred
+    def addWorker(self, worker_id, url, provider, capacity, now):
+        if worker_id not in self._workers:
+            self._workers[worker_id] = _WorkerRecord(
+                id=worker_id, url=url, provider=provider, capacity=capacity,
+                started_at=now, state_since=now, idle_since=now,
+            )
+            self._tellCapacity()
+        return self._worker(self._workers[worker_id])
+
+    @_deferred
+    def getWorker(self, worker_id):
+        record = self._workers.get(worker_id)
+        return None if record is None else self._worker(record)
+
+    @_deferred
+    def listWorkers(self):
+        return [self._worker(self._workers[i]) for i in sorted(self._workers)]
+
+    @_deferred
+    def setWorkerState(self, worker_id, state, now):
+        if state not in WORKER_STATES:
+            raise ValueError(f"unknown worker state {state!r}")
+        record = self._workers.get(worker_id)
+        if record is None:
+            return None
+        changed = record.state != state
+        if changed:
+            record.state = state
+            record.state_since = now
+        if state == HEALTHY:
+            record.last_seen = now
+        if state == DEAD:
+            self._end(sorted(record.sessions), now)
+        if changed and state in (HEALTHY, DEAD):
+            self._tellCapacity()
+        return self._worker(record)
+
+    @_deferred
+    def setDraining(self, worker_id, draining):
+        record = self._workers.get(worker_id)
+        if record is None:
+            return None
+        if record.draining and not draining:
+            self._tellCapacity()
+        record.draining = draining
+        return self._worker(record)
+
+    @_deferred
+    def heartbeat(self, worker_id, now):
+        record = self._workers.get(worker_id)
+        if record is None:
+            return None
+        record.last_seen = now
+        return self._worker(record)
+
+    @_deferred
+    def removeWorker(self, worker_id):
+        record = self._workers.get(worker_id)
+        if record is None:
+            return []
+        dropped = sorted(record.sessions)
+        self._end(dropped, self._clock.seconds())
+        del self._workers[worker_id]
+        return dropped
+
+    @_deferred
+    def claimIdleWorker(self, worker_id):
+        record = self._workers.get(worker_id)
+        if record is None or record.sessions:
+            return False
+        del self._workers[worker_id]
+        return True
+
+    # -- sessions -------------------------------------------------------
+
+    @_deferred
+    def assign(self, request, now):
+        if request.placement not in _PICK:
+            raise ValueError(f"unknown placement {request.placement!r}")
+        session = self._sessions.get(request.key)
+        if session is not None:
+            self._dropTickets([request.ticket])
+            return self._connect(session, request.instance, fresh=False)
+        if not self._queue or self._head() == request.ticket:
+            worker = self._choose(request.cost, request.placement)
+            if worker is not None:
+                self._dropTickets([request.ticket])
+                session = self._bind(request.key, request.cost, worker, now)
+                return self._connect(session, request.instance, fresh=True)
+        if request.ticket in self._queue:
+            return Queued(request.ticket, list(self._queue).index(request.ticket))
+        if len(self._queue) >= request.max_queue:
+            return QueueFull()
+        ticket = uuid.uuid4().hex
+        self._queue[ticket] = _Ticket(
+            key=request.key, cost=request.cost, instance=request.instance,
+            enqueued_at=now, heartbeat=now,
+        )
+        return Queued(ticket, len(self._queue) - 1)
+
+    @_deferred
+    def release(self, key, instance, now):
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        if session.connections[instance] > 0:
+            session.connections[instance] -= 1
+            if not session.connections[instance]:
+                del session.connections[instance]
+            if not session.connections:
+                session.disconnected_at = now
+        return self._session(session)
+
+    @_deferred
+    def endSession(self, key):
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        ended = self._session(session)
+        # IRegistry.endSession carries no ``now``: the clock dates idle_since.
+        self._end([key], self._clock.seconds())
+        self._tellCapacity()
+        return ended
+
+    @_deferred
+    def expireSessions(self, now, grace):
+        expired = sorted(
+            key for key, session in self._sessions.items()
+            if not session.connections
+            and session.disconnected_at is not None
+            and now - session.disconnected_at >= grace
+        )
+        if expired:
+            self._end(expired, now)
+            self._tellCapacity()
+        return expired
+
+    @_deferred
+    def getSession(self, key):
+        session = self._sessions.get(key)
+        return None if session is None else self._session(session)
+
+    @_deferred
+    def listSessions(self):
+        return [self._session(self._sessions[k]) for k in sorted(self._sessions)]
+
+    # -- queue ----------------------------------------------------------
+
+    @_deferred
+    def leaveQueue(self, ticket):
+        self._dropTickets([ticket])
+
+    @_deferred
+    def touchTickets(self, tickets, now):
+        for ticket in tickets:
+            if ticket in self._queue:
+                self._queue[ticket].heartbeat = now
+
+    @_deferred
+    def expireTickets(self, now, max_age):
+        stale = [t for t, v in self._queue.items() if now - v.heartbeat > max_age]
+        self._dropTickets(stale)
+        return len(stale)
+
+    @_deferred
+    def queueInfo(self, now):
+        if not self._queue:
+            return QueueInfo(length=0, oldest_wait=0.0, demand=0)
+        head = self._queue[self._head()]
+        return QueueInfo(
+            length=len(self._queue),
+            oldest_wait=max(0.0, now - head.enqueued_at),
+            demand=sum(t.cost for t in self._queue.values()),
+        )
+
+    # -- notification ---------------------------------------------------
+
+    def addCapacityListener(self, listener):
+        self._capacityListeners.append(listener)
+
+    def addSessionEndedListener(self, listener):
+        self._sessionEndedListeners.append(listener)
+
+    # -- internals ------------------------------------------------------
+
+    def _worker(self, record):
+        return Worker(
+            id=record.id, url=record.url, provider=record.provider,
+            state=record.state, draining=record.draining,
+            capacity=record.capacity,
+            load=sum(self._sessions[k].cost for k in record.sessions),
+            sessions=tuple(sorted(record.sessions)),
+            started_at=record.started_at, state_since=record.state_since,
+            idle_since=record.idle_since, last_seen=record.last_seen,
+        )
+
+    def _session(self, record):
+        return Session(
+            key=record.key, worker=record.worker, cost=record.cost,
+            connections=sum(record.connections.values()), since=record.since,
+            disconnected_at=record.disconnected_at,
+        )
+
+    def _head(self):
+        return next(iter(self._queue), None)
+
+    def _choose(self, cost, placement):
+        fitting = [
+            worker for worker in map(self._worker, self._workers.values())
+            if worker.fits(cost)
+        ]
+        if not fitting:
+            return None
+        return self._workers[min(fitting, key=_PICK[placement]).id]
+
+    def _bind(self, key, cost, worker, now):
+        session = _SessionRecord(key=key, worker=worker.id, cost=cost, since=now)
+        self._sessions[key] = session
+        worker.sessions.add(key)
+        worker.idle_since = None
+        return session
+
+    def _connect(self, session, instance, fresh):
+        session.connections[instance] += 1
+        session.disconnected_at = None
+        return Assigned(self._worker(self._workers[session.worker]), fresh)
+
+    def _end(self, keys, now):
+        """Delete sessions; a worker left empty becomes idle at ``now``."""
+        for key in keys:
+            worker = self._workers[self._sessions.pop(key).worker]
+            worker.sessions.discard(key)
+            if not worker.sessions:
+                worker.idle_since = now
+            self._tell(self._sessionEndedListeners, key)
+
+    def _dropTickets(self, tickets):
+        """
+        Remove tickets. A new head may fit where the old one did not, and it
+        retries only when told, so a changed head counts as new capacity.
+        """
+        head = self._head()
+        for ticket in tickets:
+            self._queue.pop(ticket, None)
+        if self._queue and self._head() != head:
+            self._tellCapacity()
+
+    def _tellCapacity(self):
+        self._tell(self._capacityListeners)
+
+    def _tell(self, listeners, *args):
+        for listener in listeners:
+            self._clock.callLater(0, _deliver, listener, *args)
+
+
+def _deliver(listener, *args):
+    """Call one listener; its failure is logged and spares the others."""
+    try:
+        listener(*args)
+    except Exception:
+        log.failure("registry listener {listener!r} failed", listener=listener)

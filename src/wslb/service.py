@@ -1,0 +1,163 @@
+"""
+makeService(config): one wslb instance as a MultiService.
+
+Children start in the order below and stop in reverse: the admin API and
+listener stop first (no new users), users are drained, and the pool (with
+any local worker processes) goes last.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from twisted.application import service, strports
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from wslb.admin.api import makeAdminSite
+from wslb.pool.leader import AlwaysLeader
+from wslb.pool.service import PoolService, makeProvider
+from wslb.proxy.gate import Gate
+from wslb.proxy.identity import Identifier
+from wslb.proxy.router import Router
+from wslb.proxy.sessions import LiveSessions
+from wslb.proxy.user_leg import UserLegFactory
+from wslb.proxy.worker_leg import connectWorker
+from wslb.proxy.errors import unavailable
+from wslb.registry.memory import MemoryRegistry
+
+log = Logger()
+
+# How long closing users may take to say goodbye before we stop anyway.
+CLOSE_BOUND = 3.0
+
+
+class Drain(service.Service):
+    """
+    On stop: report unhealthy at once (the NLB stops sending users), give
+    connected users ``period`` seconds, then close them with 1001.
+    """
+
+    def __init__(self, clock, factory, period):
+        self._clock = clock
+        self._factory = factory
+        self._period = period
+        self.stopping = False
+
+    async def _drain(self):
+        self.stopping = True
+        sessions = self._factory.sessions
+        if sessions.legs():
+            await task.deferLater(self._clock, self._period, lambda: None)
+        self._factory.goingAway()
+        waited = 0.0
+        while sessions.legs() and waited < CLOSE_BOUND:
+            await task.deferLater(self._clock, 0.1, lambda: None)
+            waited += 0.1
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._drain())
+
+
+class OrderedServices(service.MultiService):
+    """
+    A MultiService that stops its children one at a time, last started
+    first, each after the previous one has finished stopping: users must be
+    drained before the workers they talk to go away.
+    """
+
+    async def _stopInOrder(self):
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {service}", service=child.name)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stopInOrder())
+
+
+class ListenerService(strports.StreamServerEndpointService):
+    """A listening endpoint whose port the embedding code (and tests) can ask for."""
+
+    def whenListening(self):
+        d = defer.Deferred()
+        self._waitingForPort.addCallback(lambda port: (d.callback(port), port)[1])
+        return d
+
+
+def listener(description, factory):
+    from twisted.internet import reactor
+
+    svc = ListenerService(strports.endpoints.serverFromString(reactor, description), factory)
+    svc._raiseSynchronously = True  # twistd fails fast on a bind error
+    return svc
+
+
+def makeService(config, reactor=None):
+    """Build a wslb instance from a L{wslb.config.Config}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    instance = uuid.uuid4().hex[:12]
+    top = OrderedServices()
+
+    registry = MemoryRegistry(reactor)
+    provider = makeProvider(reactor, config.pool, config.registry.namespace)
+    pool = PoolService(registry, provider, AlwaysLeader(), reactor, config.pool)
+    pool.setName("pool")
+    pool.setServiceParent(top)
+
+    sessions = LiveSessions(
+        registry, reactor, instance, config.session.reconnect_grace,
+        config.session.end_close_code,
+    )
+    sessions.setServiceParent(top)
+    router = Router(
+        registry, reactor, instance, config.pool.placement,
+        config.queue.max_length, config.queue.timeout, unavailable,
+    )
+    router.setName("router")
+    router.setServiceParent(top)
+
+    secure = config.listen.endpoint.startswith(("ssl:", "tls:"))
+    identifier = Identifier(
+        config.session, config.cost, config.pool.default_cost,
+        lambda: config.pool.capacity, secure,
+    )
+    listen = config.listen
+
+    def connect(url, uri, headers, protocols):
+        return connectWorker(
+            reactor, url, uri, headers, protocols, listen.open_handshake_timeout,
+            legOptions,
+        )
+
+    legOptions = dict(
+        maxMessagePayloadSize=listen.max_message_size,
+        maxFramePayloadSize=listen.max_message_size,
+        autoPingInterval=listen.auto_ping,
+        autoPingTimeout=listen.auto_ping,
+    )
+    factory = UserLegFactory(
+        clock=reactor, registry=registry, router=router, sessions=sessions,
+        identifier=identifier,
+        gate=Gate(listen.max_connections, listen.allowed_origins, router.retryAfter),
+        connectWorker=connect, requestTimeout=listen.open_handshake_timeout,
+        endCloseCode=config.session.end_close_code, options=legOptions,
+    )
+
+    drain = Drain(reactor, factory, listen.drain_period)
+
+    def isServing():
+        return defer.succeed(not drain.stopping)
+
+    admin = listener(config.admin.endpoint, makeAdminSite(registry, reactor, isServing))
+    admin.setName("admin")
+    admin.setServiceParent(top)
+    drain.setServiceParent(top)
+    users = listener(listen.endpoint, factory)
+    users.setName("listener")
+    users.setServiceParent(top)
+    return top

@@ -1,0 +1,229 @@
+"""
+The demo worker: a stateful WebSocket backend in one small process.
+
+It stands in for a real per-session backend (a scene server holding one
+user's scene in memory): each session key (the ``X-WSLB-Session`` header
+wslb sends) has a message counter that survives reconnections, so tests can
+see that stickiness works. Workers for wslb are built after this example.
+
+    python -m wslb.worker.echo --port 9100 [--host 127.0.0.1] [--id NAME] [--log]
+
+One port serves everything:
+
+- ``GET /health``: 200 ``{"ok": true, "worker": id}`` (wslb's health check);
+- ``GET /stats``: what this worker has seen, as JSON (see L{EchoWorker.stats});
+- WebSocket on any other path. Messages:
+  - ``whoami``: a JSON reply naming the worker, session, counter, path, headers;
+  - ``close CODE [REASON]``: the worker closes with that code;
+  - ``end``: the session ends (close with ``--end-code``, 4000 by default)
+    and its state is forgotten;
+  - anything else, text or binary: echoed back unchanged, and counted.
+"""
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter, deque
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+SESSION_HEADER = "x-wslb-session"
+NO_SESSION = "-"
+HISTORY = 100  # entries kept in /stats "closes" and "connections"
+CLOSE_COMMAND = re.compile(rb"close (\d{4})(?: (.*))?", re.DOTALL)
+
+log = Logger()
+
+
+class EchoWorker:
+    """The worker's memory: per-session counters and what /stats reports."""
+
+    def __init__(self, worker_id):
+        self.id = worker_id
+        self.counts = {}  # session key -> messages echoed
+        self.open = Counter()  # session key -> open connections
+        self.max_open_sessions = 0
+        self.closes = deque(maxlen=HISTORY)
+        self.connections = deque(maxlen=HISTORY)
+
+    def opened(self, key, record):
+        self.open[key] += 1
+        self.counts.setdefault(key, 0)
+        self.max_open_sessions = max(self.max_open_sessions, len(self.open))
+        self.connections.append(record)
+
+    def closed(self, key, code, reason):
+        self.open[key] -= 1
+        if not self.open[key]:
+            del self.open[key]
+        self.closes.append({"session": key, "code": code, "reason": reason})
+
+    def counted(self, key):
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def ended(self, key):
+        self.counts.pop(key, None)
+
+    def stats(self):
+        keys = sorted(set(self.counts) | set(self.open))
+        return {
+            "worker": self.id,
+            "open": sum(self.open.values()),
+            "open_sessions": len(self.open),
+            "max_open_sessions": self.max_open_sessions,
+            "sessions": {
+                key: {"count": self.counts.get(key, 0), "connections": self.open[key]}
+                for key in keys
+            },
+            "closes": list(self.closes),
+            "connections": list(self.connections),
+        }
+
+
+class EchoProtocol(WebSocketServerProtocol):
+    """One user connection; the state lives in the factory's L{EchoWorker}."""
+
+    isOpen = False  # onClose also runs for handshakes that never opened
+
+    def onConnect(self, request):
+        self.key = request.headers.get(SESSION_HEADER, NO_SESSION)
+        self.record = {
+            "session": self.key,
+            "headers": request.headers,
+            "path": request.path,
+            "query": urlsplit(self.http_request_uri).query,
+            # Accept the first subprotocol offered, so the client sees our choice.
+            "protocol": request.protocols[0] if request.protocols else None,
+        }
+        return self.record["protocol"]
+
+    def onOpen(self):
+        self.isOpen = True
+        log.info("open: session {key} on {path}", key=self.key, path=self.record["path"])
+        self.factory.worker.opened(self.key, self.record)
+
+    def onMessage(self, payload, isBinary):
+        worker = self.factory.worker
+        command = None if isBinary else payload  # only text messages are commands
+        close = command and CLOSE_COMMAND.fullmatch(command)
+        if command == b"whoami":
+            self.sendMessage(json.dumps(self.whoami()).encode("utf-8"))
+        elif command == b"end":
+            worker.ended(self.key)
+            self.sendClose(self.factory.endCode)
+        elif close:
+            self.close(int(close[1]), (close[2] or b"").decode("utf-8"))
+        else:
+            worker.counted(self.key)
+            self.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean, code, reason):
+        if self.isOpen:
+            log.info("closed: session {key} with {code} {reason}",
+                     key=self.key, code=code, reason=reason)
+            self.factory.worker.closed(self.key, code, reason)
+
+    def whoami(self):
+        record = self.record
+        return {
+            "worker": self.factory.worker.id,
+            "session": self.key,
+            "count": self.factory.worker.counts.get(self.key, 0),
+            "path": record["path"],
+            "query": record["query"],
+            "headers": record["headers"],
+        }
+
+    def close(self, code, reason):
+        # sendClose() refuses codes other than 1000 and 3000-4999.
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(code, reason or None)
+        else:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+
+
+class JSONPage(Resource):
+    """A GET-only page answering ``render()``'s dict as JSON."""
+
+    isLeaf = True
+
+    def __init__(self, render):
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self._render()).encode("utf-8")
+
+
+class Root(Resource):
+    """/health and /stats; every other path is the WebSocket endpoint."""
+
+    def __init__(self, worker, websocket):
+        super().__init__()
+        self.putChild(b"health", JSONPage(lambda: {"ok": True, "worker": worker.id}))
+        self.putChild(b"stats", JSONPage(worker.stats))
+        self._websocket = websocket
+
+    def getChild(self, name, request):
+        return self._websocket
+
+
+def makeSite(worker, endCode=4000):
+    """The worker's whole HTTP and WebSocket surface, as one Site."""
+    factory = WebSocketServerFactory()
+    factory.protocol = EchoProtocol
+    factory.worker = worker
+    factory.endCode = endCode
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=0, maxFramePayloadSize=0, allowNullOrigin=True
+    )
+    return Site(Root(worker, WebSocketResource(factory)))
+
+
+def parseArgs(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m wslb.worker.echo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--id", help='worker id in replies (default "echo-<port>")')
+    parser.add_argument("--end-code", type=int, default=4000,
+                        help="close code that ends a session (wslb's end_close_code)")
+    parser.add_argument("--log", action="store_true", help="log every connection to stdout")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parseArgs(argv)
+    worker = EchoWorker(args.id or f"echo-{args.port}")
+    # Quiet by default: only warnings and errors, on stderr.
+    level, stream = (LogLevel.info, sys.stdout) if args.log else (LogLevel.warn, sys.stderr)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(stream), [LogLevelFilterPredicate(level)])],
+        redirectStandardIO=False,
+    )
+    try:
+        reactor.listenTCP(args.port, makeSite(worker, args.end_code), interface=args.host)
+    except CannotListenError as e:
+        sys.exit(f"echo worker: {e}")
+    reactor.run()  # SIGTERM and SIGINT stop it
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""
+Test helpers around the demo echo worker: run it as a real process, talk to
+it over real WebSocket and HTTP connections. Reusable by end-to-end tests.
+"""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
+
+from conftest import free_port
+
+TIMEOUT = 5  # seconds: bound on every wait below
+
+
+class EchoWorkerProcess:
+    """``python -m wslb.worker.echo`` on a free loopback port."""
+
+    def __init__(self, *extra_args, port=None):
+        self.port = port or free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wslb.worker.echo", "--port", str(self.port), *extra_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    def waitHealthy(self):
+        """Block until GET /health answers 200 (before the reactor needs it)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"echo worker exited: {self.process.stderr.read()!r}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+                    s.settimeout(1)
+                    s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.0 200"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("echo worker did not become healthy")
+
+    def terminate(self):
+        """SIGTERM, then wait; fires with the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(TIMEOUT)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stderr.close()
+
+
+class RecordingClient(WebSocketClientProtocol):
+    """A WebSocket client that queues what it receives and records its close."""
+
+    def connectionMade(self):
+        self.messages = DeferredQueue()
+        self.opened = Deferred()
+        self.closed = Deferred()  # fires with (code, reason)
+        super().connectionMade()
+
+    def onConnect(self, response):
+        self.response = response  # .protocol: the subprotocol the server chose
+
+    def onOpen(self):
+        self.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        self.messages.put((payload, isBinary))
+
+    def onClose(self, wasClean, code, reason):
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {code} {reason}"))
+        self.closed.callback((code, reason))
+
+    def nextMessage(self):
+        return self.messages.get().addTimeout(TIMEOUT, reactor)
+
+    async def ask(self, text):
+        """Send a text message and return the decoded JSON reply."""
+        self.sendMessage(text.encode("utf-8"))
+        payload, isBinary = await self.nextMessage()
+        assert not isBinary
+        return json.loads(payload)
+
+    def waitClosed(self):
+        return self.closed.addTimeout(TIMEOUT, reactor)
+
+
+async def connectWebSocket(url, headers=None, protocols=None):
+    """Open a WebSocket to ``url`` (ws://127.0.0.1:port/path) and fire with the client."""
+    factory = WebSocketClientFactory(url, headers=headers or {}, protocols=protocols or [])
+    factory.protocol = RecordingClient
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    endpoint = TCP4ClientEndpoint(reactor, factory.host, factory.port, timeout=TIMEOUT)
+    client = await endpoint.connect(factory)
+    return await client.opened.addTimeout(TIMEOUT, reactor)
+
+
+async def getJSON(url):
+    response = await treq.get(url, timeout=TIMEOUT)
+    body = await response.json()
+    return response.code, body
+
+
+async def waitFor(fetch, predicate):
+    """Poll ``await fetch()`` until ``predicate(value)``; fire with the value."""
+    deadline = reactor.seconds() + TIMEOUT
+    while True:
+        value = await fetch()
+        if predicate(value) or reactor.seconds() > deadline:
+            return value
+        await deferLater(reactor, 0.05)
+
+
+def closeAll(clients):
+    """Drop the TCP connections of clients a test left open."""
+    for client in clients:
+        if client.transport is not None and client.transport.connected:
+            client.transport.abortConnection()
+

@@ -1,0 +1,104 @@
+"""
+Test helpers: a wslb instance running in this process on real loopback
+sockets, and a raw HTTP handshake for reading refusals (status, headers).
+"""
+
+import base64
+import os
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from _echo_helpers import TIMEOUT, connectWebSocket, getJSON, waitFor
+from wslb.config import load_config
+from wslb.service import makeService
+
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
+class InProcessWslb:
+    """``makeService(load_config(overrides=...))`` listening on free ports."""
+
+    def __init__(self, *overrides):
+        self.config = load_config(overrides=[
+            f"listen.endpoint={LOOPBACK_ANY_PORT}",
+            f"admin.endpoint={LOOPBACK_ANY_PORT}",
+            "listen.drain_period=0",
+            *overrides,
+        ])
+        self.service = makeService(self.config)
+
+    async def start(self):
+        self.service.startService()
+        users = await self.service.getServiceNamed("listener").whenListening()
+        admin = await self.service.getServiceNamed("admin").whenListening()
+        self.port = users.getHost().port
+        self.admin = f"http://127.0.0.1:{admin.getHost().port}"
+        return self
+
+    def stop(self):
+        return self.service.stopService()
+
+    def url(self, path="/"):
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def connect(self, key=None, path="/", headers=None, protocols=None):
+        headers = dict(headers or {})
+        if key is not None:
+            headers["X-WSLB-Session"] = key
+        return defer.ensureDeferred(connectWebSocket(self.url(path), headers, protocols))
+
+    async def workers(self):
+        _, body = await getJSON(self.admin + "/api/v1/workers")
+        return body["workers"]
+
+    async def waitHealthy(self, count):
+        workers = await waitFor(
+            self.workers,
+            lambda ws: sum(w["state"] == "healthy" for w in ws) >= count,
+        )
+        assert sum(w["state"] == "healthy" for w in workers) >= count, workers
+        return workers
+
+
+class _RawResponse(protocol.Protocol):
+    def connectionMade(self):
+        self.data = b""
+        self.done = defer.Deferred()
+        self.transport.write(self.factory.request)
+
+    def dataReceived(self, data):
+        self.data += data
+        if b"\r\n\r\n" in self.data and not self.done.called:
+            self.done.callback(self.data)
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(self.data)
+
+
+async def rawHandshake(port, path="/", headers=None):
+    """
+    Send a WebSocket upgrade request by hand; fire with (status, headers)
+    of the answer (status 0 when the connection closed without one).
+    """
+    lines = [
+        f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+        "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode(),
+    ]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    factory = protocol.Factory.forProtocol(_RawResponse)
+    factory.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT).connect(factory)
+    raw = await client.done.addTimeout(TIMEOUT * 3, reactor)
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    if not head[0]:
+        return 0, {}
+    status = int(head[0].split()[1])
+    fields = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return status, fields

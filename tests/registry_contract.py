@@ -1,0 +1,590 @@
+"""
+The IRegistry contract: every registry implementation passes these tests.
+
+Reuse it by subclassing L{RegistryContract} in a test module that pytest
+collects (``class TestMemoryRegistry(RegistryContract): pass``) and by
+providing, in that module, a function-scoped fixture named ``harness`` (plain,
+or ``pytest_twisted.async_fixture``/``async_yield_fixture``) whose value has:
+
+  - ``make()``: a Deferred firing with a new registry over empty state. The
+    property test calls it once per example, so each call starts afresh.
+  - ``settle()``: a Deferred firing once every listener call caused by the
+    registry calls made so far has been delivered.
+
+The harness cleans up whatever ``make()`` created when its fixture ends.
+Times (``now``) are plain numbers: the contract never reads a clock.
+"""
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import inlineCallbacks
+
+from wslb.registry import (
+    DEAD,
+    HEALTHY,
+    PACK,
+    SPREAD,
+    STARTING,
+    UNHEALTHY,
+    Assigned,
+    AssignRequest,
+    Queued,
+    QueueFull,
+    QueueInfo,
+    Session,
+)
+
+
+def request(key, cost=1, placement=PACK, ticket=None, max_queue=1000, instance="i1"):
+    return AssignRequest(
+        key=key, cost=cost, instance=instance, placement=placement,
+        max_queue=max_queue, ticket=ticket,
+    )
+
+
+@inlineCallbacks
+def addHealthy(registry, worker_id, capacity=1, now=0):
+    yield registry.addWorker(worker_id, f"ws://{worker_id}.test:9000", "static", capacity, now)
+    worker = yield registry.setWorkerState(worker_id, HEALTHY, now)
+    return worker
+
+
+def pick(workers, cost, placement):
+    """The worker id ``placement`` must choose among ``workers``, or None."""
+    fitting = [w for w in workers if w.fits(cost)]
+    if not fitting:
+        return None
+    sign = -1 if placement == PACK else 1
+    return min(fitting, key=lambda w: (sign * w.load, w.id)).id
+
+
+class Calls:
+    """A listener that records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+
+
+@inlineCallbacks
+def listen(registry, harness):
+    """Capacity and session-ended recorders, clear of earlier notifications."""
+    capacity, ended = Calls(), Calls()
+    registry.addCapacityListener(capacity)
+    registry.addSessionEndedListener(ended)
+    yield harness.settle()
+    capacity.calls.clear()
+    ended.calls.clear()
+    return capacity, ended
+
+
+KEYS = st.integers(0, 9).map(lambda i: f"k{i}")
+COSTS = st.sampled_from([100, 300, 600, 1000])
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("arrive"), KEYS, COSTS),
+        st.tuples(st.just("retry"), st.integers(0, 30)),
+        st.tuples(st.just("leave"), st.integers(0, 30)),
+        st.tuples(st.just("release"), KEYS),
+        st.tuples(st.just("end"), KEYS),
+        st.tuples(st.just("expire")),
+        st.tuples(st.just("drain"), st.sampled_from(["w0", "w1", "w2"]), st.booleans()),
+    ),
+    max_size=40,
+)
+GRACE = 2
+
+
+class RegistryContract:
+    """IRegistry behaviour; see the module docstring for the ``harness``."""
+
+    @pytest.fixture
+    def registry(self, harness):
+        return pytest_twisted.blockon(harness.make())
+
+    # -- workers --------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_addWorkerStartsStartingAndIdle(self, registry):
+        worker = yield registry.addWorker("w1", "ws://h:1", "local", 5, 10)
+        assert (worker.id, worker.url, worker.provider, worker.capacity) == (
+            "w1", "ws://h:1", "local", 5)
+        assert (worker.state, worker.draining, worker.load, worker.sessions) == (
+            STARTING, False, 0, ())
+        assert (worker.started_at, worker.state_since, worker.idle_since) == (10, 10, 10)
+        assert worker.last_seen is None
+        assert not worker.assignable
+        assert (yield registry.getWorker("w1")) == worker
+
+    @pytest_twisted.inlineCallbacks
+    def test_addWorkerIsIdempotent(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 5, 10)
+        healthy = yield registry.setWorkerState("w1", HEALTHY, 11)
+        again = yield registry.addWorker("w1", "ws://other:2", "ec2", 9, 20)
+        assert again == healthy
+        assert (again.url, again.capacity, again.started_at) == ("ws://h:1", 5, 10)
+        assert len((yield registry.listWorkers())) == 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_listWorkersOrderedById(self, registry):
+        for worker_id in ["w3", "w1", "w2"]:
+            yield registry.addWorker(worker_id, "ws://h:1", "local", 1, 0)
+        assert [w.id for w in (yield registry.listWorkers())] == ["w1", "w2", "w3"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_unknownWorker(self, registry):
+        assert (yield registry.getWorker("nope")) is None
+        assert (yield registry.setWorkerState("nope", HEALTHY, 1)) is None
+        assert (yield registry.setDraining("nope", True)) is None
+        assert (yield registry.heartbeat("nope", 1)) is None
+        assert (yield registry.removeWorker("nope")) == []
+        assert (yield registry.claimIdleWorker("nope")) is False
+        assert (yield registry.listWorkers()) == []
+
+    @pytest_twisted.inlineCallbacks
+    def test_stateSinceChangesOnlyWithTheState(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        worker = yield registry.setWorkerState("w1", HEALTHY, 10)
+        assert (worker.state, worker.state_since, worker.last_seen) == (HEALTHY, 10, 10)
+        worker = yield registry.setWorkerState("w1", HEALTHY, 20)
+        assert (worker.state_since, worker.last_seen) == (10, 20)
+        worker = yield registry.setWorkerState("w1", UNHEALTHY, 30)
+        assert (worker.state, worker.state_since, worker.last_seen) == (UNHEALTHY, 30, 20)
+        assert (yield registry.getWorker("w1")) == worker
+
+    @pytest_twisted.inlineCallbacks
+    def test_unknownStateIsRefused(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        with pytest.raises(ValueError):
+            yield registry.setWorkerState("w1", "sleepy", 1)
+        assert (yield registry.getWorker("w1")).state == STARTING
+
+    @pytest_twisted.inlineCallbacks
+    def test_heartbeatSetsLastSeen(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        worker = yield registry.heartbeat("w1", 7)
+        assert (worker.last_seen, worker.state, worker.state_since) == (7, STARTING, 0)
+
+    @pytest_twisted.inlineCallbacks
+    def test_deadWorkerLosesItsSessions(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield addHealthy(registry, "w2", capacity=10)
+        yield registry.assign(request("a"), 1)
+        yield registry.assign(request("b"), 1)
+        capacity, ended = yield listen(registry, harness)
+        worker = yield registry.setWorkerState("w1", DEAD, 5)
+        assert (worker.state, worker.load, worker.sessions, worker.idle_since) == (DEAD, 0, (), 5)
+        assert [w.id for w in (yield registry.listWorkers())] == ["w1", "w2"]
+        assert (yield registry.listSessions()) == []
+        yield harness.settle()
+        assert sorted(ended.calls) == [("a",), ("b",)]
+        assert capacity.calls
+        again = yield registry.assign(request("a"), 6)
+        assert (again.worker.id, again.fresh) == ("w2", True)
+
+    # -- assigning ------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_assignFresh(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        result = yield registry.assign(request("a", cost=3), 5)
+        assert isinstance(result, Assigned) and result.fresh
+        assert (result.worker.id, result.worker.load, result.worker.sessions) == ("w1", 3, ("a",))
+        assert result.worker.idle_since is None
+        assert (yield registry.getSession("a")) == Session(
+            key="a", worker="w1", cost=3, connections=1, since=5, disconnected_at=None)
+
+    @pytest_twisted.inlineCallbacks
+    def test_assignExistingEvenWhenFullOrDraining(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield addHealthy(registry, "w2", capacity=1)
+        yield registry.assign(request("a"), 1)
+        yield registry.setDraining("w1", True)
+        result = yield registry.assign(request("a", instance="i2"), 2)
+        assert isinstance(result, Assigned) and not result.fresh
+        assert (result.worker.id, result.worker.load, result.worker.draining) == ("w1", 1, True)
+        session = yield registry.getSession("a")
+        assert (session.connections, session.since) == (2, 1)
+
+    @pytest_twisted.inlineCallbacks
+    def test_capacityIsRespected(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        result = yield registry.assign(request("b"), 2)
+        assert isinstance(result, Queued) and result.position == 0
+        assert (yield registry.getSession("b")) is None
+        assert (yield registry.getWorker("w1")).sessions == ("a",)
+
+    @pytest_twisted.inlineCallbacks
+    def test_packFillsTheFullestWorkerItFits(self, registry):
+        for worker_id in ["w2", "w1"]:
+            yield addHealthy(registry, worker_id, capacity=1000)
+        chosen = []
+        for key, cost in [("a", 100), ("b", 300), ("c", 600), ("d", 100)]:
+            result = yield registry.assign(request(key, cost, PACK), 1)
+            chosen.append(result.worker.id)
+        assert chosen == ["w1", "w1", "w1", "w2"]
+        assert (yield registry.getWorker("w1")).load == 1000
+
+    @pytest_twisted.inlineCallbacks
+    def test_spreadPicksTheEmptiestWorker(self, registry):
+        for worker_id in ["w2", "w1"]:
+            yield addHealthy(registry, worker_id, capacity=1000)
+        chosen = []
+        for key, cost in [("a", 100), ("b", 300), ("c", 600), ("d", 100)]:
+            result = yield registry.assign(request(key, cost, SPREAD), 1)
+            chosen.append(result.worker.id)
+        assert chosen == ["w1", "w2", "w1", "w2"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_onlyHealthyNonDrainingWorkersAreAssigned(self, registry):
+        yield registry.addWorker("starting", "ws://h:1", "local", 10, 0)
+        for worker_id, state in [("unhealthy", UNHEALTHY), ("dead", DEAD), ("draining", HEALTHY)]:
+            yield registry.addWorker(worker_id, "ws://h:1", "local", 10, 0)
+            yield registry.setWorkerState(worker_id, state, 0)
+        yield registry.setDraining("draining", True)
+        queued = yield registry.assign(request("a"), 1)
+        assert isinstance(queued, Queued)
+        yield registry.setDraining("draining", False)
+        result = yield registry.assign(request("a", ticket=queued.ticket), 2)
+        assert (result.worker.id, result.fresh) == ("draining", True)
+
+    # -- the queue ------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_queueIsFirstComeFirstServed(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        c = yield registry.assign(request("c"), 3)
+        assert (b.position, c.position) == (0, 1)
+        yield registry.endSession("a")
+        assert (yield registry.assign(request("c", ticket=c.ticket), 4)) == Queued(c.ticket, 1)
+        result = yield registry.assign(request("b", ticket=b.ticket), 5)
+        assert (result.worker.id, result.fresh) == ("w1", True)
+        assert (yield registry.queueInfo(5)).length == 1
+        yield registry.endSession("b")
+        assert isinstance((yield registry.assign(request("c", ticket=c.ticket), 6)), Assigned)
+        assert (yield registry.queueInfo(6)).length == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_newKeyQueuesBehindTheQueueEvenWithRoom(self, registry):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("a", 600), 1)
+        head = yield registry.assign(request("b", 600), 2)
+        small = yield registry.assign(request("c", 100), 3)
+        assert isinstance(head, Queued) and small == Queued(small.ticket, 1)
+        assert (yield registry.getWorker("w1")).load == 600
+
+    @pytest_twisted.inlineCallbacks
+    def test_queueFull(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b", max_queue=1), 2)
+        assert isinstance(b, Queued)
+        assert (yield registry.assign(request("c", max_queue=1), 3)) == QueueFull()
+        assert (yield registry.queueInfo(3)).length == 1
+        assert (yield registry.assign(request("b", ticket=b.ticket, max_queue=1), 4)) == b
+
+    @pytest_twisted.inlineCallbacks
+    def test_leaveQueue(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        c = yield registry.assign(request("c"), 3)
+        yield registry.leaveQueue(b.ticket)
+        yield registry.leaveQueue(b.ticket)
+        assert (yield registry.queueInfo(3)).length == 1
+        assert (yield registry.assign(request("c", ticket=c.ticket), 4)) == Queued(c.ticket, 0)
+
+    @pytest_twisted.inlineCallbacks
+    def test_unknownTicketJoinsTheTail(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        yield registry.leaveQueue(b.ticket)
+        c = yield registry.assign(request("c"), 3)
+        again = yield registry.assign(request("b", ticket=b.ticket), 4)
+        assert isinstance(again, Queued) and again.position == 1
+        assert again.ticket != c.ticket
+        assert (yield registry.queueInfo(4)).length == 2
+
+    @pytest_twisted.inlineCallbacks
+    def test_ticketOfAKeyAssignedMeanwhileIsDequeued(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        first = yield registry.assign(request("b"), 2)
+        second = yield registry.assign(request("b"), 3)
+        yield registry.endSession("a")
+        assert (yield registry.assign(request("b", ticket=first.ticket), 4)).fresh
+        result = yield registry.assign(request("b", ticket=second.ticket), 5)
+        assert isinstance(result, Assigned) and not result.fresh
+        assert (yield registry.queueInfo(5)).length == 0
+        assert (yield registry.getSession("b")).connections == 2
+
+    @pytest_twisted.inlineCallbacks
+    def test_queueInfo(self, registry):
+        assert (yield registry.queueInfo(7)) == QueueInfo(length=0, oldest_wait=0, demand=0)
+        yield addHealthy(registry, "w1", capacity=100)
+        yield registry.assign(request("a", 100), 1)
+        yield registry.assign(request("b", 100), 10)
+        yield registry.assign(request("c", 30), 15)
+        assert (yield registry.queueInfo(25)) == QueueInfo(length=2, oldest_wait=15, demand=130)
+
+    @pytest_twisted.inlineCallbacks
+    def test_touchAndExpireTickets(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 0)
+        yield registry.assign(request("b"), 0)
+        c = yield registry.assign(request("c"), 0)
+        yield registry.touchTickets([c.ticket, "unknown"], 50)
+        assert (yield registry.expireTickets(70, 30)) == 1
+        assert (yield registry.assign(request("c", ticket=c.ticket), 71)) == Queued(c.ticket, 0)
+        assert (yield registry.expireTickets(80, 30)) == 0
+        assert (yield registry.expireTickets(81, 30)) == 1
+        assert (yield registry.queueInfo(81)).length == 0
+
+    # -- sessions -------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_releaseCountsConnectionsDown(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a", instance="i1"), 1)
+        yield registry.assign(request("a", instance="i2"), 2)
+        session = yield registry.release("a", "i1", 3)
+        assert (session.connections, session.disconnected_at) == (1, None)
+        session = yield registry.release("a", "i2", 4)
+        assert (session.connections, session.disconnected_at, session.connected) == (0, 4, False)
+        again = yield registry.assign(request("a"), 5)
+        assert (again.fresh, again.worker.id) == (False, "w1")
+        assert (yield registry.getSession("a")).disconnected_at is None
+        assert (yield registry.release("nope", "i1", 5)) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_releaseIgnoresAnInstanceWithoutConnections(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a", instance="i1"), 1)
+        session = yield registry.release("a", "i2", 2)
+        assert (session.connections, session.disconnected_at) == (1, None)
+
+    @pytest_twisted.inlineCallbacks
+    def test_expireSessionsEndsOnlyDisconnectedPastGrace(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=10)
+        for key in ["old", "recent", "twice", "live"]:
+            yield registry.assign(request(key), 1)
+        yield registry.assign(request("twice"), 1)
+        yield registry.release("old", "i1", 100)
+        yield registry.release("recent", "i1", 150)
+        yield registry.release("twice", "i1", 100)
+        capacity, ended = yield listen(registry, harness)
+        assert (yield registry.expireSessions(160, 60)) == ["old"]
+        assert [s.key for s in (yield registry.listSessions())] == ["live", "recent", "twice"]
+        worker = yield registry.getWorker("w1")
+        assert (worker.load, worker.sessions) == (3, ("live", "recent", "twice"))
+        yield harness.settle()
+        assert ended.calls == [("old",)]
+        assert capacity.calls
+        assert (yield registry.expireSessions(209, 60)) == []
+        assert (yield registry.expireSessions(210, 60)) == ["recent"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_endSessionFreesCapacity(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        capacity, ended = yield listen(registry, harness)
+        session = yield registry.endSession("a")
+        assert (session.key, session.worker, session.cost) == ("a", "w1", 1)
+        assert (yield registry.getSession("a")) is None
+        worker = yield registry.getWorker("w1")
+        assert (worker.load, worker.sessions) == (0, ())
+        assert worker.idle_since is not None
+        yield harness.settle()
+        assert capacity.calls and ended.calls == [("a",)]
+        assert (yield registry.assign(request("b", ticket=b.ticket), 3)).fresh
+        assert (yield registry.endSession("a")) is None
+
+    @pytest_twisted.inlineCallbacks
+    def test_listSessionsOrderedByKey(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        for key in ["c", "a", "b"]:
+            yield registry.assign(request(key), 1)
+        assert [s.key for s in (yield registry.listSessions())] == ["a", "b", "c"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_claimIdleWorkerOnlyWhenEmpty(self, registry):
+        yield addHealthy(registry, "w1", capacity=2)
+        yield registry.assign(request("a"), 1)
+        assert (yield registry.claimIdleWorker("w1")) is False
+        assert (yield registry.getWorker("w1")).sessions == ("a",)
+        yield registry.endSession("a")
+        assert (yield registry.claimIdleWorker("w1")) is True
+        assert (yield registry.getWorker("w1")) is None
+        assert isinstance((yield registry.assign(request("b"), 2)), Queued)
+
+    @pytest_twisted.inlineCallbacks
+    def test_removeWorkerDropsItsSessions(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield registry.assign(request("b"), 1)
+        yield registry.assign(request("a"), 1)
+        _, ended = yield listen(registry, harness)
+        assert (yield registry.removeWorker("w1")) == ["a", "b"]
+        assert (yield registry.getWorker("w1")) is None
+        assert (yield registry.listSessions()) == []
+        yield harness.settle()
+        assert sorted(ended.calls) == [("a",), ("b",)]
+
+    # -- listeners ------------------------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_listenersAreToldAfterTheCallNotDuringIt(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("a"), 1)
+        capacity, ended = yield listen(registry, harness)
+        d = registry.endSession("a")
+        assert (capacity.calls, ended.calls) == ([], [])
+        yield d
+        yield harness.settle()
+        assert capacity.calls and ended.calls == [("a",)]
+
+    @pytest_twisted.inlineCallbacks
+    def test_capacityListenersToldWhenCapacityMayBeUsable(self, registry, harness):
+        capacity, _ = yield listen(registry, harness)
+
+        @inlineCallbacks
+        def tells(call):
+            capacity.calls.clear()
+            yield call
+            yield harness.settle()
+            return bool(capacity.calls)
+
+        assert (yield tells(registry.addWorker("w1", "ws://h:1", "local", 1, 0)))
+        assert (yield tells(registry.setWorkerState("w1", HEALTHY, 1)))
+        yield registry.setDraining("w1", True)
+        assert (yield tells(registry.setDraining("w1", False)))
+
+    @pytest_twisted.inlineCallbacks
+    def test_aNewQueueHeadIsToldToRetry(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("a", 900), 1)
+        b = yield registry.assign(request("b", 500), 2)
+        c = yield registry.assign(request("c", 100), 3)
+        d = yield registry.assign(request("d", 100), 4)
+        capacity, _ = yield listen(registry, harness)
+        yield registry.leaveQueue(b.ticket)
+        yield harness.settle()
+        assert capacity.calls
+        capacity.calls.clear()
+        assert (yield registry.assign(request("c", 100, ticket=c.ticket), 5)).fresh
+        yield harness.settle()
+        assert capacity.calls
+        assert (yield registry.assign(request("d", 100, ticket=d.ticket), 6)) == Queued(d.ticket, 0)
+
+    @pytest_twisted.inlineCallbacks
+    def test_aFailingListenerSparesTheOthers(self, registry, harness):
+        def broken():
+            raise RuntimeError("listener bug")
+
+        registry.addCapacityListener(broken)
+        capacity, _ = yield listen(registry, harness)
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        yield harness.settle()
+        assert capacity.calls
+
+    # -- properties -----------------------------------------------------
+
+    @given(placement=st.sampled_from([PACK, SPREAD]), steps=STEPS)
+    @settings(max_examples=50, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @pytest_twisted.inlineCallbacks
+    def test_randomTrafficKeepsTheBooks(self, harness, placement, steps):
+        """
+        Arrivals, retries, departures and drains against capacity-1000
+        workers agree with a simple model: no worker over capacity, loads are
+        the sum of live sessions, placement picks as specified, and a key
+        that fits somewhere with an empty queue is never queued.
+        """
+        registry = yield harness.make()
+        for worker_id in ["w0", "w1", "w2"]:
+            yield addHealthy(registry, worker_id, capacity=1000)
+        tickets = []  # [ticket, key, cost] in arrival order
+        sessions = {}  # key -> {"worker", "cost", "connections", "disconnected_at"}
+
+        @inlineCallbacks
+        def assignAndCheck(key, cost, now, ticket=None, position=None):
+            workers = yield registry.listWorkers()
+            result = yield registry.assign(request(key, cost, placement, ticket), now)
+            model = sessions.get(key)
+            atHead = not tickets or position == 0
+            choice = pick(workers, cost, placement) if atHead else None
+            if model is not None:
+                assert result == Assigned(result.worker, False)
+                assert result.worker.id == model["worker"]
+            elif choice is not None:
+                assert result == Assigned(result.worker, True)
+                assert result.worker.id == choice
+                model = sessions[key] = {"worker": choice, "cost": cost, "connections": 0}
+            elif ticket is None:
+                assert isinstance(result, Queued) and result.position == len(tickets)
+                tickets.append([result.ticket, key, cost])
+                return
+            else:
+                assert result == Queued(ticket, position)
+                return
+            model["connections"] += 1
+            model["disconnected_at"] = None
+            if position is not None:
+                del tickets[position]
+
+        for now, (kind, *args) in enumerate(steps, start=1):
+            if kind == "arrive":
+                yield assignAndCheck(*args, now)
+            elif kind == "retry" and tickets:
+                position = args[0] % len(tickets)
+                ticket, key, cost = tickets[position]
+                yield assignAndCheck(key, cost, now, ticket, position)
+            elif kind == "leave" and tickets:
+                yield registry.leaveQueue(tickets.pop(args[0] % len(tickets))[0])
+            elif kind == "release":
+                yield registry.release(args[0], "i1", now)
+                model = sessions.get(args[0])
+                if model and model["connections"]:
+                    model["connections"] -= 1
+                    if not model["connections"]:
+                        model["disconnected_at"] = now
+            elif kind == "end":
+                ended = yield registry.endSession(args[0])
+                model = sessions.pop(args[0], None)
+                assert (ended is None) == (model is None)
+            elif kind == "expire":
+                due = sorted(
+                    key for key, m in sessions.items()
+                    if not m["connections"] and now - m["disconnected_at"] >= GRACE
+                )
+                assert (yield registry.expireSessions(now, GRACE)) == due
+                for key in due:
+                    del sessions[key]
+            elif kind == "drain":
+                yield registry.setDraining(*args)
+            yield checkBooks(registry, sessions, tickets, now)
+
+
+@inlineCallbacks
+def checkBooks(registry, sessions, tickets, now):
+    """The registry's sessions, loads and queue agree with the model."""
+    actual = yield registry.listSessions()
+    assert {s.key: (s.worker, s.cost, s.connections) for s in actual} == {
+        key: (m["worker"], m["cost"], m["connections"]) for key, m in sessions.items()
+    }
+    for worker in (yield registry.listWorkers()):
+        mine = [s for s in actual if s.worker == worker.id]
+        assert worker.load <= worker.capacity
+        assert worker.load == sum(s.cost for s in mine)
+        assert worker.sessions == tuple(s.key for s in mine)
+        assert (worker.idle_since is None) == (worker.load > 0)
+    info = yield registry.queueInfo(now)
+    assert (info.length, info.demand) == (len(tickets), sum(t[2] for t in tickets))

@@ -1,0 +1,237 @@
+"""The read-only admin API: a real Site on 127.0.0.1, queried over HTTP, over a MemoryRegistry."""
+
+import gc
+import json
+
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.resource import Resource
+
+from wslb.admin.api import Response, Route, makeAdminSite
+from wslb.registry import HEALTHY, AssignRequest, Assigned, Queued
+from wslb.registry.memory import MemoryRegistry
+
+T0 = 1644334020.0  # 2022-02-08T15:27:00Z
+TIMEOUT = 3.0
+
+
+class Admin:
+    """One admin Site over a MemoryRegistry driven by a Clock; ``serving`` feeds /healthz."""
+
+    def __init__(self, makeRegistry=MemoryRegistry):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.registry = makeRegistry(self.clock)
+        self.serving = True
+        self.site = makeAdminSite(self.registry, self.clock, self.isServing, timeout=TIMEOUT)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+
+    def isServing(self):
+        if isinstance(self.serving, Exception):
+            return defer.fail(self.serving)
+        if isinstance(self.serving, defer.Deferred):
+            return self.serving
+        return defer.succeed(self.serving)
+
+    async def request(self, method, path):
+        """Fire with (status, decoded JSON body or b"" when empty, response)."""
+        response = await treq.request(method, self.base + path, pool=self.pool, timeout=5)
+        body = await response.content()
+        assert response.headers.getRawHeaders("content-type") == ["application/json"]
+        return response.code, json.loads(body) if body else body, response
+
+    async def get(self, path):
+        code, body, _ = await self.request("GET", path)
+        return code, body
+
+    async def close(self):
+        await defer.maybeDeferred(self.port.stopListening)
+        await self.pool.closeCachedConnections()
+
+
+@pytest_twisted.async_yield_fixture()
+async def admin():
+    admin = Admin()
+    yield admin
+    await admin.close()
+
+
+async def addHealthyWorker(registry, clock, worker_id, capacity=1):
+    await registry.addWorker(worker_id, f"ws://{worker_id}", "static", capacity, clock.seconds())
+    await registry.setWorkerState(worker_id, HEALTHY, clock.seconds())
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_follows_is_serving(admin):
+    assert await admin.get("/healthz") == (200, {"ok": True})
+    admin.serving = False
+    assert await admin.get("/healthz") == (503, {"ok": False})
+    admin.serving = ConnectionError("registry down")
+    assert await admin.get("/healthz") == (503, {"ok": False})
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_answers_503_when_is_serving_hangs(admin):
+    admin.serving = defer.Deferred()
+    pending = defer.ensureDeferred(admin.get("/healthz"))
+    await deferLater(reactor, 0.1)  # the request reaches the site
+    assert not pending.called
+    admin.clock.advance(TIMEOUT)
+    assert await pending == (503, {"ok": False})
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_list_and_one_record_shape(admin):
+    registry, clock = admin.registry, admin.clock
+    await addHealthyWorker(registry, clock, "10.0.2.110:9000", capacity=1000)
+    clock.advance(60)
+    await registry.addWorker("i-0e214a342f3239fd3", "ws://ip-10-0-2-111:9000", "ec2", 1, clock.seconds())
+    assigned = await registry.assign(AssignRequest("userId1", 300, "wslb-1"), clock.seconds())
+    assert isinstance(assigned, Assigned)
+
+    static = {
+        "id": "10.0.2.110:9000", "url": "ws://10.0.2.110:9000", "provider": "static",
+        "state": "healthy", "draining": False, "capacity": 1000, "load": 300,
+        "sessions": ["userId1"],
+        "last_seen": "2022-02-08T15:27:00Z", "started_at": "2022-02-08T15:27:00Z",
+    }
+    ec2 = {
+        "id": "i-0e214a342f3239fd3", "url": "ws://ip-10-0-2-111:9000", "provider": "ec2",
+        "state": "starting", "draining": False, "capacity": 1, "load": 0, "sessions": [],
+        "last_seen": None, "started_at": "2022-02-08T15:28:00Z",
+    }
+    assert await admin.get("/api/v1/workers") == (200, {"workers": [static, ec2]})
+    assert await admin.get("/api/v1/workers/10.0.2.110%3A9000") == (200, static)
+    assert await admin.get("/api/v1/workers/i-0e214a342f3239fd3/") == (200, ec2)
+
+    code, body = await admin.get("/api/v1/workers/nope%3A1")
+    assert code == 404
+    assert "nope:1" in body["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_list_and_one(admin):
+    registry, clock = admin.registry, admin.clock
+    await addHealthyWorker(registry, clock, "w1", capacity=10)
+    await registry.assign(AssignRequest("alice", 2, "wslb-1"), clock.seconds())
+    clock.advance(5)
+    await registry.assign(AssignRequest("bob", 3, "wslb-1"), clock.seconds())
+    await registry.release("bob", "wslb-1", clock.seconds())
+
+    alice = {"key": "alice", "worker": "w1", "cost": 2, "connected": True,
+             "since": "2022-02-08T15:27:00Z"}
+    bob = {"key": "bob", "worker": "w1", "cost": 3, "connected": False,
+           "since": "2022-02-08T15:27:05Z"}
+    assert await admin.get("/api/v1/sessions") == (200, {"sessions": [alice, bob]})
+    assert await admin.get("/api/v1/sessions/bob") == (200, bob)
+    code, body = await admin.get("/api/v1/sessions/carol")
+    assert code == 404
+    assert "carol" in body["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_length_and_oldest_wait(admin):
+    assert await admin.get("/api/v1/queue") == (200, {"length": 0, "oldest_wait_seconds": 0})
+    for key in ("q1", "q2"):
+        queued = await admin.registry.assign(AssignRequest(key, 1, "wslb-1"), admin.clock.seconds())
+        assert isinstance(queued, Queued)
+        admin.clock.advance(1.25)
+    assert await admin.get("/api/v1/queue") == (200, {"length": 2, "oldest_wait_seconds": 2.5})
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_404_and_wrong_methods_405(admin):
+    for path in ("/", "/api", "/api/v1/nothing", "/api/v1/workers/a/b", "/healthz/x"):
+        code, body = await admin.get(path)
+        assert (code, set(body)) == (404, {"error"}), path
+
+    code, body, response = await admin.request("DELETE", "/api/v1/workers")
+    assert code == 405
+    assert "error" in body
+    assert response.headers.getRawHeaders("allow") == ["GET"]
+    code, _, _ = await admin.request("POST", "/healthz")
+    assert code == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_answers_like_get_without_a_body(admin):
+    code, body, _ = await admin.request("HEAD", "/api/v1/workers")
+    assert (code, body) == (200, b"")
+
+
+class StalledRegistry(MemoryRegistry):
+    """A registry whose listing never answers (as Redis does while unreachable)."""
+
+    def listWorkers(self):
+        return defer.Deferred()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registry_that_does_not_answer_gives_503():
+    admin = Admin(StalledRegistry)
+    try:
+        pending = defer.ensureDeferred(admin.get("/api/v1/workers"))
+        await deferLater(reactor, 0.1)
+        assert not pending.called
+        admin.clock.advance(TIMEOUT)
+        code, body = await pending
+        assert code == 503
+        assert "registry" in body["error"]
+    finally:
+        await admin.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_for_a_client_that_left_is_dropped(admin):
+    """No write, and so no error, for a request whose client disconnected."""
+    reached, answer = defer.Deferred(), defer.Deferred()
+    gone = []
+
+    async def slow(request):
+        request.notifyFinish().addErrback(gone.append)
+        reached.callback(None)
+        return await answer
+
+    admin.site.resource.api.routes.append(Route("GET", "/slow", slow))
+    errors = []
+
+    def observer(event):
+        if event.get("log_failure"):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    pending = treq.get(admin.base + "/slow", pool=admin.pool, timeout=5)
+    try:
+        await reached.addTimeout(5, reactor)
+        pending.cancel()  # the client hangs up
+        for _ in range(50):
+            if gone:
+                break
+            await deferLater(reactor, 0.02)
+        assert gone
+        answer.callback(Response(200, {"late": True}))
+        gc.collect()  # an unhandled failure in the request's Deferred is logged now
+        assert errors == []
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        pending.addErrback(lambda f: f.trap(ResponseNeverReceived))
+
+
+@pytest_twisted.ensureDeferred
+async def test_pages_mounted_on_the_root_take_precedence(admin):
+    class Metrics(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return b"wslb_connections 0\n"
+
+    admin.site.resource.putChild(b"metrics", Metrics())
+    response = await treq.get(admin.base + "/metrics", pool=admin.pool, timeout=5)
+    assert await response.text() == "wslb_connections 0\n"
+    assert await admin.get("/healthz") == (200, {"ok": True})

@@ -1,0 +1,295 @@
+"""
+End to end through a running wslb (in this process, real loopback sockets)
+to real echo worker processes.
+"""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from _echo_helpers import EchoWorkerProcess, closeAll, getJSON, waitFor
+from _wslb_helpers import InProcessWslb, rawHandshake
+
+
+@pytest.fixture
+def echo_workers(request):
+    """Real echo worker processes; the count comes from the test's marker."""
+    marker = request.node.get_closest_marker("workers")
+    count = marker.args[0] if marker else 2
+    workers = [EchoWorkerProcess() for _ in range(count)]
+    try:
+        for worker in workers:
+            worker.waitHealthy()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def staticWslb(workers, *overrides):
+    urls = ", ".join(f'"{w.url}"' for w in workers)
+    return InProcessWslb(
+        "pool.provider=static", f"pool.static.workers=[{urls}]",
+        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
+        *overrides,
+    )
+
+
+@pytest.fixture
+def clients():
+    opened = []
+    yield opened
+    closeAll(opened)
+
+
+async def started(wslb, healthy):
+    await wslb.start()
+    await wslb.waitHealthy(healthy)
+    return wslb
+
+
+@pytest_twisted.ensureDeferred
+async def test_text_and_binary_echo_and_subprotocol(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
+    try:
+        client = await wslb.connect("alice", protocols=["scene.v2", "scene.v1"])
+        clients.append(client)
+        assert client.response.protocol == "scene.v2"  # the worker's choice
+        client.sendMessage("hello".encode())
+        assert await client.nextMessage() == (b"hello", False)
+        client.sendMessage(b"\x00\xff" * 10, isBinary=True)
+        assert await client.nextMessage() == (b"\x00\xff" * 10, True)
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_fragmented_message(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
+    try:
+        client = await wslb.connect("big")
+        clients.append(client)
+        payload = bytes(range(256)) * (5 * 1024 * 4)  # 5 MiB
+        client.beginMessage(isBinary=True)
+        chunk = 64 * 1024
+        for i in range(0, len(payload), chunk):
+            client.sendMessageFrame(payload[i:i + chunk])
+        client.endMessage()
+        got, isBinary = await client.nextMessage()
+        assert isBinary and got == payload
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_headers_seen_by_worker(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
+    try:
+        client = await wslb.connect(
+            "hdrs", path="/scene/7?quality=high",
+            headers={"X-Forwarded-For": "6.6.6.6", "Authorization": "Bearer t",
+                     "Origin": "https://app.example.com"},
+        )
+        clients.append(client)
+        seen = await client.ask("whoami")
+        headers = seen["headers"]
+        assert seen["session"] == "hdrs"
+        assert seen["path"].startswith("/scene/7")
+        assert headers["x-wslb-session"] == "hdrs"
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # the client's spoof replaced
+        assert headers["x-forwarded-proto"] == "http"
+        assert headers["x-forwarded-host"] == f"127.0.0.1:{wslb.port}"
+        assert headers["authorization"] == "Bearer t"
+        assert headers["origin"] == "https://app.example.com"
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_codes_pass_both_ways(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
+    try:
+        client = await wslb.connect("closer")
+        clients.append(client)
+        client.sendMessage(b"close 4003 worker says bye")
+        assert await client.waitClosed() == (4003, "worker says bye")
+
+        client = await wslb.connect("closer2")
+        clients.append(client)
+        worker = (await client.ask("whoami"))["worker"]
+        client.sendClose(4002, "user says bye")
+        await client.waitClosed()
+        http = next(w.http for w in echo_workers if worker.endswith(str(w.port)))
+
+        def seenClose(stats):
+            return any(c["session"] == "closer2" and c["code"] == 4002
+                       for c in stats["closes"])
+
+        _, stats = await waitFor(lambda: getJSON(http + "/stats"), lambda r: seenClose(r[1]))
+        assert seenClose(stats), stats["closes"]
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sticky_reconnect_and_distinct_keys(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
+    try:
+        first = await wslb.connect("sticky")
+        clients.append(first)
+        first.sendMessage(b"one")
+        await first.nextMessage()
+        seen = await first.ask("whoami")
+        assert seen["count"] == 1
+        first.sendClose(1000)
+        await first.waitClosed()
+
+        again = await wslb.connect("sticky")
+        clients.append(again)
+        seen2 = await again.ask("whoami")
+        assert seen2["worker"] == seen["worker"]
+        assert seen2["count"] == 1  # the worker's per-session state continued
+        other = await wslb.connect("someone-else")
+        clients.append(other)
+        assert (await other.ask("whoami"))["worker"] != seen["worker"]
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_worker_unreachable_gives_502(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 1)
+    try:
+        echo_workers[0].kill()
+        status, _ = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "k"})
+        assert status == 502
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_worker_dropping_gives_1012(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 1)
+    try:
+        client = await wslb.connect("dropped")
+        clients.append(client)
+        await client.ask("whoami")
+        echo_workers[0].kill()
+        code, _ = await client.waitClosed()
+        assert code == 1012
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(2)
+@pytest_twisted.ensureDeferred
+async def test_queue_fifo_served_when_sessions_end(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "queue.timeout=20"), 2)
+    try:
+        holders = [await wslb.connect(f"holder{i}") for i in range(2)]
+        clients.extend(holders)
+        order = []
+        waiting = []
+        for i in range(3):
+            d = wslb.connect(f"waiter{i}")
+            d.addCallback(lambda c, i=i: (order.append(i), clients.append(c), c)[2])
+            waiting.append(d)
+            await deferLater(reactor, 0.1)  # arrive in a known order
+        await deferLater(reactor, 0.3)
+        assert order == []  # all held
+        _, queue = await getJSON(wslb.admin + "/api/v1/queue")
+        assert queue["length"] == 3
+        for n, holder in enumerate(holders):
+            holder.sendMessage(b"end")  # the worker ends the session: slot freed
+            await holder.waitClosed()
+            first = await waiting[n]
+            assert order[-1] == n
+            first.sendMessage(b"end")
+            await first.waitClosed()
+        await waiting[2]
+        assert order == [0, 1, 2]
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients):
+    wslb = await started(staticWslb(
+        echo_workers, "queue.timeout=2", "queue.max_length=1"), 1)
+    try:
+        clients.append(await wslb.connect("holder"))
+        waiting = rawHandshake(wslb.port, headers={"X-WSLB-Session": "w1"})
+        await deferLater(reactor, 0.3)
+        status, headers = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "w2"})
+        assert status == 503 and int(headers["retry-after"]) >= 1  # queue full
+        status, headers = await waiting
+        assert status == 503 and int(headers["retry-after"]) >= 1  # waited too long
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_client_giving_up_leaves_queue(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "queue.timeout=20"), 1)
+    try:
+        clients.append(await wslb.connect("holder"))
+        waiter = wslb.connect("gives-up")
+        await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
+                      lambda r: r[1]["length"] == 1)
+        waiter.cancel()  # drops the TCP connection mid-handshake
+        _, queue = await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
+                                 lambda r: r[1]["length"] == 0)
+        assert queue["length"] == 0
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_refusals(echo_workers, clients):
+    wslb = await started(staticWslb(
+        echo_workers, 'listen.allowed_origins=["https://*.example.com"]',
+        "listen.max_connections=2", "listen.max_message_size=1024",
+        "session.issue_cookie=false", "pool.capacity=5"), 1)
+    try:
+        port = wslb.port
+        assert (await rawHandshake(port, headers={"X-WSLB-Session": "bad key!"}))[0] == 400
+        assert (await rawHandshake(port))[0] == 400  # no key, none minted
+        assert (await rawHandshake(port, headers={
+            "X-WSLB-Session": "k", "Origin": "https://evil.com"}))[0] == 403
+        client = await wslb.connect("k", headers={"Origin": "https://app.example.com"})
+        clients.append(client)
+        client.sendMessage(b"x" * 2048, isBinary=True)
+        code, _ = await client.waitClosed()
+        assert code == 1009
+        held = [await wslb.connect(f"k{i}") for i in range(2)]
+        clients.extend(held)
+        status, _ = await rawHandshake(port, headers={"X-WSLB-Session": "k9"})
+        assert status == 503
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_minted_cookie_is_sticky(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "pool.capacity=5"), 1)
+    try:
+        status, headers = await rawHandshake(wslb.port)
+        assert status == 101
+        cookie = headers["set-cookie"].split(";")[0]
+        assert cookie.startswith("wslb_session=")
+        client = await wslb.connect(headers={"Cookie": cookie})
+        clients.append(client)
+        seen = await client.ask("whoami")
+        assert seen["session"] == cookie.split("=", 1)[1]
+        assert json.dumps(seen)
+    finally:
+        await wslb.stop()
