@@ -1,26 +1,36 @@
 """
 The admin HTTP API (DESIGN section 7): health for the load balancer in front,
-and JSON views of workers, sessions and the queue, read from the registry.
+JSON views of workers, sessions and the queue, read from the registry, and
+the few changes an operator or a worker makes: register a worker, report a
+worker's event, end a session.
 
 Routes are one explicit table of (method, path template, handler). A handler
 is ``async (request, **path_params) -> Response``; it awaits the registry
 through ``_ask``, which bounds the wait, so no admin request hangs on a
 registry that does not answer. Mutating routes join the same table, each
-wrapped in its bearer-token check.
+wrapped in the check of L{wslb.admin.auth.MutationAuth}.
 """
 
 import json
 from datetime import datetime, timezone
+from io import BytesIO
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from wslb.admin.auth import MutationAuth, isLoopback
+from wslb.pool.urls import hostPort
+from wslb.registry import DEAD, HEALTHY, UNHEALTHY
 
 log = Logger()
 
 DEFAULT_TIMEOUT = 3.0  # seconds the registry may take; NLB health checks wait ~5 s
+MAX_BODY = 64 * 1024  # bytes; the largest request body is a few dozen
+REGISTERED = "registered"  # the provider of workers registered through the API
 
 
 class Response(NamedTuple):
@@ -31,6 +41,14 @@ class Response(NamedTuple):
 
 def error(code, message, headers=()):
     return Response(code, {"error": message}, headers)
+
+
+class HTTPError(Exception):
+    """A 4xx answer decided deep inside a handler (a bad body, a bad field)."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
 
 
 def isoTime(seconds):
@@ -64,6 +82,68 @@ def sessionRecord(session):
         "connected": session.connected,
         "since": isoTime(session.since),
     }
+
+
+def jsonObject(request):
+    """The request body as a JSON object, or L{HTTPError} 413, 415 or 400."""
+    # Only application/json: a cross-site page can POST text/plain to
+    # 127.0.0.1 without a CORS preflight, but not application/json.
+    contentType = (request.getHeader(b"content-type") or b"").partition(b";")[0]
+    if contentType.strip().lower() != b"application/json":
+        raise HTTPError(415, "the body must be sent as Content-Type: application/json")
+    request.content.seek(0)
+    data = request.content.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise HTTPError(413, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise HTTPError(400, f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the body must be a JSON object")
+    return body
+
+
+def fields(body, *names):
+    """The values of exactly the keys ``names`` of ``body``, in that order."""
+    unknown = sorted(set(body) - set(names))
+    missing = [name for name in names if name not in body]
+    if unknown or missing:
+        raise HTTPError(400, "expected the fields " + ", ".join(names)
+                        + "".join(f"; unknown: {', '.join(unknown)}" for _ in unknown[:1])
+                        + "".join(f"; missing: {', '.join(missing)}" for _ in missing[:1]))
+    return [body[name] for name in names]
+
+
+def registeredUrl(url):
+    """The canonical C{ws(s)://host:port} of a URL given to register a worker."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except (TypeError, ValueError, AttributeError):
+        parts = port = None
+    if not (parts and parts.scheme in ("ws", "wss") and parts.hostname and port
+            and parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)):
+        raise HTTPError(400, 'url must be a string "ws://HOST:PORT" or "wss://HOST:PORT"')
+    return f"{parts.scheme}://{hostPort(url)}"
+
+
+def positiveInt(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HTTPError(400, f"{name} must be a positive integer")
+    return value
+
+
+def _toState(state):
+    return lambda registry, worker, now: registry.setWorkerState(worker, state, now)
+
+
+# What each event of POST /api/v1/workers/{id}/events does to the registry.
+WORKER_EVENTS = {
+    **{state: _toState(state) for state in (HEALTHY, UNHEALTHY, DEAD)},
+    "drain": lambda registry, worker, now: registry.setDraining(worker, True),
+    "heartbeat": lambda registry, worker, now: registry.heartbeat(worker, now),
+}
 
 
 class Route:

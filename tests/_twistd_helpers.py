@@ -1,0 +1,71 @@
+"""Run wslb as a real ``twistd -n wslb`` process, as operators do."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import free_port
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+class TwistdWslb:
+    """``twistd -n wslb`` on free loopback ports, with extra ``--set`` overrides."""
+
+    def __init__(self, tmp_path, *overrides, config=None, env=None):
+        self.port = free_port()
+        self.adminPort = free_port()
+        self.admin = f"http://127.0.0.1:{self.adminPort}"
+        self.log = tmp_path / f"twistd-{self.port}.log"
+        args = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), "wslb"]
+        if config is not None:
+            args += ["--config", str(config)]
+        for override in (
+            f"listen.endpoint=tcp:{self.port}:interface=127.0.0.1",
+            f"admin.endpoint=tcp:{self.adminPort}:interface=127.0.0.1",
+            *overrides,
+        ):
+            args += ["--set", override]
+        self.process = subprocess.Popen(
+            args, cwd=tmp_path, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def url(self, path="/"):
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def waitListening(self, timeout=15):
+        """Block until the listener accepts connections (before the test's reactor work)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited {self.process.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"twistd did not listen:\n{self.output()}")
+
+    def output(self):
+        text = self.log.read_text() if self.log.exists() else ""
+        return text[-5000:]
+
+    def signal(self, signum):
+        self.process.send_signal(signum)
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit status (kills after ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        return self.process.returncode

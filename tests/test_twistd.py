@@ -1,0 +1,95 @@
+"""``twistd -n wslb`` as a real process: the embedded default, and bad configs."""
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from _echo_helpers import connectWebSocket
+from _twistd_helpers import TWISTD, TwistdWslb
+from conftest import free_port
+
+
+def workerPids(parent):
+    """Pids of the processes ``parent`` spawned (its local echo workers)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)],  # reactor-safe: test
+                         capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def default_wslb(tmp_path):
+    first = free_port()
+    wslb = TwistdWslb(tmp_path, f'pool.local.ports="{first}-{first + 40}"')
+    yield wslb
+    wslb.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_embedded_default_serves_an_echo_within_seconds(default_wslb):
+    default_wslb.waitListening()
+    started = reactor.seconds()
+    client = None
+    while client is None:  # the local workers are starting: 503/502 until healthy
+        try:
+            client = await connectWebSocket(default_wslb.url("/?session=newcomer"))
+        except Exception:
+            assert reactor.seconds() - started < 20, default_wslb.output()
+            await deferLater(reactor, 0.25)
+    try:
+        client.sendMessage(b"hello wslb")
+        assert await client.nextMessage() == (b"hello wslb", False)
+        seen = await client.ask("whoami")
+        assert seen["session"] == "newcomer"
+        assert seen["worker"].startswith("echo-")
+    finally:
+        client.transport.abortConnection()
+    pids = workerPids(default_wslb.process.pid)
+    assert len(pids) >= 2  # min_spare local workers were spawned
+    # twistd re-raises the signal it stopped on, so a clean stop reports -SIGTERM.
+    assert default_wslb.stop() in (0, -signal.SIGTERM)
+    assert not [pid for pid in pids if alive(pid)], "local workers outlived wslb"
+
+
+@pytest.mark.parametrize("toml, key", [
+    ("[listen]\nmax_connections = -1\n", "listen.max_connections"),
+    ("[pool]\nmin_spare = 9\nmax_spare = 2\n", "pool.min_spare"),
+    ("[admin]\nendpoint = \"tcpp:80\"\n", "admin.endpoint"),
+    ("[pool]\nscale_intervall = \"5s\"\n", "pool.scale_intervall"),
+])
+def test_bad_config_exits_before_listening(tmp_path, toml, key):
+    path = tmp_path / "wslb.toml"
+    path.write_text(toml)
+    port = free_port()
+    result = subprocess.run(  # reactor-safe: test
+        [TWISTD, "-n", "--pidfile=", "wslb", "--config", str(path),
+         "--set", f"listen.endpoint=tcp:{port}:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+
+
+def test_sigterm_exits_promptly(tmp_path):
+    wslb = TwistdWslb(tmp_path, "pool.provider=static", "pool.min_spare=0")
+    wslb.waitListening()
+    wslb.signal(signal.SIGTERM)
+    assert wslb.process.wait(10) in (0, -signal.SIGTERM)
+    assert "Traceback" not in wslb.output()
+    wslb.stop()
