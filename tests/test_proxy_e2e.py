@@ -293,3 +293,47 @@ async def test_minted_cookie_is_sticky(echo_workers, clients):
         assert json.dumps(seen)
     finally:
         await wslb.stop()
+
+
+async def scrape(wslb):
+    import treq
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await treq.get(wslb.admin + "/metrics", timeout=5)
+    assert response.code == 200
+    text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_what_happened(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "pool.capacity=5"), 1)
+    try:
+        before = await scrape(wslb)
+        client = await wslb.connect("metered")
+        clients.append(client)
+        for _ in range(3):
+            client.sendMessage(b"12345")
+            await client.nextMessage()
+        assert (await rawHandshake(wslb.port, headers={"X-WSLB-Session": "bad key"}))[0] == 400
+        after = await scrape(wslb)
+
+        def moved(name, **labels):
+            key = (name, tuple(sorted(labels.items())))
+            return after[key] - before.get(key, 0)
+
+        assert moved("wslb_relay_messages_total", direction="to_worker") == 3
+        assert moved("wslb_relay_messages_total", direction="to_user") == 3
+        assert moved("wslb_relay_bytes_total", direction="to_worker") == 15
+        assert moved("wslb_handshakes_total", outcome="ok") == 1
+        assert moved("wslb_handshakes_total", outcome="400") == 1
+        assert after[("wslb_connections", ())] == 1
+        assert after[("wslb_sessions", ())] == 1
+        assert after[("wslb_workers", (("state", "healthy"),))] == 1
+        assert after[("wslb_leader", ())] == 1
+    finally:
+        await wslb.stop()

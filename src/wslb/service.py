@@ -15,6 +15,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from wslb.admin.api import makeAdminSite
+from wslb.admin.metrics_page import MetricsPage
+from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.service import PoolService, makeProvider
 from wslb.proxy.gate import Gate
@@ -103,9 +105,11 @@ def makeService(config, reactor=None):
     instance = uuid.uuid4().hex[:12]
     top = OrderedServices()
 
+    metrics = Metrics()
     registry = MemoryRegistry(reactor)
     provider = makeProvider(reactor, config.pool, config.registry.namespace)
-    pool = PoolService(registry, provider, AlwaysLeader(), reactor, config.pool)
+    leader = AlwaysLeader()
+    pool = PoolService(registry, provider, leader, reactor, config.pool)
     pool.setName("pool")
     pool.setServiceParent(top)
 
@@ -116,7 +120,7 @@ def makeService(config, reactor=None):
     sessions.setServiceParent(top)
     router = Router(
         registry, reactor, instance, config.pool.placement,
-        config.queue.max_length, config.queue.timeout, unavailable,
+        config.queue.max_length, config.queue.timeout, unavailable, metrics,
     )
     router.setName("router")
     router.setServiceParent(top)
@@ -140,11 +144,11 @@ def makeService(config, reactor=None):
         autoPingInterval=listen.auto_ping,
         autoPingTimeout=listen.auto_ping,
     )
+    gate = Gate(listen.max_connections, listen.allowed_origins, router.retryAfter, metrics)
     factory = UserLegFactory(
         clock=reactor, registry=registry, router=router, sessions=sessions,
         identifier=identifier,
-        gate=Gate(listen.max_connections, listen.allowed_origins, router.retryAfter),
-        connectWorker=connect, requestTimeout=listen.open_handshake_timeout,
+        gate=gate, traffic=metrics.traffic, connectWorker=connect, requestTimeout=listen.open_handshake_timeout,
         endCloseCode=config.session.end_close_code, options=legOptions,
     )
 
@@ -153,7 +157,17 @@ def makeService(config, reactor=None):
     def isServing():
         return defer.succeed(not drain.stopping)
 
-    admin = listener(config.admin.endpoint, makeAdminSite(registry, reactor, isServing))
+    metrics.watch("wslb_connections", lambda: gate.connections)
+    metrics.watch("wslb_leader", lambda: int(leader.isLeader()))
+    metrics.watch("wslb_leader_fencing_token", lambda: leader.fencingToken)
+    metrics.watchCounts(
+        "wslb_scaler_actions", "Workers launched or terminated by the scaler.", "action",
+        lambda: {a: pool.scaler.actionCounts[a] for a in ("launch", "terminate")},
+    )
+    site = makeAdminSite(registry, reactor, isServing)
+    site.resource.putChild(b"metrics", MetricsPage(
+        metrics, lambda: metrics.refresh(registry, reactor)))
+    admin = listener(config.admin.endpoint, site)
     admin.setName("admin")
     admin.setServiceParent(top)
     drain.setServiceParent(top)

@@ -106,25 +106,29 @@ def jsonObject(request):
 
 def fields(body, *names):
     """The values of exactly the keys ``names`` of ``body``, in that order."""
-    unknown = sorted(set(body) - set(names))
-    missing = [name for name in names if name not in body]
-    if unknown or missing:
-        raise HTTPError(400, "expected the fields " + ", ".join(names)
-                        + "".join(f"; unknown: {', '.join(unknown)}" for _ in unknown[:1])
-                        + "".join(f"; missing: {', '.join(missing)}" for _ in missing[:1]))
+    problems = []
+    if unknown := sorted(set(body) - set(names)):
+        problems.append("unknown: " + ", ".join(unknown))
+    if missing := [name for name in names if name not in body]:
+        problems.append("missing: " + ", ".join(missing))
+    if problems:
+        raise HTTPError(400, f"expected the fields {', '.join(names)} ({'; '.join(problems)})")
     return [body[name] for name in names]
 
 
 def registeredUrl(url):
     """The canonical C{ws(s)://host:port} of a URL given to register a worker."""
+    bad = HTTPError(400, 'url must be a string "ws://HOST:PORT" or "wss://HOST:PORT"')
+    if not isinstance(url, str):
+        raise bad
     try:
         parts = urlsplit(url)
         port = parts.port
-    except (TypeError, ValueError, AttributeError):
-        parts = port = None
-    if not (parts and parts.scheme in ("ws", "wss") and parts.hostname and port
+    except ValueError:
+        raise bad from None
+    if not (parts.scheme in ("ws", "wss") and parts.hostname and port
             and parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)):
-        raise HTTPError(400, 'url must be a string "ws://HOST:PORT" or "wss://HOST:PORT"')
+        raise bad
     return f"{parts.scheme}://{hostPort(url)}"
 
 
@@ -175,18 +179,22 @@ class AdminAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, registry, clock, isServing, auth, timeout=DEFAULT_TIMEOUT):
         super().__init__()
         self._registry = registry
         self._clock = clock
         self._isServing = isServing
+        self._auth = auth
         self._timeout = timeout
         self.routes = [
             Route("GET", "/healthz", self.healthz),
             Route("GET", "/api/v1/workers", self.listWorkers),
+            Route("POST", "/api/v1/workers", self._mutation(self.registerWorker)),
             Route("GET", "/api/v1/workers/{id}", self.getWorker),
+            Route("POST", "/api/v1/workers/{id}/events", self._mutation(self.workerEvent)),
             Route("GET", "/api/v1/sessions", self.listSessions),
             Route("GET", "/api/v1/sessions/{key}", self.getSession),
+            Route("DELETE", "/api/v1/sessions/{key}", self._mutation(self.endSession)),
             Route("GET", "/api/v1/queue", self.queue),
         ]
 
@@ -220,6 +228,32 @@ class AdminAPI(Resource):
             return error(404, f"no session {key!r}")
         return Response(200, sessionRecord(session))
 
+    async def registerWorker(self, request):
+        url, capacity = fields(jsonObject(request), "url", "capacity")
+        url, capacity = registeredUrl(url), positiveInt(capacity, "capacity")
+        workerId = hostPort(url)
+        worker = await self._ask(self._registry.addWorker(
+            workerId, url, REGISTERED, capacity, self._clock.seconds()))
+        if (worker.url, worker.capacity, worker.provider) != (url, capacity, REGISTERED):
+            return error(409, f"worker {workerId!r} exists already: {worker.url}, capacity "
+                              f"{worker.capacity}, provider {worker.provider}")
+        return Response(201, workerRecord(worker))
+
+    async def workerEvent(self, request, id):
+        [event] = fields(jsonObject(request), "event")
+        if not isinstance(event, str) or event not in WORKER_EVENTS:
+            raise HTTPError(400, "event must be one of " + ", ".join(WORKER_EVENTS))
+        worker = await self._ask(WORKER_EVENTS[event](self._registry, id, self._clock.seconds()))
+        if worker is None:
+            return error(404, f"no worker {id!r}")
+        return Response(200, workerRecord(worker))
+
+    async def endSession(self, request, key):
+        ended = await self._ask(self._registry.endSession(key))
+        if ended is None:
+            return error(404, f"no session {key!r}")
+        return Response(200, {"ended": key})
+
     async def queue(self, request):
         info = await self._ask(self._registry.queueInfo(self._clock.seconds()))
         return Response(200, {
@@ -228,6 +262,17 @@ class AdminAPI(Resource):
         })
 
     # -- plumbing -------------------------------------------------------
+
+    def _mutation(self, handler):
+        """``handler`` behind the mutation check: it runs only when allowed."""
+
+        async def checked(request, **params):
+            refusal = self._auth.refusal(request)
+            if refusal is not None:
+                return error(*refusal)
+            return await handler(request, **params)
+
+        return checked
 
     def _ask(self, d):
         """Bound a registry call: past the timeout it fails with TimeoutError."""
@@ -259,6 +304,8 @@ class AdminAPI(Resource):
     async def _handle(self, route, request, params):
         try:
             return await route.handler(request, **params)
+        except HTTPError as e:
+            return error(e.code, str(e))
         except defer.TimeoutError:
             return error(503, "the registry did not answer in time")
         except Exception:
@@ -293,23 +340,46 @@ class AdminRoot(Resource):
         return self.api
 
 
+class BoundedRequest(Request):
+    """
+    A request that keeps at most C{MAX_BODY + 1} bytes of its body, in
+    memory: enough for L{jsonObject} to answer 413, while a huge upload
+    costs neither memory nor a temporary file.
+    """
+
+    def gotLength(self, length):
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        room = MAX_BODY + 1 - self.content.tell()
+        if room > 0:
+            self.content.write(data[:room])
+
+
 class QuietSite(Site):
-    """A Site without per-request access log lines."""
+    """A Site without per-request access log lines, bounding request bodies."""
 
     noisy = False
+    requestFactory = BoundedRequest
 
     def log(self, request):
         pass
 
 
-def makeAdminResource(registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+def makeAdminResource(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOUT,
+                      isLocal=isLoopback):
     """
     The admin resource tree. ``isServing()`` fires with True while this
-    instance serves users (registry reachable, not shutting down).
+    instance serves users (registry reachable, not shutting down). With a
+    ``token``, mutations need it as a bearer token; without, they are taken
+    only from peers for which ``isLocal(address)`` is true.
     """
-    return AdminRoot(AdminAPI(registry, clock, isServing, timeout))
+    auth = MutationAuth(token, isLocal)
+    return AdminRoot(AdminAPI(registry, clock, isServing, auth, timeout))
 
 
-def makeAdminSite(registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+def makeAdminSite(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOUT,
+                  isLocal=isLoopback):
     """The admin API as a quiet Site, ready for an endpoint to listen on."""
-    return QuietSite(makeAdminResource(registry, clock, isServing, timeout), reactor=clock)
+    resource = makeAdminResource(registry, clock, isServing, token, timeout, isLocal)
+    return QuietSite(resource, reactor=clock)

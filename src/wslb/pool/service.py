@@ -5,6 +5,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
+from wslb.pool.ec2 import Ec2Provider
 from wslb.pool.health import HealthChecker
 from wslb.pool.local import LocalProvider
 from wslb.pool.scaler import Scaler
@@ -12,15 +13,18 @@ from wslb.pool.static import StaticProvider
 
 
 def makeProvider(reactor, pool_config, namespace):
-    """The provider C{pool.provider} names. (C{namespace} will tag EC2 instances.)"""
+    """The provider C{pool.provider} names. (C{namespace} tags EC2 instances.)"""
     if pool_config.provider == "local":
         local = pool_config.local
         return LocalProvider(reactor, local.command, local.host, local.ports)
     if pool_config.provider == "static":
         return StaticProvider(pool_config.static.workers)
+    if pool_config.provider == "ec2":
+        ec2 = pool_config.ec2
+        return Ec2Provider(reactor, ec2.region, ec2.launch_template, ec2.port, ec2.address,
+                           namespace, endpoint_url=ec2.endpoint_url)
     raise ValueError(
-        f"pool.provider = {pool_config.provider!r} is not available in this "
-        f"version: use \"local\" or \"static\""
+        f"pool.provider = {pool_config.provider!r}: use \"local\", \"static\" or \"ec2\""
     )
 
 

@@ -28,12 +28,12 @@ def originMatcher(allowed):
 class Gate:
     """Counts this listener's connections and refuses what breaks a limit."""
 
-    def __init__(self, maxConnections, allowedOrigins, retryAfter):
+    def __init__(self, maxConnections, allowedOrigins, retryAfter, metrics):
         self.connections = 0
         self._maxConnections = maxConnections
         self._originAllowed = originMatcher(allowedOrigins)
         self._retryAfter = retryAfter
-        self.refusals = {}  # status code -> count
+        self._metrics = metrics
 
     def connectionMade(self, leg):
         self.connections += 1
@@ -43,6 +43,7 @@ class Gate:
 
     def admit(self, leg, request):
         if self.connections > self._maxConnections:
+            self.limitHit("max_connections")
             raise HandshakeRefused(
                 503, "too many connections",
                 [("Retry-After", str(self._retryAfter))],
@@ -51,5 +52,11 @@ class Gate:
         if origin is not None and not self._originAllowed(origin):
             raise HandshakeRefused(403, "origin not allowed")
 
+    def accepted(self):
+        self._metrics.handshakes.labels("ok").inc()
+
     def refused(self, code):
-        self.refusals[code] = self.refusals.get(code, 0) + 1
+        self._metrics.handshakes.labels(str(code)).inc()
+
+    def limitHit(self, limit):
+        self._metrics.limitHits.labels(limit).inc()

@@ -36,15 +36,17 @@ class RelayMixin:
     """
 
     otherLeg = None
-    counter = None  # callable(nbytes) counting relayed payload, or None
+    traffic = None  # the instance's metrics.Traffic
+    direction = None  # where what this leg receives goes: TO_WORKER or TO_USER
     _parked = None
 
     def parkUntilAttached(self):
         self._parked = []
 
-    def attach(self, peer):
+    def attach(self, peer, traffic):
         """Start relaying to ``peer`` (open) and apply backpressure both ways."""
         self.otherLeg = peer
+        self.traffic = traffic
         self.transport.registerProducer(peer.transport, True)
         parked, self._parked = self._parked, None
         for name, args in parked or ():
@@ -78,8 +80,8 @@ class RelayMixin:
 
     def onMessageFrameData(self, payload):
         if not self.failedByMe:
-            if self.counter is not None:
-                self.counter(len(payload))
+            if self.traffic is not None:
+                self.traffic.bytes[self.direction] += len(payload)
             self._send("sendMessageFrameData", payload)
 
     def onMessageFrameEnd(self):
@@ -87,4 +89,6 @@ class RelayMixin:
 
     def onMessageEnd(self):
         if not self.failedByMe:
+            if self.traffic is not None:
+                self.traffic.messages[self.direction] += 1
             self._send("endMessage")

@@ -44,7 +44,7 @@ class Router(Service):
     """
 
     def __init__(self, registry, clock, instance, placement, maxQueue,
-                 queueTimeout, refuse):
+                 queueTimeout, refuse, metrics):
         self._registry = registry
         self._clock = clock
         self._instance = instance
@@ -52,6 +52,7 @@ class Router(Service):
         self._maxQueue = maxQueue
         self._queueTimeout = queueTimeout
         self._refuse = refuse  # (reason, retryAfter) -> exception to fail with
+        self._metrics = metrics
         self._waiters = []  # this instance's, oldest first
         self._retrying = False
         self._retryAgain = False
@@ -86,10 +87,13 @@ class Router(Service):
             key=key, cost=cost, instance=self._instance,
             placement=self._placement, max_queue=self._maxQueue,
         )
-        result = yield self._registry.assign(request, self._clock.seconds())
+        started = self._clock.seconds()
+        result = yield self._registry.assign(request, started)
+        self._metrics.assignSeconds.observe(self._clock.seconds() - started)
         if isinstance(result, Assigned):
             return result
         if isinstance(result, QueueFull):
+            self._metrics.limitHits.labels("queue_length").inc()
             raise self._refuse("the queue is full", self.retryAfter)
         assigned = yield self._wait(dataclasses.replace(request, ticket=result.ticket))
         return assigned
@@ -144,12 +148,14 @@ class Router(Service):
             if not isinstance(result, Assigned):
                 return  # strict FIFO: nobody behind it can go first
             self._waiters.remove(waiter)
+            self._metrics.queueWait.observe(self._clock.seconds() - waiter.enqueuedAt)
             waiter.deferred.callback(result)
 
     def _beat(self):
         now = self._clock.seconds()
         for waiter in [w for w in self._waiters if w.deadline <= now]:
             self._forget(waiter)
+            self._metrics.limitHits.labels("queue_timeout").inc()
             waiter.deferred.errback(self._refuse(
                 "no worker became free in time", self.retryAfter
             ))

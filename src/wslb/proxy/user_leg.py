@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
+from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
 from wslb.proxy.relay import RelayMixin, closeWith
@@ -29,6 +30,7 @@ PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
 
 
 class UserLeg(RelayMixin, WebSocketServerProtocol):
+    direction = TO_WORKER
     key = None
     worker = None  # the open WorkerLeg, until the user leg opens
     _counted = False  # assign() counted this connection: release() it once
@@ -47,6 +49,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
 
     def _requestTooSlow(self):
         self._handshakeTimer = None
+        self.factory.gate.limitHit("open_handshake_timeout")
         self.dropConnection(abort=True)
 
     def _stopHandshakeTimer(self):
@@ -115,8 +118,10 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         if self.state != self.STATE_OPEN or self.worker is None:
             return
         worker, self.worker = self.worker, None
-        worker.attach(self)
-        self.attach(worker)
+        traffic = self.factory.traffic
+        worker.attach(self, traffic)
+        self.attach(worker, traffic)
+        self.factory.gate.accepted()
         self.factory.sessions.opened(self.key, self)
 
     def connectionLost(self, reason):
@@ -125,6 +130,8 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._stopHandshakeTimer()
+        if self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded:
+            self.factory.gate.limitHit("max_message_size")
         if self._opening is not None and not self._opening.called:
             self._opening.cancel()
         worker = self.detach() or self.worker
@@ -158,8 +165,9 @@ class UserLegFactory(WebSocketServerFactory):
     noisy = False
 
     def __init__(self, *, clock, registry, router, sessions, identifier, gate,
-                 connectWorker, requestTimeout, endCloseCode, options):
+                 traffic, connectWorker, requestTimeout, endCloseCode, options):
         super().__init__()
+        self.traffic = traffic
         self.clock = clock
         self.registry = registry
         self.router = router

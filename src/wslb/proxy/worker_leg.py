@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints
 
+from wslb.metrics import TO_USER
 from wslb.proxy.relay import RelayMixin
 
 
@@ -22,6 +23,7 @@ class WorkerUnavailable(Exception):
 
 
 class WorkerLeg(RelayMixin, WebSocketClientProtocol):
+    direction = TO_USER
     def connectionMade(self):
         super().connectionMade()
         # Frames that arrive before the user leg is open wait here.

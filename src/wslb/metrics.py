@@ -1,0 +1,143 @@
+"""
+Prometheus metrics for one wslb instance (DESIGN §7).
+
+Handshake-rate events use prometheus-client's counters and histograms. The
+relay's per-message counts are plain integers (``Traffic``), read only when
+scraped, so the hot path pays a dict increment and no lock. Gauges of shared
+state (workers, sessions, queue) are refreshed from the registry, on the
+reactor, right before each scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import defer
+
+from wslb.registry import WORKER_STATES
+
+TO_WORKER = "to_worker"
+TO_USER = "to_user"
+
+HANDSHAKE_OUTCOMES = ("ok", "400", "401", "403", "429", "502", "503")
+
+
+class Traffic:
+    """Relayed messages and payload bytes, by direction."""
+
+    __slots__ = ("messages", "bytes")
+
+    def __init__(self):
+        self.messages = {TO_WORKER: 0, TO_USER: 0}
+        self.bytes = {TO_WORKER: 0, TO_USER: 0}
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.traffic = Traffic()
+        self.handshakes = Counter(
+            "wslb_handshakes", "User handshakes answered, by outcome.",
+            ["outcome"], registry=self.registry,
+        )
+        for outcome in HANDSHAKE_OUTCOMES:
+            self.handshakes.labels(outcome)
+        self.queueWait = Histogram(
+            "wslb_queue_wait_seconds", "Time users waited in the queue for a worker.",
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+        )
+        self.assignSeconds = Histogram(
+            "wslb_assign_seconds", "Time to look up or assign a worker (one registry round trip).",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.registryErrors = Counter(
+            "wslb_registry_errors", "Registry calls that failed or timed out.",
+            registry=self.registry,
+        )
+        self.limitHits = Counter(
+            "wslb_limit_hits", "Connections refused or closed by a limit.",
+            ["limit"], registry=self.registry,
+        )
+        self._snapshot = {}
+        self._live = {}  # name -> callable giving a number now (connections...)
+        self._counts = {}  # name -> (help, label, callable giving {label value: n})
+        self.registry.register(_SnapshotCollector(self))
+
+    def watch(self, name, read):
+        """Report ``read()`` as gauge ``name`` at each scrape."""
+        self._live[name] = read
+
+    def watchCounts(self, name, help, label, read):
+        """Report ``read()`` (a mapping) as counter ``name`` by ``label``."""
+        self._counts[name] = (help, label, read)
+
+    def refresh(self, registry, clock):
+        """Fire when the registry-derived gauges are current."""
+        d = defer.gatherResults([
+            registry.listWorkers(), registry.listSessions(),
+            registry.queueInfo(clock.seconds()),
+        ], consumeErrors=True)
+
+        def store(results):
+            workers, sessions, queue = results
+            self._snapshot = {
+                "workers": workers, "sessions": len(sessions), "queue": queue.length,
+            }
+
+        def failed(failure):
+            self.registryErrors.inc()
+            self._snapshot = {}
+
+        return d.addCallbacks(store, failed)
+
+
+class _SnapshotCollector:
+    """Gauges from the last refresh, the live readings, and the relay's counts."""
+
+    def __init__(self, metrics):
+        self._metrics = metrics
+
+    def collect(self):
+        m = self._metrics
+        traffic = m.traffic
+        messages = CounterMetricFamily(
+            "wslb_relay_messages", "Messages relayed, by direction.", labels=["direction"])
+        payload = CounterMetricFamily(
+            "wslb_relay_bytes", "Message payload bytes relayed, by direction.",
+            labels=["direction"])
+        for direction in (TO_WORKER, TO_USER):
+            messages.add_metric([direction], traffic.messages[direction])
+            payload.add_metric([direction], traffic.bytes[direction])
+        yield messages
+        yield payload
+
+        for name, (help, label, read) in m._counts.items():
+            family = CounterMetricFamily(name, help, labels=[label])
+            for value, count in sorted(read().items()):
+                family.add_metric([value], count)
+            yield family
+
+        for name, read in m._live.items():
+            yield GaugeMetricFamily(name, _LIVE_HELP.get(name, name), value=read())
+
+        snapshot = m._snapshot
+        if not snapshot:
+            return
+        workers = GaugeMetricFamily("wslb_workers", "Workers by state.", labels=["state"])
+        for state in WORKER_STATES:
+            workers.add_metric(
+                [state], sum(1 for w in snapshot["workers"] if w.state == state))
+        yield workers
+        yield GaugeMetricFamily("wslb_sessions", "Sessions bound to a worker.",
+                                value=snapshot["sessions"])
+        yield GaugeMetricFamily("wslb_queue_length", "Users waiting for a worker.",
+                                value=snapshot["queue"])
+
+
+_LIVE_HELP = {
+    "wslb_connections": "User connections open or in their handshake on this instance.",
+    "wslb_leader": "1 when this instance is the pool's leader.",
+    "wslb_leader_fencing_token": "The fencing token of this instance's leadership.",
+}
