@@ -141,7 +141,7 @@ async def test_a_body_over_64_kib_gets_413(admin):
         return head + b"x" * (size - len(head) - 2) + b'"}'
 
     code, answer, _ = await admin.request("POST", "/api/v1/workers", data=padded(MAX_BODY))
-    assert (code, answer["error"]) == (400, answer["error"])
+    assert code == 400
     assert "unknown: pad" in answer["error"]  # read whole: the limit is not off by one
     code, answer, _ = await admin.request("POST", "/api/v1/workers", data=padded(MAX_BODY + 1))
     assert code == 413

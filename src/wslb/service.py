@@ -32,6 +32,8 @@ log = Logger()
 
 # How long closing users may take to say goodbye before we stop anyway.
 CLOSE_BOUND = 3.0
+# /healthz reports 503 when the registry takes longer than this to answer.
+REGISTRY_PROBE_TIMEOUT = 1.0
 
 
 class Drain(service.Service):
@@ -155,7 +157,12 @@ def makeService(config, reactor=None):
     drain = Drain(reactor, factory, listen.drain_period)
 
     def isServing():
-        return defer.succeed(not drain.stopping)
+        # Serving means: not draining, and the registry answers promptly.
+        if drain.stopping:
+            return defer.succeed(False)
+        d = registry.queueInfo(reactor.seconds())
+        d.addTimeout(REGISTRY_PROBE_TIMEOUT, reactor)
+        return d.addCallbacks(lambda _: True, lambda _: False)
 
     metrics.watch("wslb_connections", lambda: gate.connections)
     metrics.watch("wslb_leader", lambda: int(leader.isLeader()))
@@ -164,7 +171,7 @@ def makeService(config, reactor=None):
         "wslb_scaler_actions", "Workers launched or terminated by the scaler.", "action",
         lambda: {a: pool.scaler.actionCounts[a] for a in ("launch", "terminate")},
     )
-    site = makeAdminSite(registry, reactor, isServing)
+    site = makeAdminSite(registry, reactor, isServing, config.admin.token)
     site.resource.putChild(b"metrics", MetricsPage(
         metrics, lambda: metrics.refresh(registry, reactor)))
     admin = listener(config.admin.endpoint, site)
