@@ -22,6 +22,7 @@ from wslb.pool.service import PoolService, makeProvider
 from wslb.proxy.gate import Gate
 from wslb.proxy.identity import Identifier
 from wslb.proxy.router import Router
+from wslb.proxy.signing import Signer
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.user_leg import UserLegFactory
 from wslb.proxy.worker_leg import connectWorker
@@ -100,6 +101,23 @@ def listener(description, factory):
     return svc
 
 
+def makeSigner(session, clock):
+    """The session key L{Signer}, or None (with a warning) when keys are trusted."""
+    if not session.secret:
+        log.warn("[session] secret is not set: session keys are trusted as sent; "
+                 "anyone who knows a key can reach that user's worker")
+        return None
+    publicKey = None
+    if session.jwt_public_key_file:
+        with open(session.jwt_public_key_file, "rb") as f:
+            publicKey = f.read()
+    return Signer(
+        session.secret, session.previous_secrets, clock,
+        algorithms=session.jwt_algorithms, publicKey=publicKey,
+        audience=session.jwt_audience, issuer=session.jwt_issuer,
+    )
+
+
 def makeService(config, reactor=None):
     """Build a wslb instance from a L{wslb.config.Config}."""
     if reactor is None:
@@ -130,7 +148,7 @@ def makeService(config, reactor=None):
     secure = config.listen.endpoint.startswith(("ssl:", "tls:"))
     identifier = Identifier(
         config.session, config.cost, config.pool.default_cost,
-        lambda: config.pool.capacity, secure,
+        lambda: config.pool.capacity, secure, makeSigner(config.session, reactor),
     )
     listen = config.listen
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
-from wslb.proxy.errors import badRequest
+from wslb.proxy.errors import HandshakeRefused, badRequest
+from wslb.proxy.signing import InvalidKey
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}\Z")
 
@@ -57,9 +58,13 @@ class HandshakeFields:
 
 
 class Identifier:
-    """Turns a handshake into an L{Identity}, or refuses it with 400."""
+    """
+    Turns a handshake into an L{Identity}, or refuses it: 400 for a
+    malformed key or cost, 401 for an unsigned or badly signed one when a
+    L{Signer} is configured.
+    """
 
-    def __init__(self, session, cost, defaultCost, maxCapacity, secure):
+    def __init__(self, session, cost, defaultCost, maxCapacity, secure, signer=None):
         self._sources = session.sources
         self._issueCookie = session.issue_cookie
         self._cookieName = next(
@@ -73,38 +78,51 @@ class Identifier:
         self._costClasses = cost.classes
         self._defaultCost = defaultCost
         self._maxCapacity = maxCapacity  # callable: capacity can grow at run time
+        self._signer = signer
 
     def identify(self, fields):
-        key, setCookie = self._key(fields)
-        return Identity(key, self._cost(fields), setCookie)
+        key, claims, setCookie = self._key(fields)
+        return Identity(key, self._cost(fields, claims), setCookie)
 
     def _key(self, fields):
         for source in self._sources:
             value = fields.read(source)
             if value is None:
                 continue
+            claims = {}
+            if self._signer is not None:
+                if source.kind == "header" and value[:7].lower() == "bearer ":
+                    value = value[7:].strip()
+                try:
+                    value, claims = self._signer.verify(value)
+                except InvalidKey as e:
+                    raise HandshakeRefused(
+                        401, f"session key from {source}: {e}") from None
             if not KEY_PATTERN.match(value):
                 raise badRequest(
-                    f"session key from {source.kind}:{source.name} must be 1-128 "
-                    "characters of A-Za-z0-9._~-"
+                    f"session key from {source} must be 1-128 characters of A-Za-z0-9._~-"
                 )
-            return value, None
+            return value, claims, None
         if self._issueCookie and self._cookieName:
             key = secrets.token_urlsafe(24)
-            return key, f"{self._cookieName}={key}{self._cookieAttributes}"
+            value = key if self._signer is None else self._signer.mintCookie(key)
+            return key, {}, f"{self._cookieName}={value}{self._cookieAttributes}"
+        if self._signer is not None:
+            raise HandshakeRefused(401, "no signed session key in the request")
         raise badRequest("no session key in the request")
 
-    def _cost(self, fields):
+    def _cost(self, fields, claims):
         for source in self._costSources:
-            value = fields.read(source)
+            value = claims.get(source.name) if source.kind == "claim" else fields.read(source)
             if value is None:
                 continue
+            value = str(value)
             cost = self._costClasses.get(value)
             if cost is None:
                 if not value.isdigit() or int(value) < 1:
                     raise badRequest(
-                        f"cost from {source.kind}:{source.name} must be a positive "
-                        f"integer or one of {sorted(self._costClasses)}"
+                        f"cost from {source} must be a positive integer or one of "
+                        f"{sorted(self._costClasses)}"
                     )
                 cost = int(value)
             if cost > self._maxCapacity():
