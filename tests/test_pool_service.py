@@ -1,5 +1,6 @@
 """PoolService: timers on the leader only, errors survived, and a real pool of echo workers."""
 
+import dataclasses
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from wslb.config import load_config
+from wslb.pool.ec2 import Ec2Provider
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.local import LocalProvider
 from wslb.pool.service import PoolService, makeProvider
@@ -31,9 +33,11 @@ def test_makeProvider_chooses_by_config():
         reactor, poolConfig('pool.provider="static"', 'pool.static.workers=["ws://10.0.0.1:9000"]'),
         "wslb")
     assert isinstance(static, StaticProvider)
-    with pytest.raises(ValueError, match="pool.provider = 'ec2'"):
-        makeProvider(reactor, poolConfig('pool.provider="ec2"', 'pool.ec2.launch_template="lt-1"',
-                                         'pool.ec2.region="eu-central-1"'), "wslb")
+    ec2 = makeProvider(reactor, poolConfig('pool.provider="ec2"', 'pool.ec2.launch_template="lt-1"',
+                                           'pool.ec2.region="eu-central-1"'), "wslb")
+    assert isinstance(ec2, Ec2Provider) and ec2.name == "ec2"
+    with pytest.raises(ValueError, match="pool.provider = 'nope'"):
+        makeProvider(reactor, dataclasses.replace(poolConfig(), provider="nope"), "wslb")
 
 
 class FlakyProvider(RecordingProvider):

@@ -164,7 +164,10 @@ def makeService(config, reactor=None):
         autoPingInterval=listen.auto_ping,
         autoPingTimeout=listen.auto_ping,
     )
-    gate = Gate(listen.max_connections, listen.allowed_origins, router.retryAfter, metrics)
+    gate = Gate(
+        listen.max_connections, listen.allowed_origins, router.retryAfter, metrics, reactor,
+        perIpConnections=listen.per_ip_connections, perIpRate=listen.per_ip_rate,
+    )
     factory = UserLegFactory(
         clock=reactor, registry=registry, router=router, sessions=sessions,
         identifier=identifier,

@@ -25,6 +25,10 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_ABNORMAL = 1006
 CLOSE_TRY_AGAIN = 1012
 
+# The most a client may send before its handshake is answered: request line,
+# headers, and anything it sends early while the handshake is held.
+MAX_REQUEST_HEAD = 16 * 1024
+
 # Request headers the worker sees as the user sent them.
 PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
 
@@ -37,6 +41,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
     _opening = None  # the Deferred onConnect returned
     _handshakeTimer = None
     _refusalHeaders = ()
+    _discarding = False  # refused as too large: reading only to close cleanly
 
     def connectionMade(self):
         super().connectionMade()
@@ -45,6 +50,30 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         # queued; this one only bounds reading the request (slow clients).
         self._handshakeTimer = self.factory.clock.callLater(
             self.factory.requestTimeout, self._requestTooSlow
+        )
+
+    def dataReceived(self, data):
+        if self._discarding:
+            return
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_REQUEST_HEAD:
+            self.factory.gate.limitHit("request_head_size")
+            if self._opening is None:
+                self._refuseTooLarge()
+            else:
+                self.dropConnection(abort=True)  # talking while its handshake is held
+            return
+        super().dataReceived(data)
+
+    def _refuseTooLarge(self):
+        # Closing with the client's bytes unread would reset the connection
+        # and lose the answer: answer, half-close, and read until it leaves.
+        self._stopHandshakeTimer()
+        self._discarding = True
+        self.factory.gate.refused(431)
+        self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
+        self.transport.loseWriteConnection()
+        self._handshakeTimer = self.factory.clock.callLater(
+            self.factory.requestTimeout, self.transport.abortConnection
         )
 
     def _requestTooSlow(self):

@@ -1,0 +1,107 @@
+"""Limits (DESIGN §4 [listen], §8): each answered clearly, none disturbing others."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from _echo_helpers import EchoWorkerProcess, closeAll
+from _wslb_helpers import InProcessWslb, rawHandshake
+from test_proxy_e2e import scrape
+
+
+@pytest.fixture
+def worker():
+    w = EchoWorkerProcess().waitHealthy()
+    yield w
+    w.kill()
+
+
+async def limitedWslb(worker, *overrides):
+    wslb = await InProcessWslb(
+        "pool.provider=static", f'pool.static.workers=["{worker.url}"]',
+        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
+        "pool.capacity=1000", *overrides,
+    ).start()
+    await wslb.waitHealthy(1)
+    return wslb
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_ip_connections_and_rate_give_429(worker):
+    clients = []
+    wslb = await limitedWslb(worker, "listen.per_ip_connections=2")
+    try:
+        clients += [await wslb.connect(f"k{i}") for i in range(2)]
+        status, _ = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "k3"})
+        assert status == 429
+        closeAll(clients)
+    finally:
+        await wslb.stop()
+
+    wslb = await limitedWslb(worker, "listen.per_ip_rate=2")
+    try:
+        statuses = [
+            (await rawHandshake(wslb.port, headers={"X-WSLB-Session": f"r{i}"}))[0]
+            for i in range(6)
+        ]
+        assert statuses.count(101) >= 2 and 429 in statuses
+        metrics = await scrape(wslb)
+        assert metrics[("wslb_limit_hits_total", (("limit", "per_ip_rate"),))] >= 1
+        assert metrics[("wslb_handshakes_total", (("outcome", "429"),))] >= 1
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_request_head_gets_431(worker):
+    wslb = await limitedWslb(worker)
+    try:
+        status, _ = await rawHandshake(
+            wslb.port, headers={"X-WSLB-Session": "k", "X-Padding": "p" * 20000})
+        assert status == 431
+        client = await wslb.connect("still-fine")
+        assert (await client.ask("whoami"))["session"] == "still-fine"
+        closeAll([client])
+    finally:
+        await wslb.stop()
+
+
+class SlowLoris(protocol.Protocol):
+    """Sends a request one byte a second, never finishing the headers."""
+
+    def connectionMade(self):
+        self.closed = defer.Deferred()
+        self.dripping = task.LoopingCall(self.transport.write, b"X")
+        self.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        self.dripping.start(1.0)
+
+    def connectionLost(self, reason):
+        if self.dripping.running:
+            self.dripping.stop()
+        self.closed.callback(reactor.seconds())
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_slow_loris_is_dropped_and_does_not_block_others(worker):
+    # A backlog above the default 50, so all 500 are accepted at once (a
+    # production listener behind an NLB wants one too).
+    wslb = await limitedWslb(worker, "listen.open_handshake_timeout=3s",
+                             "listen.endpoint=tcp:0:interface=127.0.0.1:backlog=1024")
+    lorises = []
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", wslb.port)
+        factory = protocol.Factory.forProtocol(SlowLoris)
+        started = reactor.seconds()
+        lorises = await defer.gatherResults([endpoint.connect(factory) for _ in range(500)])
+        client = await wslb.connect("normal")  # served while 500 drip
+        assert (await client.ask("whoami"))["session"] == "normal"
+        closeAll([client])
+        closedAt = await defer.gatherResults([l.closed for l in lorises]).addTimeout(20, reactor)
+        assert max(closedAt) - started < 3 + 5  # dropped at the handshake timeout
+        assert min(closedAt) - started >= 2.5
+    finally:
+        for loris in lorises:
+            loris.transport.abortConnection()
+        await wslb.stop()
