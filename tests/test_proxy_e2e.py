@@ -337,3 +337,45 @@ async def test_metrics_count_what_happened(echo_workers, clients):
         assert after[("wslb_leader", ())] == 1
     finally:
         await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_grace_expiry_frees_the_slot_and_serves_the_queue_at_once(echo_workers, clients):
+    wslb = await started(staticWslb(
+        echo_workers, "session.reconnect_grace=1s", "queue.timeout=20",
+        "pool.scale_interval=60"), 1)
+    try:
+        holder = await wslb.connect("leaves")
+        clients.append(holder)
+        waiting = wslb.connect("next")
+        await deferLater(reactor, 0.2)
+        left = reactor.seconds()
+        holder.sendClose(1000)
+        await holder.waitClosed()
+        served = await waiting
+        clients.append(served)
+        waited = reactor.seconds() - left
+        assert 1 <= waited < 2.5  # the grace, not a scaler tick or queue heartbeat later
+        assert (await served.ask("whoami"))["session"] == "next"
+        _, gone = await getJSON(wslb.admin + "/api/v1/sessions/leaves")
+        assert "error" in gone
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_auto_ping_reaches_the_user(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "listen.auto_ping=2s"), 1)
+    try:
+        client = await wslb.connect("pinged")
+        clients.append(client)
+        pings = []
+        client.onPing = lambda payload: (pings.append(payload), client.sendPong(payload))
+        await deferLater(reactor, 3.5)
+        assert pings
+        client.sendMessage(b"still here")
+        assert await client.nextMessage() == (b"still here", False)
+    finally:
+        await wslb.stop()
