@@ -36,10 +36,6 @@ TRANSIENT_CODES = frozenset({
 # tags itself once booted) is polled for one this long, then terminated.
 ADDRESS_POLL = 2.0
 ADDRESS_TIMEOUT = 60.0
-# DescribeInstances is eventually consistent: right after RunInstances it
-# may not show a new instance yet. Until it has, the instance stays listed
-# this long, or the scaler would take it for lost and replace it.
-DESCRIBE_LAG = 30.0
 
 
 def _transient(error):
@@ -116,7 +112,6 @@ class Ec2Provider(Service):
         self._stopped = False
         self._inFlight = set()  # Deferreds of calls running in a pool thread
         self._workers = {}  # instance id -> LaunchedWorker, as last reported (launch or list)
-        self._unconfirmed = {}  # instance id -> launch time, until DescribeInstances shows it
         self._terminating = set()  # ids we terminated, never listed again
         self._deathListeners = []
 
@@ -130,7 +125,7 @@ class Ec2Provider(Service):
                     "ec2", region_name=self._region, endpoint_url=self._endpointUrl,
                     config=Config(
                         connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                        # total_max_attempts counts the first try; "max_attempts" would allow a retry
+                        # total_max_attempts counts the first try ("max_attempts" counts retries)
                         retries={"total_max_attempts": 1, "mode": "standard"},
                     ),
                 )
@@ -224,11 +219,9 @@ class Ec2Provider(Service):
             }],
         )
         response = yield self._call("RunInstances", lambda ec2: ec2.run_instances(**params))
-        launched_at = self._clock.seconds()
         workers = yield self._addressed(response["Instances"])
         for worker in workers:
             self._workers[worker.id] = worker
-            self._unconfirmed[worker.id] = launched_at
         return workers
 
     @inlineCallbacks
@@ -282,7 +275,6 @@ class Ec2Provider(Service):
                              lambda ec2: ec2.terminate_instances(InstanceIds=ours))
         for worker_id in worker_ids:
             self._workers.pop(worker_id, None)
-            self._unconfirmed.pop(worker_id, None)
         self._terminating.update(ours)
         return ours
 
@@ -295,20 +287,12 @@ class Ec2Provider(Service):
         """
         instances = yield self._describe(
             {"Name": "instance-state-name", "Values": list(LIVE_STATES)})
-        now = self._clock.seconds()
-        described = {instance["InstanceId"] for instance in instances}
-        self._terminating &= described
+        self._terminating &= {instance["InstanceId"] for instance in instances}
         current = {}
         for instance in instances:
-            self._unconfirmed.pop(instance["InstanceId"], None)
             worker = self._worker(instance)
             if worker is not None and worker.id not in self._terminating:
                 current[worker.id] = worker
-        for instance_id, launched_at in list(self._unconfirmed.items()):
-            if now - launched_at < DESCRIBE_LAG:
-                current[instance_id] = self._workers[instance_id]
-            else:
-                del self._unconfirmed[instance_id]
         gone = sorted(set(self._workers) - set(current))
         self._workers = current
         for instance_id in gone:
@@ -336,11 +320,18 @@ class Ec2Provider(Service):
     def stopService(self):
         """
         Refuse new calls, wait for those in a thread (each bounded by the
-        botocore timeouts), then stop our threads: joining idle ones is quick.
+        botocore timeouts), then close the client's connections and stop our
+        threads: joining idle ones is quick.
         """
         super().stopService()
         self._stopped = True
         d = DeferredList(list(self._inFlight))
-        if self._ownsThreads:
-            d.addCallback(lambda _: self._threads.stop() if self._threads.started else None)
-        return d.addCallback(lambda _: None)
+        d.addCallback(lambda _: self._release())
+        return d
+
+    def _release(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._ownsThreads and self._threads.started:
+            self._threads.stop()
