@@ -60,6 +60,8 @@ class TwistdWslb:
 
     def stop(self, timeout=20):
         """SIGTERM and wait; returns the exit status (kills after ``timeout``)."""
+        if self.process.stdout.closed:
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -67,5 +69,6 @@ class TwistdWslb:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.process_output = self.process.stdout.read().decode(errors="replace")
         self.process.stdout.close()
         return self.process.returncode

@@ -1,5 +1,6 @@
 """``twistd -n wslb`` as a real process: the embedded default, and bad configs."""
 
+import json
 import os
 import signal
 import socket
@@ -93,3 +94,42 @@ def test_sigterm_exits_promptly(tmp_path):
     assert wslb.process.wait(10) in (0, -signal.SIGTERM)
     assert "Traceback" not in wslb.output()
     wslb.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_json_logs_carry_a_connection_lifecycle(tmp_path):
+    from _echo_helpers import EchoWorkerProcess
+
+    worker = EchoWorkerProcess().waitHealthy()
+    wslb = TwistdWslb(
+        tmp_path, 'log.format="json"', "pool.provider=static",
+        f'pool.static.workers=["{worker.url}"]', "pool.min_spare=0",
+    )
+    try:
+        wslb.waitListening()
+        started = reactor.seconds()
+        while True:
+            try:
+                client = await connectWebSocket(wslb.url("/?session=logged"))
+                break
+            except Exception:
+                assert reactor.seconds() - started < 15
+                await deferLater(reactor, 0.2)
+        client.sendMessage(b"hello")
+        await client.nextMessage()
+        client.sendClose(4001, "done")
+        await client.waitClosed()
+        await deferLater(reactor, 0.3)
+    finally:
+        wslb.stop()
+        worker.kill()
+    lines = [json.loads(line) for line in wslb.process_output.splitlines() if line.strip()]
+    events = {record.get("event"): record for record in lines if record.get("key") == "logged"}
+    assert events["assigned"]["worker"] == f"127.0.0.1:{worker.port}"
+    assert events["assigned"]["fresh"] is True
+    assert events["opened"]["worker_url"].startswith(worker.url)
+    closed = events["closed"]
+    assert closed["code"] == 4001 and closed["bytes_from_user"] > 5
+    for record in lines:
+        assert {"time", "level", "namespace", "message"} <= set(record)

@@ -24,8 +24,11 @@ class Options(usage.Options):
             self.config = load_config(self["config"], overrides=self["set"])
         except ConfigError as e:
             raise usage.UsageError("invalid configuration:\n" + str(e))
-        except OSError as e:
-            raise usage.UsageError(f"cannot read the configuration: {e}")
+        if self.config.log.format == "json" and self.parent is not None:
+            # twistd picks its log observer from its own options once they
+            # are parsed: setting it here is how a subcommand chooses it.
+            if not self.parent.get("logger"):
+                self.parent["logger"] = "wslb.logs.json_stdout"
 
 
 def makeService(options):

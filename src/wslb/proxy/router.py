@@ -95,6 +95,8 @@ class Router(Service):
         if isinstance(result, QueueFull):
             self._metrics.limitHits.labels("queue_length").inc()
             raise self._refuse("the queue is full", self.retryAfter)
+        log.info("{key} queued at position {position}", event="queued", key=key,
+                 position=result.position, cost=cost)
         assigned = yield self._wait(dataclasses.replace(request, ticket=result.ticket))
         return assigned
 
@@ -106,7 +108,6 @@ class Router(Service):
 
         waiter = _Waiter(request, defer.Deferred(cancel), now + self._queueTimeout, now)
         self._waiters.append(waiter)
-        log.debug("queued {key}", key=request.key)
         return waiter.deferred
 
     def _forget(self, waiter):

@@ -105,8 +105,14 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         fields = HandshakeFields(request.headers, _query(self.http_request_uri))
         identity = factory.identifier.identify(fields)
         self.key = identity.key
+        asked = factory.clock.seconds()
         assigned = await factory.router.route(identity.key, identity.cost)
         self._counted = True
+        log.info(
+            "{key} assigned to {worker}", event="assigned", key=self.key,
+            worker=assigned.worker.id, fresh=assigned.fresh, cost=identity.cost,
+            waited=round(factory.clock.seconds() - asked, 3), peer=self.factory.gate.address(self),
+        )
         try:
             self.worker = await factory.connectWorker(
                 assigned.worker.url, self.http_request_uri,
@@ -140,6 +146,8 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self.factory.gate.refused(code)
+        log.info("handshake refused: {status} {reason}", event="refused", status=code,
+                 reason=reason, key=self.key, peer=self.factory.gate.address(self))
         super().failHandshake(reason, code, list(responseHeaders or []) + self._refusalHeaders)
 
     def onOpen(self):
@@ -152,6 +160,8 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         self.attach(worker, traffic)
         self.factory.gate.accepted()
         self.factory.sessions.opened(self.key, self)
+        log.info("{key} relaying to {worker_url}", event="opened", key=self.key,
+                 worker_url=worker.factory.url, protocol=self.websocket_protocol_in_use)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -165,6 +175,13 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             self._opening.cancel()
         worker = self.detach() or self.worker
         self.worker = None
+        if self._counted:
+            stats = self.trafficStats
+            log.info(
+                "{key} closed with {code}", event="closed", key=self.key, code=code,
+                reason=reason, clean=wasClean, bytes_from_user=stats.incomingOctetsWireLevel,
+                bytes_to_user=stats.outgoingOctetsWireLevel,
+            )
         if worker is not None:
             closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
         if self.key is not None:

@@ -1,0 +1,57 @@
+"""
+One JSON object per log line, for log pipelines (``[log] format = "json"``).
+
+Each line has ``time`` (ISO-8601 UTC), ``level``, ``namespace``, ``message``
+(the formatted text) and the event's own fields (``event``, ``key``,
+``worker``, ``code``...), whose names are part of wslb's interface.
+"""
+
+import json
+import sys
+from datetime import datetime, timezone
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from zope.interface import provider
+from twisted.logger import ILogObserver
+
+
+def _record(event):
+    record = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
+        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": event["log_level"].name if "log_level" in event else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for name, value in event.items():
+        if name.startswith("log_") or name in record:
+            continue
+        if isinstance(value, (str, int, float, bool, type(None), list, tuple)):
+            record[name] = value
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["failure"] = failure.getTraceback()
+    return record
+
+
+def jsonLineObserver(outFile):
+    """An observer writing each event at info level or above as one JSON line."""
+
+    @provider(ILogObserver)
+    def write(event):
+        outFile.write(json.dumps(_record(event), default=str) + "\n")
+        outFile.flush()
+
+    return FilteringLogObserver(
+        write, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)]
+    )
+
+
+def json_stdout():
+    """For ``twistd --logger=wslb.logs.json_stdout``: JSON lines on stdout."""
+    return jsonLineObserver(sys.stdout)
