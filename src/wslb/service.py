@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from wslb.admin.api import makeAdminSite
 from wslb.admin.metrics_page import MetricsPage
+from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.service import PoolService, makeProvider
@@ -195,6 +196,12 @@ def makeService(config, reactor=None):
     site = makeAdminSite(registry, reactor, isServing, config.admin.token)
     site.resource.putChild(b"metrics", MetricsPage(
         metrics, lambda: metrics.refresh(registry, reactor)))
+    site.resource.putChild(b"status", StatusPage())
+    site.resource.api.routes.append(StatusAPI(
+        instance, reactor,
+        lambda: {"leader": leader.isLeader(), "fencing_token": leader.fencingToken},
+        lambda: pool.scaler.recentActions,
+    ).route())
     admin = listener(config.admin.endpoint, site)
     admin.setName("admin")
     admin.setServiceParent(top)

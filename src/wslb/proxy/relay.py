@@ -19,6 +19,11 @@ def closeWith(leg, code, reason):
     """Start the closing handshake on ``leg`` with any valid close code."""
     if leg.state != leg.STATE_OPEN:
         return
+    if leg.send_state == leg.SEND_STATE_INSIDE_MESSAGE_FRAME:
+        # The other leg died in the middle of a frame we were passing on: a
+        # close frame now would be read as that frame's payload. Drop instead.
+        leg.dropConnection(abort=True)
+        return
     reasonUtf8 = reason.encode("utf-8")[:123] if reason else None
     if code is None:
         leg.sendCloseFrame(isReply=False)

@@ -60,6 +60,7 @@ class EchoWorker:
         self.max_open_sessions = 0
         self.closes = deque(maxlen=HISTORY)
         self.connections = deque(maxlen=HISTORY)
+        self.protocol_errors = 0  # connections it failed for a malformed frame
 
     def opened(self, key, record):
         self.open[key] += 1
@@ -67,7 +68,8 @@ class EchoWorker:
         self.max_open_sessions = max(self.max_open_sessions, len(self.open))
         self.connections.append(record)
 
-    def closed(self, key, code, reason):
+    def closed(self, key, code, reason, malformed=False):
+        self.protocol_errors += malformed
         self.open[key] -= 1
         if not self.open[key]:
             del self.open[key]
@@ -86,6 +88,7 @@ class EchoWorker:
             "open": sum(self.open.values()),
             "open_sessions": len(self.open),
             "max_open_sessions": self.max_open_sessions,
+            "protocol_errors": self.protocol_errors,
             "sessions": {
                 key: {"count": self.counts.get(key, 0), "connections": self.open[key]}
                 for key in keys
@@ -136,7 +139,8 @@ class EchoProtocol(WebSocketServerProtocol):
         if self.isOpen:
             log.info("closed: session {key} with {code} {reason}",
                      key=self.key, code=code, reason=reason)
-            self.factory.worker.closed(self.key, code, reason)
+            # failedByMe: autobahn refused something the peer sent.
+            self.factory.worker.closed(self.key, code, reason, malformed=self.failedByMe)
 
     def whoami(self):
         record = self.record

@@ -1,0 +1,203 @@
+// The wslb status page: polls the admin JSON API and renders it.
+// Every value from the API reaches the page as text (textContent, append of
+// strings, className from fixed lists), never as markup.
+"use strict";
+
+(() => {
+  const POLL_MS = 2000;
+  const TIMEOUT_MS = 5000;
+  const MAX_ROWS = 500; // per table; the API has the rest
+  const STATES = ["healthy", "starting", "unhealthy", "dead"];
+  const ACTIONS = ["launch", "terminate", "adopt", "lost"];
+  const API = ["api/v1/workers", "api/v1/sessions", "api/v1/queue", "api/v1/status"];
+
+  const byId = (id) => document.getElementById(id);
+  let lastGood = null; // Date of the last complete poll
+  const clockTime = (date) => date.toLocaleTimeString([], { hour12: false });
+
+  // -- small DOM helpers ---------------------------------------------------
+
+  function el(tag, className, ...children) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    node.append(...children.map((c) => (c instanceof Node ? c : String(c ?? "—"))));
+    return node;
+  }
+
+  function setText(id, text) {
+    byId(id).textContent = String(text);
+  }
+
+  function known(value, list) {
+    return list.includes(value) ? value : "unknown";
+  }
+
+  function pill(text, kind) {
+    return el("span", `pill ${kind}`, text);
+  }
+
+  function bar(load, capacity) {
+    const fill = el("span", load > capacity ? "over" : "");
+    fill.style.width = `${capacity > 0 ? Math.min(100, (100 * load) / capacity) : 0}%`;
+    return el("span", "bar", fill);
+  }
+
+  function fillTable(id, items, row, emptyText) {
+    const rows = items.slice(0, MAX_ROWS).map(row);
+    const columns = byId(id).tHead.rows[0].cells.length;
+    const note = (text) => {
+      const cell = el("td", "note", text);
+      cell.colSpan = columns;
+      return el("tr", "", cell);
+    };
+    if (!items.length) rows.push(note(emptyText));
+    if (items.length > MAX_ROWS) rows.push(note(`… and ${items.length - MAX_ROWS} more`));
+    byId(id).tBodies[0].replaceChildren(...rows);
+  }
+
+  // -- time ------------------------------------------------------------------
+
+  function duration(seconds) {
+    if (!(seconds >= 0)) return "—";
+    const s = Math.floor(seconds);
+    const m = Math.floor(s / 60);
+    const h = Math.floor(m / 60);
+    if (s < 60) return `${s}s`;
+    if (m < 60) return `${m}m ${s % 60}s`;
+    if (h < 24) return `${h}h ${m % 60}m`;
+    return `${Math.floor(h / 24)}d ${h % 24}h`;
+  }
+
+  function age(iso, now) {
+    return iso ? duration((now - Date.parse(iso)) / 1000) : "—";
+  }
+
+  function ago(iso, now) {
+    return iso ? `${age(iso, now)} ago` : "never";
+  }
+
+  function timed(text, iso) {
+    const node = el("span", "", text);
+    if (iso) node.title = iso;
+    return node;
+  }
+
+  // -- rendering -------------------------------------------------------------
+
+  function renderCards(workers, sessions, queue, status) {
+    const live = workers.filter((w) => w.state !== "dead");
+    const counts = STATES.map((s) => [s, workers.filter((w) => w.state === s).length]);
+    const draining = workers.filter((w) => w.draining).length;
+    setText("workers-total", workers.length);
+    byId("workers-states").replaceChildren(
+      ...counts.filter(([, n]) => n).map(([s, n]) => el("span", `count state-${s}`, `${n} ${s}`)),
+      ...(draining ? [el("span", "count draining", `${draining} draining`)] : []),
+    );
+
+    const load = live.reduce((sum, w) => sum + w.load, 0);
+    const capacity = live.reduce((sum, w) => sum + w.capacity, 0);
+    setText("load-total", `${load} / ${capacity}`);
+    byId("load-bar").style.width = `${capacity ? Math.min(100, (100 * load) / capacity) : 0}%`;
+
+    const connected = sessions.filter((s) => s.connected).length;
+    setText("sessions-total", sessions.length);
+    setText("sessions-split", `${connected} connected · ${sessions.length - connected} in grace`);
+
+    setText("queue-length", queue.length);
+    setText("queue-wait", queue.length ? `oldest waiting ${duration(queue.oldest_wait_seconds)}` : "nobody waiting");
+
+    setText("leader", status.leader ? "leader" : "follower");
+    byId("leader").className = `value ${status.leader ? "is-leader" : "is-follower"}`;
+    setText("fencing-token", `fencing token ${status.fencing_token}`);
+  }
+
+  function workerRow(w, now) {
+    const id = el("td", "", el("div", "mono strong", w.id), el("div", "muted small", `${w.provider} · ${w.url}`));
+    const state = el("td", "", pill(w.state, `state-${known(w.state, STATES)}`));
+    if (w.draining) state.append(" ", pill("draining", "draining"));
+    const load = el("td", "", el("span", "load", bar(w.load, w.capacity), el("span", "mono", `${w.load} / ${w.capacity}`)));
+    const sessions = el("td", "num", w.sessions.length);
+    sessions.title = w.sessions.join("\n");
+    return el("tr", w.state === "dead" ? "dim" : "",
+      id, state, load, sessions,
+      el("td", "when", timed(age(w.started_at, now), w.started_at)),
+      el("td", "when", timed(ago(w.last_seen, now), w.last_seen)));
+  }
+
+  function sessionRow(s, now) {
+    return el("tr", "",
+      el("td", "mono", s.key),
+      el("td", "mono", s.worker),
+      el("td", "num", s.cost),
+      el("td", "", s.connected ? pill("connected", "connected") : pill("in grace", "grace")),
+      el("td", "when", timed(ago(s.since, now), s.since)));
+  }
+
+  function actionRow(a, now) {
+    const clock = a.time ? a.time.slice(11, 19) : "—";
+    return el("tr", "",
+      el("td", "when", timed(clock, a.time), " ", el("span", "muted small", `(${ago(a.time, now)})`)),
+      el("td", "", pill(a.action, `action-${known(a.action, ACTIONS)}`)),
+      el("td", "mono", a.workers.join(", ")),
+      el("td", "num", a.fencing_token));
+  }
+
+  function render([workersBody, sessionsBody, queue, status]) {
+    const { workers } = workersBody;
+    const { sessions } = sessionsBody;
+    const now = Date.parse(status.now);
+    setText("instance", status.instance);
+    byId("role").replaceChildren(status.leader ? "leader" : "follower");
+    byId("role").className = `pill ${status.leader ? "is-leader" : "is-follower"}`;
+    renderCards(workers, sessions, queue, status);
+    fillTable("workers", workers, (w) => workerRow(w, now), "No workers registered.");
+    fillTable("sessions", sessions, (s) => sessionRow(s, now), "No sessions.");
+    fillTable("actions", status.scaler_actions, (a) => actionRow(a, now), "No scaler actions yet.");
+    document.title = `wslb · ${workers.length} workers · ${sessions.length} sessions · queue ${queue.length}`;
+  }
+
+  // -- polling ---------------------------------------------------------------
+
+  async function getJSON(path) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+    try {
+      let response;
+      try {
+        response = await fetch(path, { cache: "no-store", signal: abort.signal, headers: { Accept: "application/json" } });
+      } catch (e) {
+        throw new Error(`${path}: ${abort.signal.aborted ? `no answer in ${TIMEOUT_MS / 1000}s` : e.message}`);
+      }
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(`${path}: HTTP ${response.status}${body.error ? ` ${body.error}` : ""}`);
+      return body;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  function showProblem(problem) {
+    const banner = byId("banner");
+    banner.hidden = !problem;
+    byId("content").classList.toggle("stale", Boolean(problem));
+    if (!problem) return;
+    const since = lastGood ? `showing data from ${clockTime(lastGood)}` : "no data yet";
+    setText("banner-detail", `— ${problem} (${since}; retrying every ${POLL_MS / 1000}s)`);
+    document.title = "⚠ wslb: admin API unreachable";
+  }
+
+  async function poll() {
+    try {
+      render(await Promise.all(API.map(getJSON)));
+      lastGood = new Date();
+      setText("updated", `updated ${clockTime(lastGood)}`);
+      showProblem(null);
+    } catch (e) {
+      showProblem(e.message);
+    } finally {
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  poll();
+})();

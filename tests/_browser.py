@@ -1,0 +1,151 @@
+"""
+A real headless Chromium for page tests, without WebDriver: one run loads a
+URL, lets its scripts run for a budget of virtual time (which waits for
+pending fetches), then prints the DOM and saves a screenshot. It runs as a
+child process of the reactor, so the test's own server keeps answering.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+import pytest
+from twisted.internet import defer, protocol, reactor
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+INSTALL_HINT = "apt-get install -y chromium"
+TIMEOUT = 30.0  # seconds for the whole browser run
+
+
+def chromium():
+    """The Chromium executable; the test fails (not skips) without one: CI installs it."""
+    for name in CHROMIUM_NAMES:
+        if path := shutil.which(name):
+            return path
+    pytest.fail(f"headless Chromium is required for this test and none of "
+                f"{', '.join(CHROMIUM_NAMES)} is on PATH; install it: {INSTALL_HINT}",
+                pytrace=False)
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self):
+        self.out = []
+        self.err = []
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+async def render(url, directory, budget_ms=5000, size=(1280, 900)):
+    """
+    Fire with (the DOM as HTML after ``budget_ms`` of virtual time, the
+    screenshot's path), or fail the test with Chromium's error output.
+    """
+    screenshot = directory / "screenshot.png"
+    args = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-extensions",
+        "--hide-scrollbars", "--force-device-scale-factor=1", "--lang=en-US",
+        f"--user-data-dir={directory / 'profile'}",
+        f"--virtual-time-budget={budget_ms}",
+        f"--window-size={size[0]},{size[1]}",
+        f"--screenshot={screenshot}",
+        "--dump-dom", url,
+    ]
+    executable = chromium()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory), "TZ": "UTC"}
+    collect = _Collect()
+    process = reactor.spawnProcess(collect, executable, [executable, *args], env=env)
+    timer = reactor.callLater(TIMEOUT, process.signalProcess, "KILL")
+    code = await collect.ended
+    timedOut = not timer.active()
+    if not timedOut:
+        timer.cancel()
+    errors = b"".join(collect.err).decode("utf-8", "replace")[-3000:]
+    if timedOut or code != 0:
+        pytest.fail(f"Chromium {'timed out' if timedOut else f'exited with {code}'} "
+                    f"loading {url}:\n{errors}")
+    return b"".join(collect.out).decode("utf-8"), screenshot
+
+
+# -- reading the dumped DOM ------------------------------------------------------
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+        "source", "track", "wbr"}
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict
+    children: list = field(default_factory=list)  # Elements and strings
+
+    def iter(self):
+        yield self
+        for child in self.children:
+            if isinstance(child, Element):
+                yield from child.iter()
+
+    def text(self):
+        """The textContent, whitespace runs folded to one space."""
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join("".join(parts).split())
+
+    def byId(self, id):
+        found = [e for e in self.iter() if e.attrs.get("id") == id]
+        assert found, f"no element #{id} in the page"
+        return found[0]
+
+    def all(self, tag):
+        return [e for e in self.iter() if e.tag == tag]
+
+    def classes(self):
+        return (self.attrs.get("class") or "").split()
+
+    def cells(self):
+        """A table's body rows, each as the list of its cells."""
+        [body] = self.all("tbody")
+        return [row.all("td") for row in body.all("tr")]
+
+    def rows(self):
+        """A table's body rows, each as the list of its cells' texts."""
+        return [[cell.text() for cell in row] for row in self.cells()]
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = Element("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        element = Element(tag, dict(attrs))
+        self.stack[-1].children.append(element)
+        if tag not in VOID:
+            self.stack.append(element)
+
+    def handle_endtag(self, tag):
+        for depth in range(len(self.stack) - 1, 0, -1):
+            if self.stack[depth].tag == tag:
+                del self.stack[depth:]
+                return
+
+    def handle_data(self, data):
+        self.stack[-1].children.append(data)
+
+
+def parse(html):
+    """The dumped DOM as a tree of L{Element}s."""
+    builder = _TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    return builder.root

@@ -1,0 +1,237 @@
+"""
+GET /status in a real headless Chromium, against a real admin Site on
+127.0.0.1 over a MemoryRegistry; and GET /api/v1/status, which it polls.
+"""
+
+import json
+
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from _browser import parse, render
+from wslb.admin.api import makeAdminSite
+from wslb.admin.status_page import StatusAPI, StatusPage
+from wslb.pool.scaler import ScalerAction
+from wslb.registry import DEAD, HEALTHY, UNHEALTHY, AssignRequest, Assigned, Queued
+from wslb.registry.memory import MemoryRegistry
+
+T0 = 1644334020.0  # 2022-02-08T15:27:00Z
+HOSTILE = "<img src=x onerror=alert(1)>"
+INSTANCE = "a1b2c3d4e5f6"
+ACTIONS = [  # oldest first, as the scaler keeps them
+    ScalerAction(T0 + 10, "launch", ("w-starting",), 7),
+    ScalerAction(T0 + 60, "terminate", ("10.0.0.9:9000", "10.0.0.8:9000"), 7),
+]
+
+
+class StatusSite:
+    """
+    The admin Site as service.py builds it, status page included, with a
+    registry holding workers in every state, sessions connected and in
+    grace, and one queued user; its clock stands at T0 + 125 s.
+    """
+
+    def __init__(self):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.registry = MemoryRegistry(self.clock)
+        self.site = makeAdminSite(self.registry, self.clock, lambda: defer.succeed(True))
+        self.site.resource.putChild(b"status", StatusPage())
+        self.site.resource.api.routes.append(StatusAPI(
+            INSTANCE, self.clock,
+            lambda: {"leader": True, "fencing_token": 7},
+            lambda: ACTIONS,
+        ).route())
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+
+    async def populate(self):
+        r, now = self.registry, self.clock.seconds()
+        for worker, capacity in (("10.0.0.1:9000", 4), (HOSTILE, 2), ("w-draining", 2),
+                                 ("w-sick", 2), ("w-dead", 2), ("w-starting", 2)):
+            await r.addWorker(worker, f"ws://{worker}", "static", capacity, now)
+        self.clock.advance(30)
+        # One healthy worker at a time, so each session lands where the test wants it.
+        for worker, sessions in (("10.0.0.1:9000", [("alice", 2), ("bob", 1)]),
+                                 (HOSTILE, [(HOSTILE, 2)]),
+                                 ("w-draining", [("carol", 1)])):
+            await r.setWorkerState(worker, HEALTHY, self.clock.seconds())
+            for key, cost in sessions:
+                assert isinstance(await self.assign(key, cost), Assigned)
+            await r.setDraining(worker, True)
+        await r.setDraining("10.0.0.1:9000", False)
+        await r.setDraining(HOSTILE, False)
+        await r.release("bob", INSTANCE, self.clock.seconds())  # bob is in his grace
+        await r.setWorkerState("w-sick", UNHEALTHY, self.clock.seconds())
+        await r.setWorkerState("w-dead", DEAD, self.clock.seconds())
+        self.clock.advance(70)
+        assert isinstance(await self.assign("dave", 2), Queued)  # nothing has 2 free
+        self.clock.advance(20)
+        await r.heartbeat("10.0.0.1:9000", self.clock.seconds())
+        self.clock.advance(5)
+
+    def assign(self, key, cost):
+        return self.registry.assign(AssignRequest(key, cost, INSTANCE), self.clock.seconds())
+
+    async def get(self, path):
+        response = await treq.get(self.url + path, pool=self.pool, timeout=5)
+        return response, await response.content()
+
+    async def close(self):
+        await defer.maybeDeferred(self.port.stopListening)
+        await self.pool.closeCachedConnections()
+
+
+@pytest_twisted.async_yield_fixture()
+async def status():
+    site = StatusSite()
+    await site.populate()
+    yield site
+    await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_shows_workers_sessions_queue_leader_and_scaler_actions(status, tmp_path):
+    html, screenshot = await render(status.url + "/status", tmp_path)
+    dom = parse(html)
+
+    assert "hidden" in dom.byId("banner").attrs
+    assert dom.byId("instance").text() == INSTANCE
+    assert dom.byId("role").text() == "leader"
+
+    workers = dom.byId("workers").cells()
+    ids = [row[0].all("div")[0].text() for row in workers]
+    assert ids == ["10.0.0.1:9000", HOSTILE, "w-dead", "w-draining", "w-sick", "w-starting"]
+    assert workers[1][0].all("div")[1].text() == f"static · ws://{HOSTILE}"
+    byWorker = {id: [cell.text() for cell in row[1:]] for id, row in zip(ids, workers)}
+    # state, load / capacity, sessions, age (since T0), last seen
+    assert byWorker["10.0.0.1:9000"] == ["healthy", "3 / 4", "2", "2m 5s", "5s ago"]
+    assert byWorker[HOSTILE] == ["healthy", "2 / 2", "1", "2m 5s", "1m 35s ago"]
+    assert byWorker["w-draining"] == ["healthy draining", "1 / 2", "1", "2m 5s", "1m 35s ago"]
+    assert byWorker["w-sick"][:2] == ["unhealthy", "0 / 2"]
+    assert byWorker["w-dead"][:2] == ["dead", "0 / 2"]
+    assert byWorker["w-starting"] == ["starting", "0 / 2", "0", "2m 5s", "never"]
+
+    sessions = {row[0]: row[1:] for row in dom.byId("sessions").rows()}
+    assert sessions == {
+        HOSTILE: [HOSTILE, "2", "connected", "1m 35s ago"],
+        "alice": ["10.0.0.1:9000", "2", "connected", "1m 35s ago"],
+        "bob": ["10.0.0.1:9000", "1", "in grace", "1m 35s ago"],
+        "carol": ["w-draining", "1", "connected", "1m 35s ago"],
+    }
+
+    assert dom.byId("queue-length").text() == "1"
+    assert dom.byId("queue-wait").text() == "oldest waiting 25s"
+    assert dom.byId("leader").text() == "leader"
+    assert dom.byId("fencing-token").text() == "fencing token 7"
+    assert dom.byId("workers-total").text() == "6"
+    assert dom.byId("load-total").text() == "6 / 12"  # the dead worker's 2 do not count
+    assert dom.byId("sessions-split").text() == "3 connected · 1 in grace"
+
+    assert dom.byId("actions").rows() == [  # newest first
+        ["15:28:00 (1m 5s ago)", "terminate", "10.0.0.9:9000, 10.0.0.8:9000", "7"],
+        ["15:27:10 (1m 55s ago)", "launch", "w-starting", "7"],
+    ]
+
+    # The hostile id and key are text: no element was made of them.
+    assert dom.all("img") == []
+    assert [s.attrs.get("src") for s in dom.all("script")] == ["status/status.js"]
+
+    assert screenshot.stat().st_size > 20_000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_poll_shows_the_unreachable_banner_over_the_last_data(status, tmp_path):
+    """The first poll's four requests are answered; then every connection to the API is cut."""
+    status.site.resource.api = CutAfter(status.site.resource.api, answered=4)
+    html, _ = await render(status.url + "/status", tmp_path)
+    dom = parse(html)
+
+    banner = dom.byId("banner")
+    assert "hidden" not in banner.attrs
+    assert banner.text().startswith("Admin API unreachable — api/v1/")
+    assert "showing data from" in banner.text()
+    assert "stale" in dom.byId("content").classes()
+    assert len(dom.byId("workers").rows()) == 6  # still the last data
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_banner_says_when_the_api_never_answered(status, tmp_path):
+    status.site.resource.api = CutAfter(status.site.resource.api, answered=0)
+    html, _ = await render(status.url + "/status", tmp_path, budget_ms=1000)
+    dom = parse(html)
+
+    assert "hidden" not in dom.byId("banner").attrs
+    assert "no data yet" in dom.byId("banner").text()
+    assert dom.byId("workers").rows() == []
+
+
+class CutAfter(Resource):
+    """Answers the first ``answered`` API requests through ``api``, then cuts connections."""
+
+    isLeaf = True
+
+    def __init__(self, api, answered):
+        super().__init__()
+        self._api = api
+        self._left = answered
+
+    def render(self, request):
+        if request.path.startswith(b"/api/"):
+            if self._left <= 0:
+                request.transport.abortConnection()
+                return NOT_DONE_YET
+            self._left -= 1
+        return self._api.render(request)
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_v1_status_reports_instance_leader_and_actions_newest_first(status):
+    response, body = await status.get("/api/v1/status")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    assert json.loads(body) == {
+        "instance": INSTANCE,
+        "now": "2022-02-08T15:29:05Z",
+        "leader": True,
+        "fencing_token": 7,
+        "scaler_actions": [
+            {"time": "2022-02-08T15:28:00Z", "action": "terminate",
+             "workers": ["10.0.0.9:9000", "10.0.0.8:9000"], "fencing_token": 7},
+            {"time": "2022-02-08T15:27:10Z", "action": "launch",
+             "workers": ["w-starting"], "fencing_token": 7},
+        ],
+    }
+    response, body = await status.get("/api/v1/status/extra")
+    assert (response.code, json.loads(body)) == (404, {"error": "no such resource"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_and_its_parts_are_served_with_a_strict_policy(status):
+    for path, contentType, marker in (
+        ("/status", "text/html; charset=utf-8", b"<title>wslb status</title>"),
+        ("/status/status.js", "text/javascript; charset=utf-8", b"api/v1/status"),
+        ("/status/status.css", "text/css; charset=utf-8", b".banner"),
+    ):
+        response, body = await status.get(path)
+        assert response.code == 200, path
+        assert response.headers.getRawHeaders("content-type") == [contentType]
+        [policy] = response.headers.getRawHeaders("content-security-policy")
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy
+        assert marker in body
+
+    response = await treq.get(status.url + "/status/", pool=status.pool, timeout=5,
+                              allow_redirects=False)
+    await response.content()
+    assert response.code == 302
+    assert response.headers.getRawHeaders("location") == ["../status"]
+
+    for path in ("/status/status.html", "/status/nope", "/status/a/status.js"):
+        response, _ = await status.get(path)
+        assert response.code == 404, path
