@@ -34,9 +34,9 @@ class EchoWorkerProcess:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 
-    def waitHealthy(self):
+    def waitHealthy(self, timeout=10):
         """Block until GET /health answers 200 (before the reactor needs it)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"echo worker exited: {self.process.stderr.read()!r}")
@@ -100,14 +100,18 @@ class RecordingClient(WebSocketClientProtocol):
         return self.closed.addTimeout(TIMEOUT, reactor)
 
 
-async def connectWebSocket(url, headers=None, protocols=None):
-    """Open a WebSocket to ``url`` (ws://127.0.0.1:port/path) and fire with the client."""
+async def connectWebSocket(url, headers=None, protocols=None, wait=TIMEOUT):
+    """
+    Open a WebSocket to ``url`` (ws://127.0.0.1:port/path) and fire with the
+    client; ``wait`` bounds the handshake (raise it for queued clients).
+    """
     factory = WebSocketClientFactory(url, headers=headers or {}, protocols=protocols or [])
     factory.protocol = RecordingClient
-    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
+    factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0,
+                               openHandshakeTimeout=wait)
     endpoint = TCP4ClientEndpoint(reactor, factory.host, factory.port, timeout=TIMEOUT)
     client = await endpoint.connect(factory)
-    return await client.opened.addTimeout(TIMEOUT, reactor)
+    return await client.opened.addTimeout(wait, reactor)
 
 
 async def getJSON(url):

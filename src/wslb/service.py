@@ -28,7 +28,10 @@ from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.user_leg import UserLegFactory
 from wslb.proxy.worker_leg import connectWorker
 from wslb.proxy.errors import unavailable
+from wslb.pool.redis_leader import RedisLeader
 from wslb.registry.memory import MemoryRegistry
+from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
+from wslb.upkeep import RegistryUpkeep
 
 log = Logger()
 
@@ -36,6 +39,9 @@ log = Logger()
 CLOSE_BOUND = 3.0
 # /healthz reports 503 when the registry takes longer than this to answer.
 REGISTRY_PROBE_TIMEOUT = 1.0
+# Every Redis call is bounded by this: a new user gets 503 within it when
+# Redis is unreachable.
+REGISTRY_TIMEOUT = 1.0
 
 
 class Drain(service.Service):
@@ -102,6 +108,17 @@ def listener(description, factory):
     return svc
 
 
+def makeRegistry(config, reactor):
+    """The registry and the pool's leadership for ``[registry] backend``."""
+    if config.registry.backend == "memory":
+        return MemoryRegistry(reactor), AlwaysLeader()
+    registry = RedisRegistry(
+        reactor, config.registry.url, config.registry.namespace, timeout=REGISTRY_TIMEOUT,
+    )
+    leader = RedisLeader(registry, config.registry.namespace, config.pool.leader_ttl, reactor)
+    return registry, leader
+
+
 def makeSigner(session, clock):
     """The session key L{Signer}, or None (with a warning) when keys are trusted."""
     if not session.secret:
@@ -127,9 +144,11 @@ def makeService(config, reactor=None):
     top = OrderedServices()
 
     metrics = Metrics()
-    registry = MemoryRegistry(reactor)
+    registry, leader = makeRegistry(config, reactor)
+    for part in (registry, leader):
+        if service.IService.providedBy(part):
+            part.setServiceParent(top)  # first in, last out: they outlive the rest
     provider = makeProvider(reactor, config.pool, config.registry.namespace)
-    leader = AlwaysLeader()
     pool = PoolService(registry, provider, leader, reactor, config.pool)
     pool.setName("pool")
     pool.setServiceParent(top)
@@ -145,6 +164,11 @@ def makeService(config, reactor=None):
     )
     router.setName("router")
     router.setServiceParent(top)
+    if IRedisRegistryExtras.providedBy(registry):
+        RegistryUpkeep(
+            registry, reactor, instance, sessions, leader, config.pool.scale_interval,
+            config.session.reconnect_grace,
+        ).setServiceParent(top)
 
     secure = config.listen.endpoint.startswith(("ssl:", "tls:"))
     identifier = Identifier(

@@ -88,7 +88,12 @@ class Router(Service):
             placement=self._placement, max_queue=self._maxQueue,
         )
         started = self._clock.seconds()
-        result = yield self._registry.assign(request, started)
+        try:
+            result = yield self._registry.assign(request, started)
+        except Exception as e:
+            self._metrics.registryErrors.inc()
+            log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
+            raise self._refuse("the registry is unavailable", self.retryAfter)
         self._metrics.assignSeconds.observe(self._clock.seconds() - started)
         if isinstance(result, Assigned):
             return result
@@ -138,7 +143,11 @@ class Router(Service):
         for waiter in list(self._waiters):
             if waiter not in self._waiters:
                 continue  # gave up meanwhile
-            result = yield self._registry.assign(waiter.request, self._clock.seconds())
+            try:
+                result = yield self._registry.assign(waiter.request, self._clock.seconds())
+            except Exception:
+                self._metrics.registryErrors.inc()
+                raise  # logged by retry(); the heartbeat tries again
             if waiter not in self._waiters:
                 # The client left while we asked; give back what we got.
                 if isinstance(result, Assigned):

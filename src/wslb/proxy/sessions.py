@@ -32,9 +32,9 @@ class LiveSessions(Service):
                 call.cancel()
         self._expiries.clear()
 
-    def keys(self):
-        """The keys this instance relays now."""
-        return list(self._legs)
+    def byKey(self):
+        """(key, open user legs) for every session this instance relays now."""
+        return [(key, set(legs)) for key, legs in self._legs.items()]
 
     def legs(self):
         return [leg for legs in self._legs.values() for leg in legs]

@@ -36,6 +36,8 @@ PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
 class UserLeg(RelayMixin, WebSocketServerProtocol):
     direction = TO_WORKER
     key = None
+    cost = None
+    assigned = None  # the registry's Assigned: which worker, and whether fresh
     worker = None  # the open WorkerLeg, until the user leg opens
     _counted = False  # assign() counted this connection: release() it once
     _opening = None  # the Deferred onConnect returned
@@ -106,7 +108,8 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         identity = factory.identifier.identify(fields)
         self.key = identity.key
         asked = factory.clock.seconds()
-        assigned = await factory.router.route(identity.key, identity.cost)
+        self.cost = identity.cost
+        self.assigned = assigned = await factory.router.route(identity.key, identity.cost)
         self._counted = True
         log.info(
             "{key} assigned to {worker}", event="assigned", key=self.key,

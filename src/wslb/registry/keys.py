@@ -1,0 +1,72 @@
+"""
+The Redis key schema, in one place.
+
+Every key starts with the hash tag ``{<namespace>}:``, so all of a pool's
+keys hash to one cluster slot: a Lua script may touch keys it derives itself
+(per-worker, per-session) and still runs on a Redis Cluster, and several
+pools can share one Redis under different namespaces.
+
+``P`` below is the prefix ``{<namespace>}:``. Times are seconds (decimal
+strings, as the callers' clocks give them); "" stands for None.
+
+  P workers                    ZSET  worker id -> 0 (equal scores: byte order of ids)
+  P worker:<id>                HASH  id url provider state draining("1"/"0") capacity
+                                     load started_at state_since idle_since last_seen
+  P worker-sessions:<id>       SET   keys of the sessions bound to the worker
+  P sessions                   ZSET  session key -> 0
+  P session:<key>              HASH  key worker cost since connections disconnected_at,
+                                     and conn:<instance> = live connections via that instance
+  P disconnected               ZSET  session key -> disconnected_at (no live connection)
+  P queue                      ZSET  ticket -> arrival number (FIFO order)
+  P queue-seq                  STRING counter of arrivals
+  P ticket-heartbeats          ZSET  ticket -> last heartbeat
+  P ticket:<ticket>            HASH  key cost instance enqueued_at
+  P instances                  SET   ids of instances that keep a heartbeat
+  P instance:<id>              STRING heartbeat of a wslb instance, PX TTL (gone: it died)
+  P instance-sessions:<id>     SET   session keys the instance counts connections for
+  P epoch                      STRING random value set once (SET NX): changes when
+                                     Redis lost its data
+  P leader                     STRING the scaler leadership lock (random token, PX TTL)
+  P fencing                    STRING counter: INCR on every new leadership
+  P events                     pub/sub channel: "capacity", "ended:<key>", "sync:<token>"
+
+Registry scripts get the prefix and the fixed keys above as KEYS
+(L{Keys.scriptKeys}) and derive the per-record ones, ``epoch`` and
+``events`` from the prefix. Kinds of records get distinct prefixes
+(``worker:`` vs ``worker-sessions:``) so that no id, whatever its
+characters, can make one key name another's.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """The key names of one namespace."""
+
+    def __init__(self, namespace: str):
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ValueError(
+                f"registry namespace {namespace!r}: must be non-empty, without braces"
+            )
+        self.prefix = "{%s}:" % (namespace,)
+        p = self.prefix
+        self.workers = p + "workers"
+        self.sessions = p + "sessions"
+        self.disconnected = p + "disconnected"
+        self.queue = p + "queue"
+        self.queueSeq = p + "queue-seq"
+        self.ticketHeartbeats = p + "ticket-heartbeats"
+        self.instances = p + "instances"
+        self.leader = p + "leader"
+        self.fencing = p + "fencing"
+        self.events = p + "events"
+
+    def scriptKeys(self) -> list[str]:
+        """
+        The KEYS of every registry script, in the order the Lua prelude
+        (``lua/_prelude.lua``) names them.
+        """
+        return [
+            self.prefix, self.workers, self.sessions, self.disconnected,
+            self.queue, self.queueSeq, self.ticketHeartbeats, self.instances,
+        ]

@@ -1,0 +1,172 @@
+-- wslb registry prelude: wslb.registry.redis_ops puts it in front of every
+-- registry script (not the lock scripts), so each script is one
+-- self-contained EVAL. Anyone running the scripts (the Twisted registry, the
+-- Lambda handlers with redis-py) loads them through redis_ops (Op.source).
+--
+-- KEYS, the same list for every registry script (Keys.scriptKeys()):
+--   KEYS[1] "{ns}:"                  the prefix; never a key itself
+--   KEYS[2] "{ns}:workers"           KEYS[3] "{ns}:sessions"
+--   KEYS[4] "{ns}:disconnected"      KEYS[5] "{ns}:queue"
+--   KEYS[6] "{ns}:queue-seq"         KEYS[7] "{ns}:ticket-heartbeats"
+--   KEYS[8] "{ns}:instances"
+-- Per-record keys (worker:<id>, session:<key>, ...) are derived from
+-- KEYS[1]. That is cluster-safe: they share the hash tag {ns} with the
+-- declared keys, so every key a script touches lives in the same slot.
+-- The schema is documented in wslb/registry/keys.py.
+--
+-- ARGV are strings. Times are seconds as decimal strings, stored as given;
+-- "" stands for none. Replies are one JSON document (cjson.encode), decoded
+-- by redis_ops; an empty Lua table encodes as {}, read as an empty list.
+-- Notices go to the channel "{ns}:events": "capacity" (capacity may have
+-- become free: queued callers retry) and "ended:<key>" (close its users).
+
+local P = KEYS[1]
+local WORKERS, SESSIONS, DISCONNECTED = KEYS[2], KEYS[3], KEYS[4]
+local QUEUE, QUEUE_SEQ, TICKET_HEARTBEATS, INSTANCES = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local EVENTS = P .. 'events'
+
+local function workerKey(id) return P .. 'worker:' .. id end
+local function workerSessionsKey(id) return P .. 'worker-sessions:' .. id end
+local function sessionKey(key) return P .. 'session:' .. key end
+local function ticketKey(ticket) return P .. 'ticket:' .. ticket end
+local function instanceKey(id) return P .. 'instance:' .. id end
+local function instanceSessionsKey(id) return P .. 'instance-sessions:' .. id end
+
+-- A hash as a table, or nil when the key does not exist.
+local function record(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return fields
+end
+
+-- A worker's fields plus `sessions` (its session keys), or nil.
+local function workerSnapshot(id)
+  local worker = record(workerKey(id))
+  if worker then worker.sessions = redis.call('SMEMBERS', workerSessionsKey(id)) end
+  return worker
+end
+
+local function sessionSnapshot(key)
+  return record(sessionKey(key))
+end
+
+local capacityTold = false
+local function tellCapacity()
+  if not capacityTold then
+    redis.call('PUBLISH', EVENTS, 'capacity')
+    capacityTold = true
+  end
+end
+
+local function newWorker(id, url, provider, capacity, state, now)
+  redis.call('HSET', workerKey(id), 'id', id, 'url', url, 'provider', provider,
+    'state', state, 'draining', '0', 'capacity', capacity, 'load', '0',
+    'started_at', now, 'state_since', now, 'idle_since', now, 'last_seen', '')
+  redis.call('ZADD', WORKERS, 0, id)
+  tellCapacity()
+end
+
+-- Bind a new session to a worker (its cost joins the worker's load).
+local function bind(key, cost, workerId, now)
+  redis.call('HSET', sessionKey(key), 'key', key, 'worker', workerId, 'cost', cost,
+    'since', now, 'connections', '0', 'disconnected_at', '')
+  redis.call('ZADD', SESSIONS, 0, key)
+  redis.call('SADD', workerSessionsKey(workerId), key)
+  redis.call('HINCRBY', workerKey(workerId), 'load', cost)
+  redis.call('HSET', workerKey(workerId), 'idle_since', '')
+end
+
+-- Count `n` (may be negative) more live connections of a session via one
+-- instance. Losing the last one starts the reconnect grace at `now`.
+local function countConnections(key, instance, n, now)
+  local sk = sessionKey(key)
+  local mine = redis.call('HINCRBY', sk, 'conn:' .. instance, n)
+  if mine > 0 then
+    redis.call('SADD', instanceSessionsKey(instance), key)
+  else
+    redis.call('HDEL', sk, 'conn:' .. instance)
+    redis.call('SREM', instanceSessionsKey(instance), key)
+  end
+  local total = redis.call('HINCRBY', sk, 'connections', n)
+  if total > 0 then
+    redis.call('HSET', sk, 'disconnected_at', '')
+    redis.call('ZREM', DISCONNECTED, key)
+  elseif n < 0 then
+    redis.call('HSET', sk, 'disconnected_at', now)
+    redis.call('ZADD', DISCONNECTED, now, key)
+  end
+end
+
+-- Delete sessions; a worker left empty becomes idle at `now`.
+local function endSessions(keys, now)
+  for _, key in ipairs(keys) do
+    local session = sessionSnapshot(key)
+    if session then
+      for field in pairs(session) do
+        if string.sub(field, 1, 5) == 'conn:' then
+          redis.call('SREM', instanceSessionsKey(string.sub(field, 6)), key)
+        end
+      end
+      redis.call('DEL', sessionKey(key))
+      redis.call('ZREM', SESSIONS, key)
+      redis.call('ZREM', DISCONNECTED, key)
+      redis.call('SREM', workerSessionsKey(session.worker), key)
+      local wk = workerKey(session.worker)
+      if redis.call('EXISTS', wk) == 1 then
+        redis.call('HINCRBY', wk, 'load', -tonumber(session.cost))
+        if redis.call('SCARD', workerSessionsKey(session.worker)) == 0 then
+          redis.call('HSET', wk, 'idle_since', now)
+        end
+      end
+      redis.call('PUBLISH', EVENTS, 'ended:' .. key)
+    end
+  end
+end
+
+local function queueHead()
+  return redis.call('ZRANGE', QUEUE, 0, 0)[1]
+end
+
+-- Remove tickets ("" is ignored). A new head may fit where the old one did
+-- not, and it retries only when told: a changed head counts as capacity.
+local function dropTickets(tickets)
+  local head = queueHead()
+  for _, ticket in ipairs(tickets) do
+    if ticket ~= '' then
+      redis.call('ZREM', QUEUE, ticket)
+      redis.call('ZREM', TICKET_HEARTBEATS, ticket)
+      redis.call('DEL', ticketKey(ticket))
+    end
+  end
+  local newHead = queueHead()
+  if newHead and newHead ~= head then tellCapacity() end
+end
+
+-- Members of a ZSET whose score is at most `limit`, give or take rounding:
+-- callers filter them with the exact comparison the memory registry makes.
+local function scoredUpTo(zset, limit)
+  local slack = math.abs(limit) * 1e-12 + 1e-9
+  return redis.call('ZRANGEBYSCORE', zset, '-inf', string.format('%.17g', limit + slack),
+    'WITHSCORES')
+end
+
+-- An instance died: its connection counts go; sessions left without a live
+-- connection start their reconnect grace at `now`. Returns those keys.
+local function dropInstance(instance, now)
+  local graceStarted = {}
+  for _, key in ipairs(redis.call('SMEMBERS', instanceSessionsKey(instance))) do
+    local mine = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance))
+    if mine then
+      countConnections(key, instance, -mine, now)
+      if redis.call('HGET', sessionKey(key), 'connections') == '0' then
+        table.insert(graceStarted, key)
+      end
+    end
+  end
+  redis.call('DEL', instanceSessionsKey(instance), instanceKey(instance))
+  redis.call('SREM', INSTANCES, instance)
+  return graceStarted
+end
+

@@ -1,0 +1,286 @@
+"""
+The Redis registry, shared by every wslb instance of a pool.
+
+Each IRegistry method is one Lua script run (L{wslb.registry.redis_ops},
+``lua/*.lua``), so every state transition is atomic across instances and
+the Lambda handlers run the very same logic. Scripts announce changes on
+the ``{ns}:events`` channel; a subscriber connection hands them to the
+listeners through the clock, in the order they came, never from inside a
+registry call. Every call is bounded by ``timeout``: with Redis away, calls
+fail (callers answer 503) and the connections come back by themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from wslb.registry import redis_ops
+from wslb.registry._interfaces import IRegistry
+from wslb.registry.keys import Keys
+from wslb.registry.redis_connection import RedisConnection
+from wslb.registry.redis_url import parseRedisURL
+
+log = Logger()
+
+
+class IRedisRegistryExtras(Interface):
+    """
+    What a registry shared through Redis needs beyond IRegistry: surviving
+    the loss of Redis's data and the death of a wslb instance (DESIGN §8).
+
+    Wiring (each wslb instance, ``instance`` being its id):
+      - every second or so, ``instanceHeartbeat(instance, ttl)`` with a TTL
+        of a few beats, and ``epochChanged()``; when either says the
+        registry forgot us (heartbeat False after the first beat, or epoch
+        True), re-assert every relayed session with ``reassertSession``
+        before assigning new ones;
+      - on the leader, every scale interval, ``sweepInstances(now)`` (drops
+        the connection counts of instances whose heartbeat expired) and
+        ``expireSessions(now, grace)`` (their sessions' grace timers died
+        with them).
+    """
+
+    def reassertSession(key, worker_id, worker_url, provider, capacity, cost, instance,
+                        connections, now):
+        """
+        Put back a session this instance relays right now, after Redis lost
+        it: recreate the worker (state healthy) if missing, bind the key to
+        it if unbound (adding its cost to the load), and set this instance's
+        connection count to ``connections`` (>= 1). Fires with the L{Session}
+        as the registry has it; when its worker is not ``worker_id`` the key
+        was re-bound meanwhile and nothing changed: close the user (1012).
+        """
+
+    def dropInstance(instance, now):
+        """
+        An instance died: drop the connections it counted; sessions left
+        with none start their reconnect grace at ``now``. Fires with those
+        keys, sorted.
+        """
+
+    def sweepInstances(now):
+        """
+        Drop (as dropInstance) every instance whose heartbeat key
+        ``{ns}:instance:<id>`` expired. Fires with their ids, sorted.
+        """
+
+    def instanceHeartbeat(instance, ttl):
+        """
+        Mark this instance alive for ``ttl`` seconds. Fires with True when
+        its previous heartbeat was still there; False on the first beat,
+        after it was swept, or after Redis lost its data.
+        """
+
+    def epochChanged():
+        """
+        Fire with True when the registry's epoch (a random value set once,
+        SET NX) differs from the one seen before: Redis lost its data. The
+        first call only learns the epoch (False).
+        """
+
+    def whenNoticesDelivered():
+        """
+        Fire once every notice published before this call has been handed
+        to the listeners (a barrier: tests settle with it). Bounded.
+        """
+
+
+@implementer(IRegistry, IRedisRegistryExtras)
+class RedisRegistry(Service):
+    """
+    IRegistry over the Redis at ``url`` (redis:// or rediss://; ``ca_file``
+    stands in for the URL's ``ssl_ca_certs``), keys under ``{namespace}:``.
+    A Service: it connects on start and disconnects on stop.
+    """
+
+    def __init__(self, clock, url, namespace, timeout=2.0, ca_file=None):
+        self._clock = clock
+        self.keys = Keys(namespace)
+        self.connection = RedisConnection(clock, parseRedisURL(url, ca_file), timeout)
+        self._capacityListeners = []
+        self._sessionEndedListeners = []
+        self._pending = deque()  # (callable, args) to run from the clock, in order
+        self._delivery = None  # the DelayedCall running them
+        self._subscribedOnce = defer.Deferred()
+        self._barriers = {}  # sync token -> Deferred
+        self._epoch = None
+
+    def startService(self):
+        super().startService()
+        log.info("registry: Redis at {url}", url=self.connection.address.redacted())
+        self.connection.connect()
+        self.connection.subscribe(self.keys.events, self._received, self._subscribed)
+        self.epochChanged().addErrback(
+            lambda f: log.warn("registry epoch unknown yet: {e}", e=f.getErrorMessage()))
+
+    def stopService(self):
+        super().stopService()
+        if self._delivery is not None and self._delivery.active():
+            self._delivery.cancel()
+        self._delivery = None
+        self._pending.clear()
+        return self.connection.disconnect()
+
+    def _run(self, make, *args):
+        """Build an Op (its ValueError fails the Deferred) and run it."""
+        d = defer.maybeDeferred(make, *args)
+        return d.addCallback(
+            lambda op: self.connection.runScript(op.source, self.keys.scriptKeys(), op.args)
+            .addCallback(op.decode)
+        )
+
+    # -- workers --------------------------------------------------------
+
+    def addWorker(self, worker_id, url, provider, capacity, now):
+        return self._run(redis_ops.addWorker, worker_id, url, provider, capacity, now)
+
+    def getWorker(self, worker_id):
+        return self._run(redis_ops.getWorker, worker_id)
+
+    def listWorkers(self):
+        return self._run(redis_ops.listWorkers)
+
+    def setWorkerState(self, worker_id, state, now):
+        return self._run(redis_ops.setWorkerState, worker_id, state, now)
+
+    def setDraining(self, worker_id, draining):
+        return self._run(redis_ops.setDraining, worker_id, draining)
+
+    def heartbeat(self, worker_id, now):
+        return self._run(redis_ops.heartbeat, worker_id, now)
+
+    def removeWorker(self, worker_id):
+        return self._run(redis_ops.removeWorker, worker_id)
+
+    def claimIdleWorker(self, worker_id):
+        return self._run(redis_ops.claimIdleWorker, worker_id)
+
+    # -- sessions -------------------------------------------------------
+
+    def assign(self, request, now):
+        return self._run(redis_ops.assign, request, now)
+
+    def release(self, key, instance, now):
+        return self._run(redis_ops.release, key, instance, now)
+
+    def endSession(self, key):
+        # IRegistry.endSession carries no ``now``: the clock dates idle_since.
+        return self._run(redis_ops.endSession, key, self._clock.seconds())
+
+    def expireSessions(self, now, grace):
+        return self._run(redis_ops.expireSessions, now, grace)
+
+    def getSession(self, key):
+        return self._run(redis_ops.getSession, key)
+
+    def listSessions(self):
+        return self._run(redis_ops.listSessions)
+
+    # -- queue ----------------------------------------------------------
+
+    def leaveQueue(self, ticket):
+        return self._run(redis_ops.leaveQueue, ticket)
+
+    def touchTickets(self, tickets, now):
+        return self._run(redis_ops.touchTickets, tickets, now)
+
+    def expireTickets(self, now, max_age):
+        return self._run(redis_ops.expireTickets, now, max_age)
+
+    def queueInfo(self, now):
+        return self._run(redis_ops.queueInfo, now)
+
+    # -- lost data, dead instances (IRedisRegistryExtras) ---------------
+
+    def reassertSession(self, key, worker_id, worker_url, provider, capacity, cost,
+                        instance, connections, now):
+        return self._run(redis_ops.reassertSession, key, worker_id, worker_url, provider,
+                         capacity, cost, instance, connections, now)
+
+    def dropInstance(self, instance, now):
+        return self._run(redis_ops.dropInstance, instance, now)
+
+    def sweepInstances(self, now):
+        return self._run(redis_ops.sweepInstances, now)
+
+    def instanceHeartbeat(self, instance, ttl):
+        return self._run(redis_ops.instanceHeartbeat, instance, ttl)
+
+    def epochChanged(self):
+        def compare(epoch):
+            changed = self._epoch is not None and epoch != self._epoch
+            self._epoch = epoch
+            return changed
+
+        return self._run(redis_ops.epoch).addCallback(compare)
+
+    # -- notification ---------------------------------------------------
+
+    def addCapacityListener(self, listener):
+        self._capacityListeners.append(listener)
+
+    def addSessionEndedListener(self, listener):
+        self._sessionEndedListeners.append(listener)
+
+    def whenNoticesDelivered(self):
+        token = uuid.uuid4().hex
+        barrier = self._barriers[token] = defer.Deferred()
+        d = _follow(self._subscribedOnce)
+        d.addCallback(lambda _: self.connection.execute(
+            "PUBLISH", self.keys.events, "sync:" + token))
+        d.addCallback(lambda _: barrier)
+        d.addTimeout(self.connection.timeout, self._clock)
+
+        def forget(result):
+            self._barriers.pop(token, None)
+            return result
+
+        return d.addBoth(forget)
+
+    def _subscribed(self):
+        """(Re)subscribed: a notice may have been lost meanwhile, so retry."""
+        if not self._subscribedOnce.called:
+            self._subscribedOnce.callback(None)
+        self._tell(self._capacityListeners)
+
+    def _received(self, message):
+        if message == "capacity":
+            self._tell(self._capacityListeners)
+        elif message.startswith("ended:"):
+            self._tell(self._sessionEndedListeners, message[len("ended:"):])
+        elif message.startswith("sync:"):
+            barrier = self._barriers.get(message[len("sync:"):])
+            if barrier is not None:
+                self._later(barrier.callback, None)
+
+    def _tell(self, listeners, *args):
+        for listener in list(listeners):
+            self._later(listener, *args)
+
+    def _later(self, call, *args):
+        """Run ``call`` from the clock, after everything queued before it."""
+        self._pending.append((call, args))
+        if self._delivery is None:
+            self._delivery = self._clock.callLater(0, self._deliver)
+
+    def _deliver(self):
+        self._delivery = None
+        while self._pending:
+            call, args = self._pending.popleft()
+            try:
+                call(*args)
+            except Exception:
+                log.failure("registry listener {listener!r} failed", listener=call)
+
+
+def _follow(d):
+    """A Deferred firing with ``d``'s result, leaving ``d`` itself untouched."""
+    follower = defer.Deferred()
+    d.addBoth(lambda result: (follower.callback(result), result)[1])
+    return follower

@@ -1,0 +1,193 @@
+"""
+One wslb instance's way to Redis: commands and scripts over a reconnecting
+txredisapi connection, every call bounded by a timeout, and a subscriber
+connection that subscribes again after every reconnect.
+
+Three txredisapi behaviours shape this module (DESIGN §9):
+  - a command issued while disconnected waits until a connection is back,
+    which may be never: every call here fails after ``timeout`` instead, so
+    callers can answer 503;
+  - subscriptions are not restored after a reconnect: the subscriber
+    subscribes whenever its connection becomes ready;
+  - txredisapi gives up reconnecting for good when its AUTH fails in any
+    way, a connection dropped during AUTH included (a restarting server, a
+    failed TLS handshake). So txredisapi is given no credentials: our
+    protocols send AUTH and SELECT first thing on each connection, and only
+    the server refusing them stops the reconnecting.
+
+The factories are txredisapi's (ClientService inside: backoff 1 s .. 10 s),
+built like ``lazyConnectionPool`` builds its own but with these protocols.
+"""
+
+from __future__ import annotations
+
+import re
+
+import txredisapi
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+
+log = Logger()
+
+# One connection runs commands in the order they were issued, as the memory
+# registry does; Redis serves one command at a time anyway.
+POOL_SIZE = 1
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+class NotConnected(Exception):
+    """A command was issued before connect() or after disconnect()."""
+
+
+def tlsOptions(address):
+    """
+    Client TLS options verifying the server's certificate and host name, or
+    None for plain TCP. Reads the CA file now, so a bad one fails at start.
+    """
+    if not address.tls:
+        return None
+    trustRoot = None  # the platform's trust store
+    if address.ca_file is not None:
+        with open(address.ca_file, "rb") as f:
+            blocks = _PEM_CERTIFICATE.findall(f.read())
+        if not blocks:
+            raise ValueError(f"CA file {address.ca_file!r}: no PEM certificate in it")
+        trustRoot = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(block) for block in blocks]
+        )
+    return ssl.optionsForClientTLS(address.host, trustRoot=trustRoot)
+
+
+class RedisConnection:
+    """
+    Talk to the Redis at ``address`` (a L{RedisAddress}); every call fails
+    after ``timeout`` seconds on ``clock`` rather than hang.
+    """
+
+    def __init__(self, clock, address, timeout):
+        self.clock = clock
+        self.address = address
+        self.timeout = timeout
+        self._tls = tlsOptions(address)
+        self._commands = None
+        self._subscriber = None
+
+    def _connect(self, factory):
+        from twisted.internet import reactor
+
+        endpoint = HostnameEndpoint(reactor, self.address.host, self.address.port,
+                                    timeout=self.timeout)
+        if self._tls is not None:
+            endpoint = wrapClientTLS(self._tls, endpoint)
+        factory.startConnecting(endpoint)
+        return factory
+
+    def connect(self):
+        """Start connecting; commands wait (bounded) until connected."""
+        self._commands = self._connect(_CommandFactory(self.address))
+
+    def subscribe(self, channel, received, subscribed):
+        """
+        Keep a subscription to ``channel``: ``received(message)`` for each
+        message, ``subscribed()`` each time the subscription is (re)made.
+        """
+        self._subscriber = self._connect(
+            _SubscriberFactory(self.address, channel, received, subscribed, self))
+
+    def disconnect(self):
+        """Close every connection; fires once they are closed."""
+        closing = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
+        self._commands = self._subscriber = None
+        return defer.gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
+
+    def execute(self, *command):
+        """Run one command (``"SET", key, value, "NX"``): a bounded Deferred."""
+        return self._bounded(lambda redis: redis.execute_command(*command))
+
+    def runScript(self, source, keys, args):
+        """EVALSHA the Lua ``source`` (EVAL on NOSCRIPT): a bounded Deferred."""
+        return self._bounded(lambda redis: redis.eval(source, list(keys), list(args)))
+
+    def _bounded(self, call):
+        if self._commands is None:
+            return defer.fail(NotConnected("Redis connection not started"))
+        d = defer.maybeDeferred(call, self._commands.handler)
+        return d.addTimeout(self.timeout, self.clock)
+
+
+class _Authenticating:
+    """AUTH and SELECT sent first on every connection; see the module docstring."""
+
+    def connectionMade(self):
+        address = self.factory.address
+        if address.password is not None:
+            credentials = [address.username] if address.username else []
+            self.execute_command("AUTH", *credentials, address.password).addErrback(
+                self._refused, "AUTH")
+        if address.db:
+            self.execute_command("SELECT", address.db).addErrback(self._refused, "SELECT")
+        # Commands queue behind AUTH/SELECT on this connection, so the
+        # connection may go into service at once.
+        return super().connectionMade()
+
+    def _refused(self, failure, command):
+        if failure.check(txredisapi.ResponseError):
+            log.error("Redis refused {command} ({error}): not reconnecting",
+                      command=command, error=failure.getErrorMessage())
+            self.factory.stopTrying()
+            self.transport.loseConnection()
+        # Otherwise the connection dropped: txredisapi reconnects.
+
+
+class _CommandProtocol(_Authenticating, txredisapi.RedisProtocol):
+    pass
+
+
+class _CommandFactory(txredisapi.RedisFactory):
+    protocol = _CommandProtocol
+
+    def __init__(self, address):
+        super().__init__(f"{address.host}:{address.port}", None, POOL_SIZE, isLazy=True,
+                         convertNumbers=False)
+        self.address = address
+
+
+class _SubscriberProtocol(_Authenticating, txredisapi.SubscriberProtocol):
+    def connectionMade(self):
+        self.whenConnected().addCallback(self.factory.ready)
+        return super().connectionMade()
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.received(message)
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    """One connection that subscribes to ``channel`` whenever it is ready."""
+
+    protocol = _SubscriberProtocol
+
+    def __init__(self, address, channel, received, subscribed, connection):
+        super().__init__(f"{address.host}:{address.port}", None, 1, isLazy=True,
+                         convertNumbers=False)
+        self.address = address
+        self.received = received
+        self._channel = channel
+        self._subscribed = subscribed
+        self._connection = connection
+
+    def ready(self, protocol):
+        d = protocol.subscribe(self._channel)
+        d.addTimeout(self._connection.timeout, self._connection.clock)
+        d.addCallbacks(lambda _: self._subscribed(), self._failed, errbackArgs=(protocol,))
+
+    def _failed(self, failure, protocol):
+        # Without its subscription the connection is useless: drop it, so
+        # that txredisapi reconnects and we subscribe again.
+        log.warn("Redis subscribe failed ({error}); reconnecting",
+                 error=failure.getErrorMessage())
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()

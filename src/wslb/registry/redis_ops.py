@@ -1,0 +1,279 @@
+"""
+The Redis registry's operations, apart from how Redis is reached.
+
+Each function returns an L{Op}: which Lua script to run (``lua/*.lua``),
+its ARGV, and how to turn the script's JSON reply into the registry's
+dataclasses. The Twisted L{wslb.registry.redis.RedisRegistry} runs them over
+txredisapi; the Lambda handlers run the very same scripts synchronously
+with redis-py::
+
+    keys = Keys(namespace).scriptKeys()
+    op = redis_ops.setWorkerState(worker_id, "dead", now)
+    worker = op.decode(client.eval(op.source, len(keys), *keys, *op.args))
+
+(redis-py returns bytes unless ``decode_responses=True``; ``decode``
+accepts both.) Every registry script gets the same KEYS; see
+``lua/_prelude.lua`` and L{wslb.registry.keys}.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Callable
+
+from wslb.registry._interfaces import (
+    PACK,
+    SPREAD,
+    WORKER_STATES,
+    Assigned,
+    Queued,
+    QueueFull,
+    QueueInfo,
+    Session,
+    Worker,
+)
+
+_LUA = resources.files("wslb.registry") / "lua"
+
+
+@cache
+def _text(name: str) -> str:
+    return (_LUA / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@cache
+def registryScript(name: str) -> str:
+    """The source of a registry script: the shared prelude, then its body."""
+    return _text("_prelude") + "\n" + _text(name)
+
+
+def lockScript(name: str) -> str:
+    """The source of a lock script (``lock_release``, ``lock_renew``)."""
+    return _text(name)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One registry script call: run ``source`` with ``args``, ``decode`` the reply."""
+
+    script: str
+    args: tuple[str, ...]
+    decode: Callable[[str | bytes], object]
+
+    @property
+    def source(self) -> str:
+        return registryScript(self.script)
+
+
+# -- encoding -----------------------------------------------------------
+
+
+def _time(seconds) -> str:
+    """Seconds as a string that reads back as the same number (int or float)."""
+    return repr(seconds) if isinstance(seconds, (int, float)) else str(float(seconds))
+
+
+def _readTime(text: str):
+    if not text:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _json(reply):
+    return json.loads(reply)
+
+
+def _worker(fields) -> Worker | None:
+    if not fields:
+        return None
+    return Worker(
+        id=fields["id"], url=fields["url"], provider=fields["provider"],
+        state=fields["state"], draining=fields["draining"] == "1",
+        capacity=int(fields["capacity"]), load=int(fields["load"]),
+        # cjson writes an empty list as {}
+        sessions=tuple(sorted(fields["sessions"] or ())),
+        started_at=_readTime(fields["started_at"]),
+        state_since=_readTime(fields["state_since"]),
+        idle_since=_readTime(fields["idle_since"]),
+        last_seen=_readTime(fields["last_seen"]),
+    )
+
+
+def _session(fields) -> Session | None:
+    if not fields:
+        return None
+    return Session(
+        key=fields["key"], worker=fields["worker"], cost=int(fields["cost"]),
+        connections=int(fields["connections"]), since=_readTime(fields["since"]),
+        disconnected_at=_readTime(fields["disconnected_at"]),
+    )
+
+
+def _decodeWorker(reply):
+    return _worker(_json(reply))
+
+
+def _decodeWorkers(reply):
+    return [_worker(fields) for fields in _json(reply) or ()]
+
+
+def _decodeSession(reply):
+    return _session(_json(reply))
+
+
+def _decodeSessions(reply):
+    return [_session(fields) for fields in _json(reply) or ()]
+
+
+def _decodeSortedNames(reply):
+    return sorted(_json(reply) or ())
+
+
+def _decodeAssignment(reply):
+    answer = _json(reply)
+    if "assigned" in answer:
+        return Assigned(_worker(answer["assigned"]), answer["fresh"])
+    if "queued" in answer:
+        return Queued(answer["queued"], int(answer["position"]))
+    return QueueFull()
+
+
+def _decodePlain(reply):
+    return _json(reply)
+
+
+# -- workers ------------------------------------------------------------
+
+
+def addWorker(worker_id, url, provider, capacity, now) -> Op:
+    return Op("add_worker", (worker_id, url, provider, str(int(capacity)), _time(now)),
+              _decodeWorker)
+
+
+def getWorker(worker_id) -> Op:
+    return Op("get_worker", (worker_id,), _decodeWorker)
+
+
+def listWorkers() -> Op:
+    return Op("list_workers", (), _decodeWorkers)
+
+
+def setWorkerState(worker_id, state, now) -> Op:
+    if state not in WORKER_STATES:
+        raise ValueError(f"unknown worker state {state!r}")
+    return Op("set_worker_state", (worker_id, state, _time(now)), _decodeWorker)
+
+
+def setDraining(worker_id, draining) -> Op:
+    return Op("set_draining", (worker_id, "1" if draining else "0"), _decodeWorker)
+
+
+def heartbeat(worker_id, now) -> Op:
+    return Op("worker_heartbeat", (worker_id, _time(now)), _decodeWorker)
+
+
+def removeWorker(worker_id) -> Op:
+    return Op("remove_worker", (worker_id,), _decodeSortedNames)
+
+
+def claimIdleWorker(worker_id) -> Op:
+    return Op("claim_idle_worker", (worker_id,), _decodePlain)
+
+
+# -- sessions -----------------------------------------------------------
+
+
+def assign(request, now, new_ticket=None) -> Op:
+    """``new_ticket``: the id a new queue ticket gets (random by default)."""
+    if request.placement not in (PACK, SPREAD):
+        raise ValueError(f"unknown placement {request.placement!r}")
+    return Op("assign", (
+        request.key, str(int(request.cost)), request.instance, request.placement,
+        str(int(request.max_queue)), request.ticket or "", _time(now),
+        new_ticket or uuid.uuid4().hex,
+    ), _decodeAssignment)
+
+
+def release(key, instance, now) -> Op:
+    return Op("release", (key, instance, _time(now)), _decodeSession)
+
+
+def endSession(key, now) -> Op:
+    """``now`` dates the idle_since of a worker left empty."""
+    return Op("end_session", (key, _time(now)), _decodeSession)
+
+
+def expireSessions(now, grace) -> Op:
+    return Op("expire_sessions", (_time(now), _time(grace)), _decodeSortedNames)
+
+
+def getSession(key) -> Op:
+    return Op("get_session", (key,), _decodeSession)
+
+
+def listSessions() -> Op:
+    return Op("list_sessions", (), _decodeSessions)
+
+
+# -- queue --------------------------------------------------------------
+
+
+def leaveQueue(ticket) -> Op:
+    return Op("leave_queue", (ticket,), _decodePlain)
+
+
+def touchTickets(tickets, now) -> Op:
+    return Op("touch_tickets", (_time(now), *tickets), _decodePlain)
+
+
+def expireTickets(now, max_age) -> Op:
+    return Op("expire_tickets", (_time(now), _time(max_age)), _decodePlain)
+
+
+def queueInfo(now) -> Op:
+    def decode(reply):
+        info = _json(reply)
+        if not info["length"]:
+            return QueueInfo(length=0, oldest_wait=0.0, demand=0)
+        return QueueInfo(
+            length=int(info["length"]),
+            oldest_wait=max(0.0, now - _readTime(info["head_enqueued_at"])),
+            demand=int(info["demand"]),
+        )
+
+    return Op("queue_info", (), decode)
+
+
+# -- surviving lost data and dead instances -----------------------------
+
+
+def reassertSession(key, worker_id, worker_url, provider, capacity, cost, instance,
+                    connections, now) -> Op:
+    if connections < 1:
+        raise ValueError(f"reassert needs at least one live connection, not {connections}")
+    return Op("reassert_session", (
+        key, worker_id, worker_url, provider, str(int(capacity)), str(int(cost)),
+        instance, str(int(connections)), _time(now),
+    ), _decodeSession)
+
+
+def dropInstance(instance, now) -> Op:
+    return Op("drop_instance", (instance, _time(now)), _decodeSortedNames)
+
+
+def sweepInstances(now) -> Op:
+    return Op("sweep_instances", (_time(now),), _decodeSortedNames)
+
+
+def instanceHeartbeat(instance, ttl) -> Op:
+    """``ttl`` in seconds."""
+    return Op("instance_heartbeat", (instance, str(max(1, round(ttl * 1000)))),
+              _decodePlain)
+
+
+def epoch() -> Op:
+    return Op("epoch", (uuid.uuid4().hex,), _decodePlain)

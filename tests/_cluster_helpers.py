@@ -1,0 +1,95 @@
+"""Several real ``twistd -n wslb`` processes sharing one real Redis."""
+
+import json
+import socket
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from _echo_helpers import TIMEOUT, EchoWorkerProcess, connectWebSocket
+from _twistd_helpers import TwistdWslb
+
+SCALE_INTERVAL = 1.0
+LEADER_TTL = 3.0
+
+
+def startEchoFleet(n):
+    """``n`` echo worker processes, started together, each healthy on return."""
+    workers = [EchoWorkerProcess() for _ in range(n)]
+    try:
+        for worker in workers:
+            worker.waitHealthy(timeout=60)  # many start at once on two cores
+    except Exception:
+        for worker in workers:
+            worker.kill()
+        raise
+    return workers
+
+
+def startCluster(tmp_path, redis, workers, n=3, *overrides, capacity=1):
+    urls = ", ".join(f'"{w.url}"' for w in workers)
+    instances = [
+        TwistdWslb(
+            tmp_path, "registry.backend=redis", f'registry.url="{redis.url}"',
+            "pool.provider=static", f"pool.static.workers=[{urls}]",
+            f"pool.capacity={capacity}", "pool.min_spare=0", "pool.max_spare=0",
+            f"pool.scale_interval={SCALE_INTERVAL}", f"pool.leader_ttl={LEADER_TTL}",
+            "pool.health.interval=1", "listen.drain_period=0", "queue.timeout=120",
+            *overrides,
+        )
+        for _ in range(n)
+    ]
+    for instance in instances:
+        instance.waitListening()
+    return instances
+
+
+async def getJSON(url):
+    response = await treq.get(url, timeout=TIMEOUT)
+    return response.code, await response.json()
+
+
+async def waitUntil(predicate, timeout=20, interval=0.2):
+    """Poll ``await predicate()`` until truthy; fire with its value or fail."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not true within {timeout}s")
+        await deferLater(reactor, interval)
+
+
+async def healthyWorkers(instance):
+    try:
+        _, body = await getJSON(instance.admin + "/api/v1/workers")
+    except Exception:
+        return 0
+    return sum(w["state"] == "healthy" for w in body["workers"])
+
+
+async def leaderOf(instance):
+    """(is it the leader, its fencing token), or None when unreachable."""
+    try:
+        _, status = await getJSON(instance.admin + "/api/v1/status")
+    except Exception:
+        return None
+    return status["leader"], status["fencing_token"]
+
+
+def connect(instance, key, path="/", wait=TIMEOUT):
+    url = instance.url(f"{path}?session={key}")
+    return defer.ensureDeferred(connectWebSocket(url, wait=wait))
+
+
+def workerStats(worker):
+    """The echo worker's /stats (blocking; only the worker's own process answers)."""
+    with socket.create_connection(("127.0.0.1", worker.port), TIMEOUT) as s:
+        s.settimeout(TIMEOUT)
+        s.sendall(b"GET /stats HTTP/1.0\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    return json.loads(raw.partition(b"\r\n\r\n")[2])

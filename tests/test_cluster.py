@@ -1,0 +1,227 @@
+"""
+Several wslb instances (real twistd processes) sharing one real Redis:
+atomic assignment under races, FIFO across instances, stickiness across
+instances, leader failover, and Redis going away and coming back empty.
+"""
+
+import signal
+
+import pytest
+import pytest_twisted
+import redis as redis_py
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from _cluster_helpers import (
+    LEADER_TTL, SCALE_INTERVAL, connect, healthyWorkers, leaderOf, startCluster,
+    startEchoFleet, waitUntil, workerStats,
+)
+from _echo_helpers import closeAll
+from _wslb_helpers import rawHandshake
+
+
+@pytest.fixture
+def cleanup():
+    """Things a test started: processes with kill()/stop(), and clients."""
+    things = {"processes": [], "clients": []}
+    yield things
+    closeAll(things["clients"])
+    for process in things["processes"]:
+        process.stop() if hasattr(process, "stop") else process.kill()
+
+
+def fleet(cleanup, n):
+    workers = startEchoFleet(n)
+    cleanup["processes"].extend(workers)
+    return workers
+
+
+def cluster(cleanup, tmp_path, redis, workers, n=3, *overrides, capacity=1):
+    instances = startCluster(tmp_path, redis, workers, n, *overrides, capacity=capacity)
+    cleanup["processes"].extend(instances)
+    return instances
+
+
+async def _atLeast(instance, n):
+    return (await healthyWorkers(instance)) >= n
+
+
+def queueOrder(redis, namespace="wslb"):
+    """The keys waiting in the shared queue, head first (read from Redis itself)."""
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    prefix = "{%s}:" % namespace
+    tickets = client.zrange(prefix + "queue", 0, -1)
+    return [client.hget(prefix + "ticket:" + ticket, "key") for ticket in tickets]
+
+
+@pytest.mark.timeout(180)
+@pytest_twisted.ensureDeferred
+async def test_race_three_instances_thirty_workers_hundred_clients(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 30)
+    instances = cluster(cleanup, tmp_path, own_redis_server, workers)
+    await waitUntil(lambda: _atLeast(instances[0], 30), timeout=30)
+
+    opened = []
+    pending = {}
+    for i in range(100):
+        key = f"c{i:03d}"
+        d = connect(instances[i % 3], key, wait=120)
+        d.addCallback(lambda client, key=key: (opened.append(key), client)[1])
+        pending[key] = d
+    clients = {}
+
+    async def thirtyServed():
+        for key in opened:
+            if key not in clients:
+                clients[key] = await pending[key]
+                cleanup["clients"].append(clients[key])
+        return len(opened) >= 30
+    await waitUntil(thirtyServed, timeout=30)
+    await deferLater(reactor, 1.5)  # nobody else gets in while all 30 are held
+    assert len(opened) == 30
+    order = queueOrder(own_redis_server)
+    assert len(order) == 70 and not set(order) & set(opened)
+
+    stats = [workerStats(w) for w in workers]
+    assert sum(s["open_sessions"] for s in stats) == 30
+    assert max(s["max_open_sessions"] for s in stats) == 1
+
+    for expected in order[:12]:  # FIFO across instances as sessions end
+        leaving = next(key for key in opened if key in clients and clients[key].transport.connected)
+        clients.pop(leaving).sendMessage(b"end")
+        count = len(opened)
+        await waitUntil(lambda: defer.succeed(len(opened) > count), timeout=10, interval=0.05)
+        assert opened[-1] == expected
+        clients[expected] = await pending[expected]
+        cleanup["clients"].append(clients[expected])
+        await deferLater(reactor, 0.3)
+        assert len(opened) == count + 1  # exactly one took the freed slot
+    assert max(workerStats(w)["max_open_sessions"] for w in workers) == 1
+    for d in pending.values():
+        d.addErrback(lambda _: None)
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 4)
+    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2, capacity=10)
+    await waitUntil(lambda: _atLeast(a, 4), timeout=30)
+
+    for i in range(5):
+        first, second = await defer.gatherResults([connect(a, f"twin{i}"), connect(b, f"twin{i}")])
+        cleanup["clients"] += [first, second]
+        seenA, seenB = await first.ask("whoami"), await second.ask("whoami")
+        assert seenA["worker"] == seenB["worker"]
+        closeAll([first, second])
+
+    client = await connect(a, "traveller")
+    cleanup["clients"].append(client)
+    client.sendMessage(b"state")
+    await client.nextMessage()
+    seen = await client.ask("whoami")
+    client.sendClose(1000)
+    await client.waitClosed()
+    again = await connect(b, "traveller")
+    cleanup["clients"].append(again)
+    seen2 = await again.ask("whoami")
+    assert (seen2["worker"], seen2["count"]) == (seen["worker"], 1)
+
+    # Kill -9 instance B while the user is connected through it: the user
+    # reconnects through A and reaches the same worker.
+    b.signal(signal.SIGKILL)
+    await again.waitClosed()
+    back = await connect(a, "traveller")
+    cleanup["clients"].append(back)
+    seen3 = await back.ask("whoami")
+    assert (seen3["worker"], seen3["count"]) == (seen["worker"], 1)
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_leader_failover_within_ttl_and_one_leader_at_a_time(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 1)
+    instances = cluster(cleanup, tmp_path, own_redis_server, workers)
+    await waitUntil(lambda: _atLeast(instances[0], 1), timeout=30)
+
+    async def leaders():
+        views = [await leaderOf(i) for i in instances]
+        return [(i, v[1]) for i, v in zip(instances, views) if v and v[0]]
+    current = await waitUntil(leaders, timeout=10)
+    assert len(current) == 1
+    old, oldToken = current[0]
+
+    old.signal(signal.SIGKILL)
+    killedAt = reactor.seconds()
+    survivors = [i for i in instances if i is not old]
+    while True:
+        views = [await leaderOf(i) for i in survivors]
+        leading = [(i, v[1]) for i, v in zip(survivors, views) if v and v[0]]
+        assert len(leading) <= 1, "two leaders at once"
+        if leading:
+            break
+        assert reactor.seconds() - killedAt < LEADER_TTL + SCALE_INTERVAL + 2
+        await deferLater(reactor, 0.1)
+    new, newToken = leading[0]
+    assert newToken > oldToken  # a new fencing token for the new leadership
+    for _ in range(10):
+        views = [await leaderOf(i) for i in survivors]
+        assert sum(1 for v in views if v and v[0]) == 1
+        await deferLater(reactor, 0.2)
+
+
+@pytest.mark.timeout(150)
+@pytest_twisted.ensureDeferred
+async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 24)
+    instances = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
+    await waitUntil(lambda: _atLeast(instances[0], 24), timeout=30)
+
+    clients = []
+    placed = {}
+    for i in range(20):
+        client = await connect(instances[i % 2], f"r{i}")
+        clients.append(client)
+        placed[f"r{i}"] = (await client.ask("whoami"))["worker"]
+    cleanup["clients"] += clients
+
+    own_redis_server.stop()
+    await deferLater(reactor, 0.5)
+    for round in range(3):
+        for i, client in enumerate(clients):  # every relay keeps echoing
+            client.sendMessage(f"ping {round}".encode())
+            assert await client.nextMessage() == (f"ping {round}".encode(), False)
+    started = reactor.seconds()
+    status, headers = await rawHandshake(instances[0].port, "/?session=newcomer")
+    assert status == 503 and reactor.seconds() - started < 2
+    assert int(headers["retry-after"]) >= 1
+
+    own_redis_server.start()  # back, and empty
+    back = reactor.seconds()
+
+    async def newcomerServed():
+        try:
+            client = await connect(instances[1], "newcomer")
+        except Exception:
+            return None
+        cleanup["clients"].append(client)
+        return client
+    newcomer = await waitUntil(newcomerServed, timeout=3 * SCALE_INTERVAL + 8)
+    assert reactor.seconds() - back < 3 * SCALE_INTERVAL + 8
+    assert (await newcomer.ask("whoami"))["worker"] not in placed.values()
+
+    # Old sessions are still sticky: reconnect one through the other instance.
+    key = "r3"
+    clients[3].sendClose(1000)
+    await clients[3].waitClosed()
+    again = await connect(instances[0], key)
+    cleanup["clients"].append(again)
+    assert (await again.ask("whoami"))["worker"] == placed[key]
+    for client in clients:  # and nobody's relay was disturbed
+        if client.transport.connected:
+            client.sendMessage(b"after")
+            assert await client.nextMessage() == (b"after", False)

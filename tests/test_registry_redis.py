@@ -1,0 +1,399 @@
+"""
+RedisRegistry against a real redis-server: the registry contract, plus what
+only a shared registry has to survive (Redis going away and coming back
+empty, a dead instance).
+"""
+
+import uuid
+
+import pytest
+import pytest_twisted
+import redis
+import txredisapi
+from _redis_helpers import USER, TLSRedisServer
+from registry_contract import Calls, RegistryContract, addHealthy, request
+from twisted.internet import defer, protocol, reactor, task
+from zope.interface.verify import verifyObject
+
+from wslb.registry import DEAD, HEALTHY, Assigned, IRegistry, Queued, redis_ops
+from wslb.registry.keys import Keys
+from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
+from wslb.registry.redis_connection import NotConnected
+
+
+@defer.inlineCallbacks
+def started(url, namespace=None, timeout=2.0):
+    """A running RedisRegistry, subscribed to its notices."""
+    registry = RedisRegistry(reactor, url, namespace or uuid.uuid4().hex[:8], timeout=timeout)
+    registry.startService()
+    yield registry.whenNoticesDelivered()
+    return registry
+
+
+class RedisHarness:
+    """
+    One live registry at a time (each make() starts afresh in a new
+    namespace and stops the one before); settling waits for a barrier notice
+    to come back through the registry's own subscription.
+    """
+
+    def __init__(self, url):
+        self.url = url
+        self.current = None
+
+    @defer.inlineCallbacks
+    def make(self):
+        yield self.close()
+        self.current = yield started(self.url)
+        return self.current
+
+    def settle(self):
+        return self.current.whenNoticesDelivered()
+
+    @defer.inlineCallbacks
+    def close(self):
+        if self.current is not None:
+            current, self.current = self.current, None
+            yield current.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def harness(redis_server):
+    redis_server.flush()
+    h = RedisHarness(redis_server.url)
+    yield h
+    await h.close()
+
+
+class TestRedisRegistry(RegistryContract):
+    def test_providesIRegistry(self, registry):
+        assert verifyObject(IRegistry, registry)
+        assert verifyObject(IRedisRegistryExtras, registry)
+
+    @pytest_twisted.inlineCallbacks
+    def test_endSessionDatesIdleFromTheClock(self, registry):
+        """endSession has no ``now``: the worker's idle_since comes from the clock."""
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("a"), 1)
+        before = reactor.seconds()
+        yield registry.endSession("a")
+        assert before <= (yield registry.getWorker("w1")).idle_since <= reactor.seconds()
+
+    @pytest_twisted.inlineCallbacks
+    def test_timesReadBackExactly(self, registry):
+        """Clock readings survive the trip through Redis and JSON unrounded."""
+        now = 1764201234.1234567
+        worker = yield registry.addWorker("w1", "ws://h:1", "local", 1, now)
+        assert worker.started_at == now
+        yield registry.setWorkerState("w1", HEALTHY, now)
+        yield registry.assign(request("a"), now)
+        yield registry.release("a", "i1", now + 0.1)
+        assert (yield registry.expireSessions(now + 0.1 + 5, 5)) == ["a"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_keysLiveUnderTheNamespaceHashTag(self, registry, redis_server):
+        yield addHealthy(registry, "10.0.0.1:9000")
+        yield registry.assign(request("a"), 1)
+        yield registry.assign(request("b"), 1)
+        keys = yield registry.connection.execute("KEYS", "*")
+        assert keys and all(k.startswith(registry.keys.prefix) for k in keys)
+
+
+class TestSharedRegistry:
+    """Two instances (registries) over one Redis see one state and each other's notices."""
+
+    @pytest_twisted.inlineCallbacks
+    def test_twoInstancesShareStateAndNotices(self, redis_server):
+        redis_server.flush()
+        a = yield started(redis_server.url, "shared")
+        b = yield started(redis_server.url, "shared")
+        try:
+            yield addHealthy(a, "w1")
+            ended, capacity = Calls(), Calls()
+            b.addSessionEndedListener(ended)
+            b.addCapacityListener(capacity)
+            yield b.whenNoticesDelivered()
+            capacity.calls.clear()
+            first = yield a.assign(request("k", instance="ia"), 1)
+            second = yield b.assign(request("k", instance="ib"), 1)
+            assert (first.fresh, second.fresh) == (True, False)
+            assert first.worker.id == second.worker.id == "w1"
+            assert isinstance((yield b.assign(request("other"), 2)), Queued)
+            yield a.endSession("k")
+            yield b.whenNoticesDelivered()
+            assert ended.calls == [("k",)] and capacity.calls
+        finally:
+            yield a.stopService()
+            yield b.stopService()
+
+    @pytest_twisted.inlineCallbacks
+    def test_stopClosesItsConnections(self, redis_server):
+        observer = yield started(redis_server.url)
+        registry = yield started(redis_server.url)
+        try:
+            @defer.inlineCallbacks
+            def clients():
+                return len((yield observer.connection.execute("CLIENT", "LIST")).splitlines())
+
+            before = yield clients()
+            yield registry.stopService()
+            deadline = reactor.seconds() + 1  # the server may see the goodbye a bit later
+            while (yield clients()) != before - 2 and reactor.seconds() < deadline:
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            assert (yield clients()) == before - 2  # commands, subscriber
+            with pytest.raises(NotConnected):
+                yield registry.listWorkers()
+        finally:
+            yield observer.stopService()
+
+
+@defer.inlineCallbacks
+def untilAnswered(registry, within):
+    """Retry a cheap call until the registry answers again; fail after ``within`` s."""
+    deadline = reactor.seconds() + within
+    while True:
+        try:
+            result = yield registry.queueInfo(reactor.seconds())
+            return result
+        except Exception:
+            if reactor.seconds() > deadline:
+                raise
+            yield task.deferLater(reactor, 0.1, lambda: None)
+
+
+class TestSynchronousCallers:
+    @pytest_twisted.inlineCallbacks
+    def test_redisPyRunsTheSameOperations(self, redis_server):
+        """What a Lambda handler does: the same scripts, run with redis-py."""
+        redis_server.flush()
+        registry = yield started(redis_server.url, "lambda")
+        capacity, ended = Calls(), Calls()
+        registry.addCapacityListener(capacity)
+        registry.addSessionEndedListener(ended)
+        client = redis.Redis.from_url(redis_server.url)
+        keys = Keys("lambda").scriptKeys()
+
+        def run(op):
+            return op.decode(client.eval(op.source, len(keys), *keys, *op.args))
+
+        try:
+            yield addHealthy(registry, "w1")
+            yield registry.assign(request("a"), 1)
+            yield registry.whenNoticesDelivered()
+            capacity.calls.clear()
+            worker = run(redis_ops.setWorkerState("w1", DEAD, 5))
+            assert (worker.state, worker.sessions, worker.state_since) == (DEAD, (), 5)
+            assert run(redis_ops.getWorker("w1")) == (yield registry.getWorker("w1"))
+            yield registry.whenNoticesDelivered()
+            assert capacity.calls and ended.calls == [("a",)]
+            assert (yield registry.getSession("a")) is None
+        finally:
+            client.close()
+            yield registry.stopService()
+
+
+class TestRedisFaults:
+    @pytest_twisted.inlineCallbacks
+    def test_callsFailFastWhileRedisIsDownAndWorkAfterItsBack(self, own_redis_server):
+        registry = yield started(own_redis_server.url, timeout=0.5)
+        try:
+            yield addHealthy(registry, "w1")
+            own_redis_server.stop()
+            for call in (lambda: registry.assign(request("a"), 1), registry.listWorkers):
+                began = reactor.seconds()
+                with pytest.raises((defer.TimeoutError, txredisapi.ConnectionError)):
+                    yield call()
+                assert reactor.seconds() - began < 1.0
+            own_redis_server.start()
+            yield untilAnswered(registry, within=15)
+            # the data went with the process (no persistence): serve afresh
+            yield addHealthy(registry, "w1")
+            assert isinstance((yield registry.assign(request("a"), 2)), Assigned)
+        finally:
+            yield registry.stopService()
+
+    @pytest_twisted.inlineCallbacks
+    def test_noticesFlowAgainAfterARestart(self, own_redis_server):
+        registry = yield started(own_redis_server.url, timeout=0.5)
+        capacity, ended = Calls(), Calls()
+        registry.addCapacityListener(capacity)
+        registry.addSessionEndedListener(ended)
+        try:
+            own_redis_server.stop()
+            own_redis_server.start()
+            capacity.calls.clear()
+            # resubscribing tells capacity once: a notice may have been lost
+            deadline = reactor.seconds() + 15
+            while not capacity.calls and reactor.seconds() < deadline:
+                yield task.deferLater(reactor, 0.1, lambda: None)
+            assert capacity.calls
+            yield untilAnswered(registry, within=5)
+            yield addHealthy(registry, "w1")
+            yield registry.assign(request("a"), 1)
+            yield registry.whenNoticesDelivered()
+            capacity.calls.clear()
+            yield registry.endSession("a")
+            yield registry.whenNoticesDelivered()
+            assert capacity.calls and ended.calls == [("a",)]
+        finally:
+            yield registry.stopService()
+
+
+class TestLostDataAndDeadInstances:
+    @pytest.fixture
+    def registry(self, redis_server):
+        redis_server.flush()
+        registry = pytest_twisted.blockon(started(redis_server.url))
+        yield registry
+        pytest_twisted.blockon(registry.stopService())
+
+    @pytest_twisted.inlineCallbacks
+    def test_epochChangesWhenRedisLosesItsData(self, registry, redis_server):
+        assert (yield registry.epochChanged()) is False
+        assert (yield registry.epochChanged()) is False
+        redis_server.flush()
+        assert (yield registry.epochChanged()) is True
+        assert (yield registry.epochChanged()) is False
+
+    @pytest_twisted.inlineCallbacks
+    def test_reassertAfterFlushAll(self, registry, redis_server):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield registry.assign(request("a", cost=3, instance="i1"), 1)
+        yield registry.assign(request("a", cost=3, instance="i1"), 1)
+        assert (yield registry.instanceHeartbeat("i1", 10)) is False
+        assert (yield registry.instanceHeartbeat("i1", 10)) is True
+        redis_server.flush()
+        assert (yield registry.instanceHeartbeat("i1", 10)) is False
+        session = yield registry.reassertSession(
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", 2, 50)
+        assert (session.worker, session.cost, session.connections, session.since) == (
+            "w1", 3, 2, 50)
+        worker = yield registry.getWorker("w1")
+        assert (worker.state, worker.url, worker.capacity, worker.load, worker.sessions) == (
+            HEALTHY, "ws://w1.test:9000", 10, 3, ("a",))
+        assert worker.idle_since is None and worker.last_seen == 50
+        # idempotent; another instance adds its own connections, not the cost
+        yield registry.reassertSession("a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", 2, 51)
+        session = yield registry.reassertSession(
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i2", 1, 52)
+        assert (session.connections, session.since) == (3, 50)
+        assert (yield registry.getWorker("w1")).load == 3
+        # the rebuilt registry works on: releases count down, new keys assign
+        yield registry.release("a", "i1", 53)
+        assert (yield registry.getSession("a")).connections == 2
+        fresh = yield registry.assign(request("b", cost=7), 54)
+        assert (fresh.fresh, fresh.worker.id, fresh.worker.load) == (True, "w1", 10)
+
+    @pytest_twisted.inlineCallbacks
+    def test_reassertLeavesAKeyReboundElsewhere(self, registry):
+        yield addHealthy(registry, "w2")
+        yield registry.assign(request("a", instance="i2"), 1)
+        session = yield registry.reassertSession(
+            "a", "w1", "ws://w1.test:9000", "static", 1, 1, "i1", 1, 2)
+        assert (session.worker, session.connections) == ("w2", 1)
+        assert (yield registry.getWorker("w1")).sessions == ()
+
+    @pytest_twisted.inlineCallbacks
+    def test_reassertNeedsALiveConnection(self, registry):
+        with pytest.raises(ValueError):
+            yield registry.reassertSession("a", "w1", "ws://w1:1", "static", 1, 1, "i1", 0, 2)
+
+    @pytest_twisted.inlineCallbacks
+    def test_dropInstanceStartsTheGraceOfItsSessions(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield registry.assign(request("shared", instance="i1"), 1)
+        yield registry.assign(request("shared", instance="i2"), 1)
+        yield registry.assign(request("mine", instance="i1"), 1)
+        yield registry.assign(request("mine", instance="i1"), 1)
+        assert (yield registry.dropInstance("i1", 50)) == ["mine"]
+        mine = yield registry.getSession("mine")
+        assert (mine.connections, mine.disconnected_at) == (0, 50)
+        shared = yield registry.getSession("shared")
+        assert (shared.connections, shared.disconnected_at) == (1, None)
+        assert (yield registry.release("shared", "i1", 51)).connections == 1
+        assert (yield registry.expireSessions(60, 10)) == ["mine"]
+        assert (yield registry.dropInstance("i1", 70)) == []
+
+    @pytest_twisted.inlineCallbacks
+    def test_sweepDropsInstancesWhoseHeartbeatExpired(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield registry.instanceHeartbeat("dying", 0.2)
+        yield registry.instanceHeartbeat("alive", 10)
+        yield registry.assign(request("a", instance="dying"), 1)
+        yield registry.assign(request("b", instance="alive"), 1)
+        yield registry.assign(request("c", instance="silent"), 1)  # never beats: never swept
+        assert (yield registry.sweepInstances(2)) == []
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        assert (yield registry.sweepInstances(3)) == ["dying"]
+        connections = {s.key: s.connections for s in (yield registry.listSessions())}
+        assert connections == {"a": 0, "b": 1, "c": 1}
+        assert (yield registry.instanceHeartbeat("dying", 10)) is False
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    server = TLSRedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class DropAtOnce(protocol.Protocol):
+    """A server that hangs up on every client: a Redis going away mid-AUTH."""
+
+    def connectionMade(self):
+        self.factory.dropped += 1
+        self.transport.abortConnection()
+
+
+class TestTLS:
+    @pytest_twisted.inlineCallbacks
+    def test_aVerifyingClientConnectsWithUserPasswordAndDb(self, tls_redis):
+        registry = yield started(tls_redis.url(tls_redis.ca))  # subscribed over TLS too
+        try:
+            yield addHealthy(registry, "w1")
+            assert isinstance((yield registry.assign(request("a"), 1)), Assigned)
+            client = yield registry.connection.execute("CLIENT", "INFO")
+            assert f" user={USER} " in client and " db=2 " in client
+        finally:
+            yield registry.stopService()
+
+    @pytest.mark.parametrize("wrong", ["unknown CA", "host name"])
+    @pytest_twisted.inlineCallbacks
+    def test_anUnverifiedServerFailsClosed(self, tls_redis, wrong):
+        url = (tls_redis.url(tls_redis.otherCA) if wrong == "unknown CA"
+               else tls_redis.url(tls_redis.ca, host="localhost"))
+        registry = RedisRegistry(reactor, url, "tls", timeout=0.5)
+        registry.startService()
+        try:
+            with pytest.raises((defer.TimeoutError, txredisapi.ConnectionError)):
+                yield registry.addWorker("w1", "ws://h:1", "static", 1, 0)
+        finally:
+            yield registry.stopService()
+        check = yield started(tls_redis.url(tls_redis.ca), "tls")
+        try:
+            assert (yield check.listWorkers()) == []
+        finally:
+            yield check.stopService()
+
+    @pytest_twisted.inlineCallbacks
+    def test_aConnectionDroppedDuringAuthIsRetried(self, tmp_path):
+        """txredisapi's own AUTH would stop reconnecting for good here."""
+        server = TLSRedisServer(tmp_path)
+        dropper = protocol.Factory.forProtocol(DropAtOnce)
+        dropper.dropped = 0
+        port = reactor.listenTCP(server.port, dropper, interface="127.0.0.1")
+        registry = RedisRegistry(reactor, server.url(server.ca), "auth", timeout=0.5)
+        registry.startService()
+        try:
+            with pytest.raises((defer.TimeoutError, txredisapi.ConnectionError)):
+                yield registry.listWorkers()
+            assert dropper.dropped
+            yield port.stopListening()
+            server.start()
+            yield untilAnswered(registry, within=15)
+            yield addHealthy(registry, "w1")
+            assert [w.id for w in (yield registry.listWorkers())] == ["w1"]
+        finally:
+            yield registry.stopService()
+            server.stop()
