@@ -1,0 +1,81 @@
+"""
+SIGTERM (DESIGN §8): stop accepting, /healthz 503 at once, users closed with
+1001 after the drain period, leadership handed over, nothing of the registry
+lost: every user reconnects through another instance to the same worker.
+"""
+
+import signal
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from _cluster_helpers import LEADER_TTL, connect, leaderOf, startCluster, startEchoFleet, waitUntil
+from _echo_helpers import closeAll
+
+DRAIN = 2.0
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_sigterm_drains_fifty_users_to_another_instance(own_redis_server, tmp_path):
+    workers = startEchoFleet(10)
+    instances, clients = [], []
+    try:
+        (a,) = startCluster(tmp_path, own_redis_server, workers, 1,
+                            f"listen.drain_period={DRAIN}", capacity=10)
+        instances.append(a)
+        async def aLeads():
+            view = await leaderOf(a)
+            return view is not None and view[0]
+        await waitUntil(aLeads, timeout=10)
+        (b,) = startCluster(tmp_path, own_redis_server, workers, 1, capacity=10)
+        instances.append(b)
+
+        async def healthyEverywhere():
+            response = await treq.get(a.admin + "/api/v1/workers", timeout=5)
+            body = await response.json()
+            return sum(w["state"] == "healthy" for w in body["workers"]) == 10
+        await waitUntil(healthyEverywhere, timeout=20)
+
+        clients = await defer.gatherResults([connect(a, f"user{i}") for i in range(50)])
+        placed = {}
+        for i, client in enumerate(clients):
+            placed[f"user{i}"] = (await client.ask("whoami"))["worker"]
+        closes = defer.gatherResults([client.closed for client in clients])
+
+        a.signal(signal.SIGTERM)
+        signalled = reactor.seconds()
+
+        async def unhealthy():
+            try:
+                response = await treq.get(a.admin + "/healthz", timeout=1)
+            except Exception:
+                return False
+            return response.code == 503
+        await waitUntil(unhealthy, timeout=1, interval=0.05)  # at once, while users stay
+        assert not closes.called
+
+        codes = await closes.addTimeout(DRAIN + 5, reactor)
+        assert {code for code, _ in codes} == {1001}
+        assert reactor.seconds() - signalled >= DRAIN - 0.2  # users got the drain period
+
+        async def bLeads():
+            view = await leaderOf(b)
+            return view is not None and view[0]
+        await waitUntil(bLeads, timeout=LEADER_TTL)  # handed over, not waited out
+        assert a.process.wait(10) in (0, -signal.SIGTERM)
+
+        again = await defer.gatherResults([connect(b, f"user{i}") for i in range(50)])
+        clients += again
+        for i, client in enumerate(again):
+            assert (await client.ask("whoami"))["worker"] == placed[f"user{i}"]
+    finally:
+        closeAll(clients)
+        for instance in instances:
+            instance.stop()
+        for worker in workers:
+            worker.kill()
+        await deferLater(reactor, 0)
