@@ -379,3 +379,25 @@ async def test_auto_ping_reaches_the_user(echo_workers, clients):
         assert await client.nextMessage() == (b"still here", False)
     finally:
         await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_idle_timeout_closes_silent_users_with_1008(echo_workers, clients):
+    wslb = await started(staticWslb(
+        echo_workers, "listen.idle_timeout=2s", "listen.auto_ping=2s", "pool.capacity=5"), 1)
+    try:
+        silent = await wslb.connect("silent")
+        chatty = await wslb.connect("chatty")
+        clients += [silent, chatty]
+        opened = reactor.seconds()
+        while not silent.closed.called and reactor.seconds() - opened < 5:
+            chatty.sendMessage(b"still here")
+            await chatty.nextMessage()
+            await deferLater(reactor, 0.4)
+        code, _ = await silent.waitClosed()
+        assert code == 1008
+        assert 2 <= reactor.seconds() - opened < 4  # pings did not keep it alive
+        assert not chatty.closed.called
+    finally:
+        await wslb.stop()

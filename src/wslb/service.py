@@ -22,6 +22,7 @@ from wslb.pool.leader import AlwaysLeader
 from wslb.pool.service import PoolService, makeProvider
 from wslb.proxy.gate import Gate
 from wslb.proxy.identity import Identifier
+from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.router import Router
 from wslb.proxy.signing import Signer
 from wslb.proxy.sessions import LiveSessions
@@ -200,6 +201,8 @@ def makeService(config, reactor=None):
         endCloseCode=config.session.end_close_code, options=legOptions,
     )
 
+    if listen.idle_timeout > 0:
+        IdleSweeper(reactor, sessions, listen.idle_timeout, gate.limitHit).setServiceParent(top)
     drain = Drain(reactor, factory, listen.drain_period)
 
     def isServing():

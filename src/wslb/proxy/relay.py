@@ -43,6 +43,7 @@ class RelayMixin:
     otherLeg = None
     traffic = None  # the instance's metrics.Traffic
     direction = None  # where what this leg receives goes: TO_WORKER or TO_USER
+    received = 0  # payload bytes this leg received (idle detection)
     _parked = None
 
     def parkUntilAttached(self):
@@ -85,6 +86,7 @@ class RelayMixin:
 
     def onMessageFrameData(self, payload):
         if not self.failedByMe:
+            self.received += len(payload)
             if self.traffic is not None:
                 self.traffic.bytes[self.direction] += len(payload)
             self._send("sendMessageFrameData", payload)
