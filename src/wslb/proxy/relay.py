@@ -10,6 +10,11 @@ end to end). Autobahn's own buffering (``onMessageFrameEnd``,
 
 from __future__ import annotations
 
+# Single-frame messages up to this size are relayed whole, as one frame;
+# anything larger streams frame by frame, so memory stays bounded.
+WHOLE_MESSAGE_LIMIT = 64 * 1024
+
+
 # autobahn's sendClose accepts only these; others go as a raw close frame.
 def _sendableByClose(code):
     return code == 1000 or 3000 <= code <= 4999
@@ -45,6 +50,8 @@ class RelayMixin:
     direction = None  # where what this leg receives goes: TO_WORKER or TO_USER
     received = 0  # payload bytes this leg received (idle detection)
     _parked = None
+    _whole = None  # chunks of a small single-frame message being received
+    _wholeBinary = False
 
     def parkUntilAttached(self):
         self._parked = []
@@ -76,12 +83,20 @@ class RelayMixin:
 
     def onMessageBegin(self, isBinary):
         super().onMessageBegin(isBinary)  # resets the size accounting
-        self._send("beginMessage", isBinary)
+        frame = self.current_frame
+        if frame.fin and frame.length <= WHOLE_MESSAGE_LIMIT:
+            # The usual case: a small message in one frame. Pass it on as one
+            # frame too (one write), not as a fragment plus an empty final one.
+            self._whole = []
+            self._wholeBinary = isBinary
+        else:
+            self._whole = None
+            self._send("beginMessage", isBinary)
 
     def onMessageFrameBegin(self, length):
         # super() enforces maxMessagePayloadSize (close 1009) before we forward.
         super().onMessageFrameBegin(length)
-        if not self.failedByMe:
+        if not self.failedByMe and self._whole is None:
             self._send("beginMessageFrame", length)
 
     def onMessageFrameData(self, payload):
@@ -89,13 +104,20 @@ class RelayMixin:
             self.received += len(payload)
             if self.traffic is not None:
                 self.traffic.bytes[self.direction] += len(payload)
-            self._send("sendMessageFrameData", payload)
+            if self._whole is not None:
+                self._whole.append(payload)
+            else:
+                self._send("sendMessageFrameData", payload)
 
     def onMessageFrameEnd(self):
-        pass  # nothing buffered to flush: frames went out as they came
+        pass  # frames went out as they came; a small whole message goes at its end
 
     def onMessageEnd(self):
         if not self.failedByMe:
             if self.traffic is not None:
                 self.traffic.messages[self.direction] += 1
-            self._send("endMessage")
+            whole, self._whole = self._whole, None
+            if whole is not None:
+                self._send("sendMessage", b"".join(whole), self._wholeBinary)
+            else:
+                self._send("endMessage")

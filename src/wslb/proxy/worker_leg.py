@@ -69,7 +69,9 @@ def connectWorker(reactor, workerUrl, uri, headers, protocols, timeout, options)
         useragent=headers.pop("User-Agent", None),
         headers=headers,
     )
-    factory.setProtocolOptions(openHandshakeTimeout=0, **options)
+    # The worker is trusted to send valid UTF-8 (and the user's client checks
+    # it again): validating it here too would only cost time on every message.
+    factory.setProtocolOptions(openHandshakeTimeout=0, utf8validateIncoming=False, **options)
     factory.opened = defer.Deferred()
     endpoint = endpoints.HostnameEndpoint(
         reactor, parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80),
