@@ -10,6 +10,10 @@ end to end). Autobahn's own buffering (``onMessageFrameEnd``,
 
 from __future__ import annotations
 
+from wslb.proxy._autobahn import skipDebugFormatting
+
+skipDebugFormatting()  # both legs relay through this module
+
 # Single-frame messages up to this size are relayed whole, as one frame;
 # anything larger streams frame by frame, so memory stays bounded.
 WHOLE_MESSAGE_LIMIT = 64 * 1024
