@@ -72,3 +72,6 @@ class SwitchableLeader:
 
     def checkLeader(self):
         return succeed(self.leading)
+
+    def addLeadershipListener(self, listener):
+        pass

@@ -66,3 +66,9 @@ class ILeader(Interface):
         Confirm the leadership with its source of truth just before an action
         with effects outside wslb (launch, terminate). Fires with a bool.
         """
+
+    def addLeadershipListener(listener):
+        """
+        Call ``listener()`` each time this instance becomes the leader, so the
+        pool acts at once instead of at its next timer tick.
+        """

@@ -5,8 +5,10 @@ from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from wslb.pool import lifecycle
+from wslb.pool.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
 from wslb.pool.urls import healthUrl
-from wslb.registry._interfaces import DEAD, HEALTHY, STARTING, UNHEALTHY
+from wslb.registry._interfaces import DEAD, STARTING
 
 STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
 
@@ -18,12 +20,11 @@ def nonPersistentClient(reactor):
 
 class HealthChecker:
     """
-    C{GET http://host:port<path>} on every worker; 2xx passes. Transitions:
-    starting -> healthy on the first pass; healthy -> unhealthy after
-    C{failures} consecutive failures; unhealthy -> healthy on a pass;
-    unhealthy for C{unhealthy_timeout}, or starting for C{start_timeout}
-    without a pass -> dead. Dead workers of C{revive_providers} (which nobody
-    replaces) are still checked and come back healthy on a pass.
+    C{GET http://host:port<path>} on every worker; 2xx passes. What a check
+    found (a pass, C{failures} consecutive failures, C{start_timeout} or
+    C{unhealthy_timeout} spent in the state) is an input of the lifecycle
+    table (L{wslb.pool.lifecycle}), which decides the move. Dead workers are
+    checked only when a pass could bring them back (static ones).
 
     Each L{check} is one round over the workers that are due: one it has not
     checked yet (at once), a starting one (every round), any other once per
@@ -33,8 +34,7 @@ class HealthChecker:
     log = Logger()
 
     def __init__(self, registry, clock, path, interval, timeout, failures,
-                 start_timeout, unhealthy_timeout, http=None,
-                 revive_providers=("static", "registered")):
+                 start_timeout, unhealthy_timeout, http=None):
         self._registry = registry
         self._clock = clock
         self._path = path
@@ -48,7 +48,6 @@ class HealthChecker:
 
             http = nonPersistentClient(reactor)
         self._http = http  # treq-like: get(url) -> Deferred[response with .code, .content()]
-        self._revive = frozenset(revive_providers)
         self._failures = {}  # worker id -> consecutive failed checks
         self._lastCheck = {}  # worker id -> clock time its last check started
 
@@ -78,7 +77,7 @@ class HealthChecker:
                 del table[worker_id]
 
     def _due(self, worker, now):
-        if worker.state == DEAD and worker.provider not in self._revive:
+        if worker.state == DEAD and not lifecycle.nextState(DEAD, CHECK_PASSED, worker.provider):
             return False
         last = self._lastCheck.get(worker.id)
         if last is None or worker.state == STARTING:
@@ -107,33 +106,32 @@ class HealthChecker:
     def _record(self, passed, worker_id):
         failures = 0 if passed else self._failures.get(worker_id, 0) + 1
         self._failures[worker_id] = failures
-        # Decide on a fresh record: the worker may have died or gone while
-        # the check was in flight, and must not be brought back.
+        # Decide on a fresh record (state_since, provider); the registry's
+        # guard then keeps a worker that died or moved meanwhile as it is.
         worker = yield self._registry.getWorker(worker_id)
         if worker is None:
             return
         now = self._clock.seconds()
-        state = self._nextState(worker, passed, failures, now)
-        if state is None:
+        event = self._input(worker, passed, failures, now)
+        if event is None:
             return
-        yield self._registry.setWorkerState(worker_id, state, now)
-        if state != worker.state:
+        after = yield lifecycle.apply(self._registry, worker_id, event, now, worker.provider)
+        if after is not None and after.state != worker.state:
             self.log.info(
-                "worker {worker}: {old} -> {new}",
-                worker=worker_id, old=worker.state, new=state,
+                "worker {worker}: {old} -> {new} ({input})",
+                worker=worker_id, old=worker.state, new=after.state, input=event,
             )
 
-    def _nextState(self, worker, passed, failures, now):
-        """The state to set after a check, or None. Healthy again refreshes last_seen."""
-        if worker.state == DEAD and worker.provider not in self._revive:
-            return None
+    def _input(self, worker, passed, failures, now):
+        """What the check found, as the lifecycle input that applies to the worker, or None."""
         if passed:
-            return HEALTHY
-        in_state = now - worker.state_since
-        if worker.state == STARTING and in_state >= self._startTimeout:
-            return DEAD
-        if worker.state == HEALTHY and failures >= self._failuresAllowed:
-            return UNHEALTHY
-        if worker.state == UNHEALTHY and in_state >= self._unhealthyTimeout:
-            return DEAD
-        return None
+            found = [CHECK_PASSED]
+        else:
+            in_state = now - worker.state_since
+            found = [event for event, holds in (
+                (FAILURES_REACHED, failures >= self._failuresAllowed),
+                (START_TIMEOUT, in_state >= self._startTimeout),
+                (UNHEALTHY_TIMEOUT, in_state >= self._unhealthyTimeout),
+            ) if holds]
+        return next(
+            (e for e in found if lifecycle.nextState(worker.state, e, worker.provider)), None)

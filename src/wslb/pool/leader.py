@@ -17,3 +17,6 @@ class AlwaysLeader:
 
     def checkLeader(self):
         return succeed(True)
+
+    def addLeadershipListener(self, listener):
+        pass  # leading from the start: the pool's timers fire at start anyway

@@ -44,7 +44,11 @@ class RedisLeader(Service):
         self._validUntil = None  # set while leading: when our lease ends by our clock
         self._loop = None
         self._looping = None  # fires when the loop has stopped, tick included
+        self._listeners = []
         self.fencingToken = 0
+
+    def addLeadershipListener(self, listener):
+        self._listeners.append(listener)
 
     def isLeader(self):
         return self._validUntil is not None and self._clock.seconds() < self._validUntil
@@ -93,11 +97,15 @@ class RedisLeader(Service):
             elif not await self._lock.renew():
                 self._stepDown("the lock expired or was taken")
                 return
-            if self._validUntil is None:
+            becameLeader = self._validUntil is None
+            if becameLeader:
                 token = await self._connection.execute("INCR", self._fencingKey)
                 self.fencingToken = int(token)
                 log.info("leading the pool (fencing token {token})", token=self.fencingToken)
             self._validUntil = asked + self._ttl
+            if becameLeader:
+                for listener in self._listeners:
+                    self._clock.callLater(0, listener)
         except Exception as e:
             # Redis away: the lease runs out by our clock; try again next tick.
             log.warn("leader lock: {error}", error=e)

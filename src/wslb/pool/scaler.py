@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
+from wslb.pool import lifecycle
+from wslb.pool.lifecycle import INSTANCE_GONE
 from wslb.registry._interfaces import DEAD, STARTING
 
 RECENT_ACTIONS = 50  # kept for the status page
@@ -51,7 +53,7 @@ class Scaler:
 
     def _workerDied(self, worker_id):
         # Dead at once, so no user is sent there; the next tick replaces it.
-        d = self._registry.setWorkerState(worker_id, DEAD, self._clock.seconds())
+        d = lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, self._clock.seconds())
         d.addErrback(lambda failure: self._log.failure(
             "could not mark {worker} dead", failure, worker=worker_id))
 
@@ -97,7 +99,7 @@ class Scaler:
         ]
         for worker_id in lost:
             if managed:
-                yield self._registry.setWorkerState(worker_id, DEAD, now)
+                yield lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, now)
             else:
                 yield self._registry.removeWorker(worker_id)
         self._record("lost", lost)

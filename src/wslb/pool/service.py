@@ -60,13 +60,23 @@ class PoolService(MultiService):
             timer = TimerService(step, self._asLeader, tick)
             timer.clock = clock
             timer.setServiceParent(self)
+        self._running = set()  # ticks in progress: never two of one kind at once
+        leader.addLeadershipListener(self._leadNow)
+
+    def _leadNow(self):
+        # A new leader reconciles and checks at once, not a whole interval later.
+        if self.running:
+            self._asLeader(self.scaler.tick)
+            self._asLeader(self.health.check)
 
     def _asLeader(self, tick):
-        if not self._leader.isLeader():
+        if not self._leader.isLeader() or tick in self._running:
             return None
+        self._running.add(tick)
         d = maybeDeferred(tick)
         d.addErrback(lambda failure: self.log.failure(
             "pool {tick} failed", failure, tick=tick.__qualname__))
+        d.addBoth(lambda _: self._running.discard(tick))
         return d
 
     def startService(self):
