@@ -19,11 +19,12 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 
 from wslb.registry import (
     DEAD,
     HEALTHY,
+    MAX_OVERTAKES,
     PACK,
     SPREAD,
     STARTING,
@@ -37,11 +38,16 @@ from wslb.registry import (
 )
 
 
-def request(key, cost=1, placement=PACK, ticket=None, max_queue=1000, instance="i1"):
+def request(key, cost=1, placement=PACK, ticket=None, max_queue=1000, instance="i1",
+            allow_overtake=False):
     return AssignRequest(
         key=key, cost=cost, instance=instance, placement=placement,
-        max_queue=max_queue, ticket=ticket,
+        max_queue=max_queue, ticket=ticket, allow_overtake=allow_overtake,
     )
+
+
+def overtaking(key, cost, ticket=None):
+    return request(key, cost, ticket=ticket, allow_overtake=True)
 
 
 @inlineCallbacks
@@ -114,7 +120,8 @@ class RegistryContract:
         """
         super().__init_subclass__(**kwargs)
         cls.test_randomTrafficKeepsTheBooks = given(
-            placement=st.sampled_from([PACK, SPREAD]), steps=STEPS,
+            placement=st.sampled_from([PACK, SPREAD]), allowOvertake=st.booleans(),
+            steps=STEPS,
         )(settings(
             max_examples=50, deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture],
@@ -203,6 +210,64 @@ class RegistryContract:
         assert capacity.calls
         again = yield registry.assign(request("a"), 6)
         assert (again.worker.id, again.fresh) == ("w2", True)
+
+    # -- guarded state changes (allowedFrom) ----------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_allowedFromLetsTheMoveHappenFromThoseStates(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        worker = yield registry.setWorkerState("w1", HEALTHY, 10, allowedFrom=(STARTING,))
+        assert (worker.state, worker.state_since, worker.last_seen) == (HEALTHY, 10, 10)
+        worker = yield registry.setWorkerState(
+            "w1", UNHEALTHY, 20, allowedFrom=frozenset({HEALTHY, UNHEALTHY}))
+        assert (worker.state, worker.state_since) == (UNHEALTHY, 20)
+        assert (yield registry.getWorker("w1")) == worker
+
+    @pytest_twisted.inlineCallbacks
+    def test_allowedFromLeavesAWorkerInAnotherStateAsItWas(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=2, now=1)
+        yield registry.assign(request("a"), 2)
+        before = yield registry.getWorker("w1")
+        capacity, ended = yield listen(registry, harness)
+        for state, allowed in ((DEAD, (STARTING, UNHEALTHY)), (HEALTHY, (DEAD,)),
+                               (STARTING, ()), (UNHEALTHY, [STARTING])):
+            answer = yield registry.setWorkerState("w1", state, 50, allowedFrom=allowed)
+            assert answer == before, (state, allowed)
+        assert (yield registry.getWorker("w1")) == before
+        assert (yield registry.getSession("a")).worker == "w1"  # not ended by a refused "dead"
+        yield harness.settle()
+        assert (capacity.calls, ended.calls) == ([], [])
+
+    @pytest_twisted.inlineCallbacks
+    def test_deadStaysDeadWhenOnlyLiveStatesMayMove(self, registry):
+        """A late "healthy" (a check in flight, an old event) cannot revive a dead worker."""
+        yield addHealthy(registry, "w1")
+        yield registry.setWorkerState("w1", DEAD, 5, allowedFrom=(HEALTHY,))
+        worker = yield registry.setWorkerState(
+            "w1", HEALTHY, 6, allowedFrom=(STARTING, HEALTHY, UNHEALTHY))
+        assert (worker.state, worker.state_since, worker.last_seen) == (DEAD, 5, 0)
+
+    @pytest_twisted.inlineCallbacks
+    def test_competingGuardedMovesOneWins(self, registry):
+        """Issued together, each guarded on the same state: exactly one happens."""
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("a"), 1)
+        answers = yield gatherResults([
+            registry.setWorkerState("w1", DEAD, 7, allowedFrom=(HEALTHY,)),
+            registry.setWorkerState("w1", UNHEALTHY, 7, allowedFrom=(HEALTHY,)),
+        ])
+        final = (yield registry.getWorker("w1")).state
+        assert final in (DEAD, UNHEALTHY)
+        assert [answer.state for answer in answers] == [final, final]  # the loser saw the winner
+        assert ((yield registry.getSession("a")) is None) == (final == DEAD)
+
+    @pytest_twisted.inlineCallbacks
+    def test_allowedFromWithAnUnknownStateIsRefused(self, registry):
+        yield registry.addWorker("w1", "ws://h:1", "local", 1, 0)
+        with pytest.raises(ValueError):
+            yield registry.setWorkerState("w1", HEALTHY, 1, allowedFrom=(STARTING, "sleepy"))
+        assert (yield registry.getWorker("w1")).state == STARTING
+        assert (yield registry.setWorkerState("nope", HEALTHY, 1, allowedFrom=(STARTING,))) is None
 
     # -- assigning ------------------------------------------------------
 
@@ -366,6 +431,72 @@ class RegistryContract:
         assert (yield registry.expireTickets(81, 30)) == 1
         assert (yield registry.queueInfo(81)).length == 0
 
+    # -- overtaking (allow_overtake) ------------------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_overtakePassesAHeadThatFitsNowhere(self, registry):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("a", 600), 1)
+        head = yield registry.assign(request("b", 600), 2)
+        behind = yield registry.assign(overtaking("c", 100), 3)
+        assert (behind.worker.id, behind.fresh) == ("w1", True)
+        strict = yield registry.assign(request("d", 100), 4)
+        assert strict == Queued(strict.ticket, 1)  # without allow_overtake: FIFO
+        passing = yield registry.assign(overtaking("d", 200, strict.ticket), 5)
+        assert (passing.worker.id, passing.fresh) == ("w1", True)
+        assert (yield registry.getWorker("w1")).load == 900
+        assert (yield registry.queueInfo(5)) == QueueInfo(length=1, oldest_wait=3, demand=600)
+        assert (yield registry.assign(request("b", 600, ticket=head.ticket), 6)) == head
+        tooBig = yield registry.assign(overtaking("e", 200), 7)
+        assert tooBig == Queued(tooBig.ticket, 1)
+
+    @pytest_twisted.inlineCallbacks
+    def test_noOvertakingAHeadThatFits(self, registry):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("a", 600), 1)
+        head = yield registry.assign(request("b", 600), 2)
+        yield registry.endSession("a")  # the head fits now, before it retried
+        small = yield registry.assign(overtaking("c", 100), 3)
+        assert small == Queued(small.ticket, 1)
+        assert (yield registry.assign(request("b", 600, ticket=head.ticket), 4)).fresh
+        assert (yield registry.assign(overtaking("c", 100, small.ticket), 5)).fresh
+
+    @pytest_twisted.inlineCallbacks
+    def test_overtakeWaitsForATicketAheadThatFits(self, registry):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("x", 600), 1)
+        yield registry.assign(request("y", 300), 1)
+        yield registry.assign(request("head", 1000), 2)
+        ahead = yield registry.assign(overtaking("ahead", 200), 3)  # room 100: fits nowhere
+        assert ahead == Queued(ahead.ticket, 1)
+        yield registry.endSession("y")  # room 400: "ahead" fits
+        late = yield registry.assign(overtaking("late", 100), 4)
+        assert late == Queued(late.ticket, 2)
+        assert (yield registry.assign(overtaking("ahead", 200, ahead.ticket), 5)).fresh
+        assert (yield registry.assign(overtaking("late", 100, late.ticket), 6)).fresh
+        assert (yield registry.getWorker("w1")).load == 900
+
+    @pytest_twisted.inlineCallbacks
+    def test_overtakesAreBoundedUntilTheHeadIsServed(self, registry):
+        yield addHealthy(registry, "w1", capacity=1000)
+        yield registry.assign(request("a", 500), 1)
+        head = yield registry.assign(request("big", 1000), 2)
+        for i in range(MAX_OVERTAKES):
+            assert (yield registry.assign(overtaking(f"s{i}", 10), 3)).fresh
+        late = yield registry.assign(overtaking("late", 10), 4)
+        assert late == Queued(late.ticket, 1)  # fits, but the head was passed enough
+        yield registry.endSession("a")
+        assert (yield registry.assign(overtaking("late", 10, late.ticket), 5)) == late
+        for i in range(MAX_OVERTAKES):
+            yield registry.endSession(f"s{i}")
+        assert (yield registry.assign(request("big", 1000, ticket=head.ticket), 6)).fresh
+        # "late" heads the queue now and fits nowhere; it may be passed afresh.
+        yield addHealthy(registry, "w2", capacity=5)
+        newcomer = yield registry.assign(overtaking("newcomer", 5), 7)
+        assert (newcomer.worker.id, newcomer.fresh) == ("w2", True)
+        assert (yield registry.assign(overtaking("late", 10, late.ticket), 8)) == Queued(
+            late.ticket, 0)
+
     # -- sessions -------------------------------------------------------
 
     @pytest_twisted.inlineCallbacks
@@ -514,26 +645,34 @@ class RegistryContract:
         assert capacity.calls
 
 
-def randomTrafficKeepsTheBooks(self, harness, placement, steps):
+def randomTrafficKeepsTheBooks(self, harness, placement, allowOvertake, steps):
     """
     Arrivals, retries, departures and drains against capacity-1000
     workers agree with a simple model: no worker over capacity, loads are
-    the sum of live sessions, placement picks as specified, and a key
-    that fits somewhere with an empty queue is never queued.
+    the sum of live sessions, placement picks as specified, a key that
+    fits somewhere with an empty queue is never queued, and (with
+    ``allowOvertake``) a key passes the queue exactly when no ticket ahead
+    of it fits and the head was passed fewer than MAX_OVERTAKES times.
     """
     registry = yield harness.make()
     for worker_id in WORKERS:
         yield addHealthy(registry, worker_id, capacity=1000)
-    tickets = []  # [ticket, key, cost] in arrival order
+    tickets = []  # [ticket, key, cost, times passed] in arrival order
     sessions = {}  # key -> {"worker", "cost", "connections", "disconnected_at"}
 
     @inlineCallbacks
     def assignAndCheck(key, cost, now, ticket=None, position=None):
         workers = yield registry.listWorkers()
-        result = yield registry.assign(request(key, cost, placement, ticket), now)
+        result = yield registry.assign(
+            request(key, cost, placement, ticket, allow_overtake=allowOvertake), now)
         model = sessions.get(key)
         atHead = not tickets or position == 0
-        choice = pick(workers, cost, placement) if atHead else None
+        ahead = tickets if position is None else tickets[:position]
+        overtakes = (
+            allowOvertake and not atHead and tickets[0][3] < MAX_OVERTAKES
+            and all(pick(workers, t[2], placement) is None for t in ahead)
+        )
+        choice = pick(workers, cost, placement) if atHead or overtakes else None
         if model is not None:
             assert result == Assigned(result.worker, False)
             assert result.worker.id == model["worker"]
@@ -541,9 +680,11 @@ def randomTrafficKeepsTheBooks(self, harness, placement, steps):
             assert result == Assigned(result.worker, True)
             assert result.worker.id == choice
             model = sessions[key] = {"worker": choice, "cost": cost, "connections": 0}
+            if overtakes:
+                tickets[0][3] += 1
         elif ticket is None:
             assert isinstance(result, Queued) and result.position == len(tickets)
-            tickets.append([result.ticket, key, cost])
+            tickets.append([result.ticket, key, cost, 0])
             return
         else:
             assert result == Queued(ticket, position)
@@ -558,7 +699,7 @@ def randomTrafficKeepsTheBooks(self, harness, placement, steps):
             yield assignAndCheck(*args, now)
         elif kind == "retry" and tickets:
             position = args[0] % len(tickets)
-            ticket, key, cost = tickets[position]
+            ticket, key, cost, _ = tickets[position]
             yield assignAndCheck(key, cost, now, ticket, position)
         elif kind == "leave" and tickets:
             yield registry.leaveQueue(tickets.pop(args[0] % len(tickets))[0])

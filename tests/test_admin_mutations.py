@@ -220,6 +220,41 @@ async def test_event_for_an_unknown_worker_is_404_and_an_unknown_event_400(admin
     assert (worker.state, worker.draining) == ("healthy", False)
 
 
+@pytest_twisted.ensureDeferred
+async def test_events_follow_the_lifecycle_table(admin):
+    """Reports that do not apply to the worker's state change nothing and get 409."""
+    await admin.request("POST", "/api/v1/workers", {"url": "ws://10.0.2.7:9000", "capacity": 1})
+    path_id = "10.0.2.7%3A9000"
+    code, answer, _ = await event(admin, path_id, "unhealthy")  # starting: only healthy or dead
+    assert code == 409
+    assert "starting" in answer["error"] and "unhealthy" in answer["error"]
+    assert (await admin.registry.getWorker("10.0.2.7:9000")).state == "starting"
+
+    code, record, _ = await event(admin, path_id, "dead")
+    assert (code, record["state"]) == (200, "dead")
+    code, record, _ = await event(admin, path_id, "dead")  # a repeated report: already so
+    assert (code, record["state"]) == (200, "dead")
+    for late in ("healthy", "unhealthy"):
+        code, answer, _ = await event(admin, path_id, late)
+        assert code == 409, late
+        assert "register it again" in answer["error"]
+    assert (await admin.registry.getWorker("10.0.2.7:9000")).state == "dead"
+
+
+@pytest_twisted.ensureDeferred
+async def test_registering_a_dead_worker_again_starts_it_over(admin):
+    body = {"url": "ws://10.0.2.7:9000", "capacity": 1}
+    await admin.request("POST", "/api/v1/workers", body)
+    await event(admin, "10.0.2.7%3A9000", "dead")
+    admin.clock.advance(30)
+    code, record, _ = await admin.request("POST", "/api/v1/workers", body)
+    assert (code, record["state"]) == (201, "starting")
+    worker = await admin.registry.getWorker("10.0.2.7:9000")
+    assert (worker.state, worker.state_since) == ("starting", T0 + 30)
+    code, record, _ = await event(admin, "10.0.2.7%3A9000", "healthy")
+    assert (code, record["state"]) == (200, "healthy")
+
+
 # --- DELETE /api/v1/sessions/{key} --------------------------------------------
 
 

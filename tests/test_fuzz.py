@@ -200,7 +200,7 @@ def test_hostile_input_leaves_wslb_serving_and_its_memory_flat(target):
         oneHandshake()
         oneFrameSequence()
 
-    fuzz(300, 300)  # warm up: caches, allocator pools, autobahn's lazy imports
+    fuzz(1000, 1000)  # warm up: caches, allocator pools, lazy imports
     time.sleep(1)
     before = rss(pid)
     fuzz(HANDSHAKES, FRAME_SEQUENCES)

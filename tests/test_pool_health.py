@@ -200,6 +200,19 @@ def test_dead_static_workers_come_back_on_a_pass(serve):
 
 
 @pytest_twisted.inlineCallbacks
+def test_dead_registered_workers_stay_dead_until_registered_again(serve):
+    """Only static workers come back on a pass (the lifecycle table)."""
+    url, endpoint = serve()
+    c = Checked()
+    yield c.add("127.0.0.1:2", url, provider="registered")
+    yield c.set("127.0.0.1:2", DEAD)
+    yield c.checker.check()
+    yield c.round()
+    assert endpoint.hits == 0
+    assert (yield c.worker("127.0.0.1:2")).state == DEAD
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_worker_that_died_during_its_check_stays_dead(serve):
     url, endpoint = serve()
     c = Checked()
@@ -208,6 +221,25 @@ def test_a_worker_that_died_during_its_check_stays_dead(serve):
     yield c.checker.check()
     assert endpoint.hits == 1
     assert (yield c.worker("w")).state == DEAD
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve):
+    """The move is guarded in the registry: no window between reading and setting."""
+    url, _ = serve()
+    c = Checked()
+    yield c.add("w", url)
+    read = c.registry.getWorker
+
+    def readThenDie(worker_id):
+        d = read(worker_id)
+        return d.addCallback(lambda worker: c.set(worker_id, DEAD).addCallback(lambda _: worker))
+
+    c.registry.getWorker = readThenDie  # e.g. a Lambda's "terminated" right then
+    yield c.checker.check()
+    del c.registry.getWorker
+    worker = yield c.worker("w")
+    assert (worker.state, worker.last_seen) == (DEAD, None)
 
 
 @pytest_twisted.inlineCallbacks

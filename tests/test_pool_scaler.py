@@ -198,6 +198,22 @@ def test_queued_demand_launches_more():
     assert pool.provider.launches == [1, 4]
 
 
+def test_queued_demand_counts_costs_not_heads():
+    """A queued 1000-cost session needs a whole worker; small ones share one."""
+    pool = Pool(min_spare=0, max_spare=0, capacity=1000)
+    resultOf(pool.provider.launch(1))
+    pool.tick()
+    pool.healthy()
+    assert isinstance(pool.user(cost=1000), Assigned)
+    for cost in (1000, 600, 300, 100):  # 2000 queued: two workers, not four or one
+        assert isinstance(pool.user(cost=cost), Queued)
+    pool.tick()
+    assert pool.provider.launches == [1, 2]
+    pool.healthy()
+    pool.tick()  # two idle workers now stand for the queued 2000: no more
+    assert pool.provider.launches == [1, 2]
+
+
 def test_queued_users_keep_idle_workers():
     pool = Pool(min_spare=0, max_spare=0, capacity=2)
     resultOf(pool.provider.launch(1))

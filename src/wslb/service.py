@@ -20,6 +20,7 @@ from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.service import PoolService, makeProvider
+from wslb.proxy.capacity import LargestCapacity
 from wslb.proxy.gate import Gate
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
@@ -27,7 +28,7 @@ from wslb.proxy.router import Router
 from wslb.proxy.signing import Signer
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.user_leg import UserLegFactory
-from wslb.proxy.worker_leg import connectWorker
+from wslb.proxy.worker_leg import WorkerConnector
 from wslb.proxy.errors import unavailable
 from wslb.pool.redis_leader import RedisLeader
 from wslb.registry.memory import MemoryRegistry
@@ -162,6 +163,7 @@ def makeService(config, reactor=None):
     router = Router(
         registry, reactor, instance, config.pool.placement,
         config.queue.max_length, config.queue.timeout, unavailable, metrics,
+        allowOvertake=config.queue.allow_overtake,
     )
     router.setName("router")
     router.setServiceParent(top)
@@ -171,18 +173,14 @@ def makeService(config, reactor=None):
             config.session.reconnect_grace,
         ).setServiceParent(top)
 
+    largestCapacity = LargestCapacity(registry, reactor, config.pool.capacity)
+    largestCapacity.setServiceParent(top)
     secure = config.listen.endpoint.startswith(("ssl:", "tls:"))
     identifier = Identifier(
         config.session, config.cost, config.pool.default_cost,
-        lambda: config.pool.capacity, secure, makeSigner(config.session, reactor),
+        largestCapacity, secure, makeSigner(config.session, reactor),
     )
     listen = config.listen
-
-    def connect(url, uri, headers, protocols):
-        return connectWorker(
-            reactor, url, uri, headers, protocols, listen.open_handshake_timeout,
-            legOptions,
-        )
 
     legOptions = dict(
         maxMessagePayloadSize=listen.max_message_size,
@@ -197,7 +195,8 @@ def makeService(config, reactor=None):
     factory = UserLegFactory(
         clock=reactor, registry=registry, router=router, sessions=sessions,
         identifier=identifier,
-        gate=gate, traffic=metrics.traffic, connectWorker=connect, requestTimeout=listen.open_handshake_timeout,
+        gate=gate, traffic=metrics.traffic,
+        connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect, requestTimeout=listen.open_handshake_timeout,
         endCloseCode=config.session.end_close_code, options=legOptions,
     )
 

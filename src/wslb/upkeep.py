@@ -59,7 +59,7 @@ class RegistryUpkeep(MultiService):
         now = self._clock.seconds()
         for key, legs in self._sessions.byKey():
             leg = next(iter(legs))
-            worker = leg.assigned.worker
+            worker = leg.placement
             session = yield self._registry.reassertSession(
                 key, worker.id, worker.url, worker.provider, worker.capacity, leg.cost,
                 self._instance, len(legs), now,

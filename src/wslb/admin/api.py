@@ -23,8 +23,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wslb.admin.auth import MutationAuth, isLoopback
+from wslb.pool import lifecycle
 from wslb.pool.urls import hostPort
-from wslb.registry import DEAD, HEALTHY, UNHEALTHY
+from wslb.registry import DEAD
 
 log = Logger()
 
@@ -138,13 +139,14 @@ def positiveInt(value, name):
     return value
 
 
-def _toState(state):
-    return lambda registry, worker, now: registry.setWorkerState(worker, state, now)
+def _reported(event):
+    return lambda registry, worker, now: lifecycle.apply(registry, worker, event, now)
 
 
-# What each event of POST /api/v1/workers/{id}/events does to the registry.
+# What each event of POST /api/v1/workers/{id}/events does to the registry:
+# the lifecycle ones go through the lifecycle table.
 WORKER_EVENTS = {
-    **{state: _toState(state) for state in (HEALTHY, UNHEALTHY, DEAD)},
+    **{name: _reported(event) for name, event in lifecycle.REPORTED.items()},
     "drain": lambda registry, worker, now: registry.setDraining(worker, True),
     "heartbeat": lambda registry, worker, now: registry.heartbeat(worker, now),
 }
@@ -237,6 +239,11 @@ class AdminAPI(Resource):
         if (worker.url, worker.capacity, worker.provider) != (url, capacity, REGISTERED):
             return error(409, f"worker {workerId!r} exists already: {worker.url}, capacity "
                               f"{worker.capacity}, provider {worker.provider}")
+        if worker.state == DEAD:  # registering again starts it over
+            worker = await self._ask(lifecycle.apply(
+                self._registry, workerId, lifecycle.REREGISTERED, self._clock.seconds()))
+            if worker is None:
+                return error(409, f"worker {workerId!r} was removed meanwhile; register again")
         return Response(201, workerRecord(worker))
 
     async def workerEvent(self, request, id):
@@ -246,6 +253,11 @@ class AdminAPI(Resource):
         worker = await self._ask(WORKER_EVENTS[event](self._registry, id, self._clock.seconds()))
         if worker is None:
             return error(404, f"no worker {id!r}")
+        reported = lifecycle.REPORTED.get(event)
+        if reported and worker.state != lifecycle.target(reported):
+            again = worker.state == DEAD and worker.provider == REGISTERED
+            return error(409, f"worker {id!r} is {worker.state}: {event!r} does not apply"
+                              + (" (register it again)" if again else ""))
         return Response(200, workerRecord(worker))
 
     async def endSession(self, request, key):

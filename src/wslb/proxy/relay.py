@@ -64,6 +64,9 @@ class RelayMixin:
         """Start relaying to ``peer`` (open) and apply backpressure both ways."""
         self.otherLeg = peer
         self.traffic = traffic
+        # The handshake is over: what autobahn kept of it is not needed again.
+        self.http_request_data = self.http_response_data = None
+        self.http_headers = {}
         self.transport.registerProducer(peer.transport, True)
         parked, self._parked = self._parked, None
         for name, args in parked or ():

@@ -4,7 +4,8 @@ Routing a session key to a worker: look up or assign, else wait in the queue.
 The registry keeps the queue's order across instances; this instance keeps
 the Deferreds of its own waiters and retries them, oldest first, whenever the
 registry says capacity may be free (and on a slow heartbeat, in case such a
-notice was lost).
+notice was lost). With ``[queue] allow_overtake`` a smaller waiter may be
+served while an older one still waits (the registry bounds how often).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Router(Service):
     """
 
     def __init__(self, registry, clock, instance, placement, maxQueue,
-                 queueTimeout, refuse, metrics):
+                 queueTimeout, refuse, metrics, allowOvertake=False):
         self._registry = registry
         self._clock = clock
         self._instance = instance
@@ -53,6 +54,7 @@ class Router(Service):
         self._queueTimeout = queueTimeout
         self._refuse = refuse  # (reason, retryAfter) -> exception to fail with
         self._metrics = metrics
+        self._allowOvertake = allowOvertake
         self._waiters = []  # this instance's, oldest first
         self._retrying = False
         self._retryAgain = False
@@ -86,6 +88,7 @@ class Router(Service):
         request = AssignRequest(
             key=key, cost=cost, instance=self._instance,
             placement=self._placement, max_queue=self._maxQueue,
+            allow_overtake=self._allowOvertake,
         )
         started = self._clock.seconds()
         try:
@@ -140,9 +143,12 @@ class Router(Service):
 
     @defer.inlineCallbacks
     def _retryRound(self):
+        refused = math.inf  # the smallest cost refused this round
         for waiter in list(self._waiters):
             if waiter not in self._waiters:
                 continue  # gave up meanwhile
+            if waiter.request.cost >= refused:
+                continue  # refused too, unless capacity freed: that starts a new round
             try:
                 result = yield self._registry.assign(waiter.request, self._clock.seconds())
             except Exception:
@@ -156,7 +162,10 @@ class Router(Service):
                     )
                 continue
             if not isinstance(result, Assigned):
-                return  # strict FIFO: nobody behind it can go first
+                if not self._allowOvertake:
+                    return  # strict FIFO: nobody behind it can go first
+                refused = min(refused, waiter.request.cost)
+                continue
             self._waiters.remove(waiter)
             self._metrics.queueWait.observe(self._clock.seconds() - waiter.enqueuedAt)
             waiter.deferred.callback(result)

@@ -8,6 +8,8 @@ its own handshake; the 101 then carries the worker's subprotocol.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
@@ -17,9 +19,16 @@ from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
 from wslb.proxy.relay import RelayMixin, closeWith
-from wslb.proxy.worker_leg import WorkerUnavailable
+from wslb.proxy.worker_leg import WorkerUnavailable, withSettingsOnClass
 
 log = Logger()
+
+
+class WorkerRef(NamedTuple):
+    id: str
+    url: str
+    provider: str
+    capacity: int
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_ABNORMAL = 1006
@@ -37,7 +46,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
     direction = TO_WORKER
     key = None
     cost = None
-    assigned = None  # the registry's Assigned: which worker, and whether fresh
+    placement = None  # WorkerRef: the worker this session is bound to
     worker = None  # the open WorkerLeg, until the user leg opens
     _counted = False  # assign() counted this connection: release() it once
     _opening = None  # the Deferred onConnect returned
@@ -109,7 +118,11 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         self.key = identity.key
         asked = factory.clock.seconds()
         self.cost = identity.cost
-        self.assigned = assigned = await factory.router.route(identity.key, identity.cost)
+        assigned = await factory.router.route(identity.key, identity.cost)
+        worker = assigned.worker
+        # Only what re-asserting the session needs: a Worker snapshot would
+        # keep the whole list of its sessions alive with every connection.
+        self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
         log.info(
             "{key} assigned to {worker}", event="assigned", key=self.key,
@@ -157,6 +170,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         # The user may have left while the handshake was held (DESIGN §9).
         if self.state != self.STATE_OPEN or self.worker is None:
             return
+        self._opening = None
         worker, self.worker = self.worker, None
         traffic = self.factory.traffic
         worker.attach(self, traffic)
@@ -230,6 +244,7 @@ class UserLegFactory(WebSocketServerFactory):
             openHandshakeTimeout=0, allowNullOrigin=True, echoCloseCodeReason=True,
             failByDrop=False, **options,
         )
+        self.protocol = withSettingsOnClass(UserLeg, self)
 
     def goingAway(self):
         """Close every open user leg with 1001 (shutdown)."""

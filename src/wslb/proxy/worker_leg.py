@@ -1,7 +1,7 @@
 """
 The worker leg: wslb's WebSocket client connection to a worker.
 
-``connectWorker`` fires with an open leg once the worker accepted the
+``WorkerConnector.connect`` fires with an open leg once the worker accepted the
 handshake, so the user's handshake can be answered with the worker's own
 answer; any failure before that is a L{WorkerUnavailable} (the user gets 502,
 never an accepted-then-closed socket).
@@ -12,6 +12,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.util import parse_url
 from twisted.internet import defer, endpoints
 
 from wslb.metrics import TO_USER
@@ -46,65 +47,114 @@ class WorkerLeg(RelayMixin, WebSocketClientProtocol):
             peer.workerClosed(wasClean, code, reason)
 
 
-class _WorkerLegFactory(WebSocketClientFactory):
-    protocol = WorkerLeg
-    opened = None
-    noisy = False  # one per connection: no start/stop log lines
+def withSettingsOnClass(protocol, factory):
+    """
+    A subclass of ``protocol`` carrying ``factory``'s options as class
+    attributes: autobahn copies onto each connection only the options the
+    protocol does not already have, so every connection then shares them
+    instead of holding fifty attributes of its own.
+    """
+    settings = {name: getattr(factory, name) for name in protocol.CONFIG_ATTRS}
+    return type(protocol.__name__, (protocol,), settings)
+
+
+class _SharedFactory(WebSocketClientFactory):
+    noisy = False
 
     def clientConnectionFailed(self, connector, reason):
         pass  # reported through the endpoint's Deferred
 
 
-def connectWorker(reactor, workerUrl, uri, headers, protocols, timeout, options):
+class _OneLeg:
     """
-    Open a leg to ``workerUrl`` (ws:// or wss://) for the request ``uri``
-    (path and query, as the user sent them). Fires with the open L{WorkerLeg}
-    or fails with L{WorkerUnavailable} within ``timeout`` seconds.
+    The factory one worker leg sees: its own URL, headers and subprotocols,
+    everything else read from the shared factory. Building a full autobahn
+    factory per connection cost kilobytes and a reseeding of ``random`` each.
     """
-    parts = urlsplit(workerUrl)
-    factory = _WorkerLegFactory(
-        url=f"{parts.scheme}://{parts.netloc}{uri}",
-        origin=headers.pop("Origin", None),
-        protocols=protocols,
-        useragent=headers.pop("User-Agent", None),
-        headers=headers,
-    )
-    # The worker is trusted to send valid UTF-8 (and the user's client checks
-    # it again): validating it here too would only cost time on every message.
-    factory.setProtocolOptions(openHandshakeTimeout=0, utf8validateIncoming=False, **options)
-    factory.opened = defer.Deferred()
-    endpoint = endpoints.HostnameEndpoint(
-        reactor, parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80),
-        timeout=timeout,
-    )
-    if parts.scheme == "wss":
-        from twisted.internet.ssl import optionsForClientTLS
 
-        endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+    __slots__ = ("_shared", "opened", "url", "isSecure", "host", "port", "resource",
+                 "path", "params", "origin", "protocols", "useragent", "headers", "proxy")
 
-    opened = factory.opened = defer.Deferred()
-    connecting = endpoint.connect(factory)
+    def __init__(self, shared, url, origin, protocols, useragent, headers):
+        self._shared = shared
+        self.opened = None
+        (self.isSecure, self.host, self.port, self.resource, self.path,
+         self.params) = parse_url(url)
+        self.url = url
+        self.origin = origin
+        self.protocols = protocols or []
+        self.useragent = useragent
+        self.headers = headers
+        self.proxy = None
 
-    def connectFailed(failure):
-        if factory.opened is not None:
+    def __getattr__(self, name):
+        return getattr(self._shared, name)
+
+    def buildProtocol(self, addr):
+        leg = self._shared.protocol()
+        leg.factory = self
+        return leg
+
+
+class WorkerConnector:
+    """Opens worker legs, all sharing one set of autobahn options."""
+
+    def __init__(self, reactor, timeout, options):
+        self._reactor = reactor
+        self._timeout = timeout
+        shared = _SharedFactory()
+        # The worker is trusted to send valid UTF-8 (and the user's client
+        # checks it again): validating it here too would cost every message.
+        shared.setProtocolOptions(openHandshakeTimeout=0, utf8validateIncoming=False,
+                                  **options)
+        shared.protocol = withSettingsOnClass(WorkerLeg, shared)
+        self._shared = shared
+
+    def connect(self, workerUrl, uri, headers, protocols):
+        """
+        Open a leg to ``workerUrl`` (ws:// or wss://) for the request ``uri``
+        (path and query, as the user sent them). Fires with the open
+        L{WorkerLeg} or fails with L{WorkerUnavailable} within the timeout.
+        """
+        reactor, timeout = self._reactor, self._timeout
+        parts = urlsplit(workerUrl)
+        factory = _OneLeg(
+            self._shared, f"{parts.scheme}://{parts.netloc}{uri}",
+            origin=headers.pop("Origin", None), protocols=protocols,
+            useragent=headers.pop("User-Agent", None), headers=headers,
+        )
+        endpoint = endpoints.HostnameEndpoint(
+            reactor, parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80),
+            timeout=timeout,
+        )
+        if parts.scheme == "wss":
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+
+        opened = factory.opened = defer.Deferred()
+        connecting = endpoint.connect(factory)
+
+        def connectFailed(failure):
+            if factory.opened is not None:
+                factory.opened = None
+                opened.errback(WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}"))
+
+        def abort(leg):
+            if leg is not None:
+                leg.dropConnection(abort=True)
+
+        def giveUp(failure):
+            # Timed out, or the user left: take the half-open leg down.
+            failure.trap(defer.TimeoutError, defer.CancelledError)
             factory.opened = None
-            opened.errback(WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}"))
+            connecting.cancel()
+            connecting.addCallback(abort)
+            if failure.check(defer.TimeoutError):
+                raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
+            return failure
 
-    def abort(leg):
-        if leg is not None:
-            leg.dropConnection(abort=True)
-
-    def giveUp(failure):
-        # Timed out, or the user left: take the half-open leg down.
-        failure.trap(defer.TimeoutError, defer.CancelledError)
-        factory.opened = None
-        connecting.cancel()
-        connecting.addCallback(abort)
-        if failure.check(defer.TimeoutError):
-            raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
-        return failure
-
-    connecting.addErrback(connectFailed)
-    opened.addTimeout(timeout, reactor)
-    opened.addErrback(giveUp)
-    return opened
+        connecting.addErrback(connectFailed)
+        opened.addTimeout(timeout, reactor)
+        opened.addErrback(giveUp)
+        return opened

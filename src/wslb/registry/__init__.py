@@ -3,6 +3,7 @@
 from wslb.registry._interfaces import (
     DEAD,
     HEALTHY,
+    MAX_OVERTAKES,
     PACK,
     SPREAD,
     STARTING,
@@ -19,7 +20,8 @@ from wslb.registry._interfaces import (
 )
 
 __all__ = [
-    "DEAD", "HEALTHY", "PACK", "SPREAD", "STARTING", "UNHEALTHY", "WORKER_STATES",
+    "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SPREAD", "STARTING", "UNHEALTHY",
+    "WORKER_STATES",
     "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
     "Session", "Worker",
 ]

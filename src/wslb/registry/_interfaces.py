@@ -23,6 +23,11 @@ WORKER_STATES = (STARTING, HEALTHY, UNHEALTHY, DEAD)
 PACK = "pack"
 SPREAD = "spread"
 
+# With ``allow_overtake``, at most this many sessions may go ahead of one
+# queue head that fits nowhere; then the queue is strict FIFO until that head
+# is served. Bounded, so a large session is never starved by small ones.
+MAX_OVERTAKES = 10
+
 
 @dataclass(frozen=True)
 class Worker:
@@ -103,6 +108,7 @@ class AssignRequest:
     placement: str = PACK  # PACK | SPREAD
     max_queue: int = 1000
     ticket: str | None = None  # set when a queued caller retries
+    allow_overtake: bool = False  # may pass a head that fits nowhere (see assign)
     extra: dict = field(default_factory=dict)
 
 
@@ -123,14 +129,23 @@ class IRegistry(Interface):
     def listWorkers():
         """Fire with a list of every L{Worker}, ordered by id."""
 
-    def setWorkerState(worker_id, state, now):
+    def setWorkerState(worker_id, state, now, allowedFrom=None):
         """
         Move a worker to ``state`` (any of WORKER_STATES); ``state_since``
         changes only when the state does. A worker moved to ``dead`` loses
         its sessions (they are deleted, and their users get a fresh worker on
         reconnect) and capacity listeners are told. A passing health check
-        (``healthy``) also sets ``last_seen``. Fires with the new L{Worker},
-        or None when unknown.
+        (``healthy``) also sets ``last_seen``.
+
+        ``allowedFrom`` (a collection of WORKER_STATES; None: any) guards
+        the move: it happens only when the worker is in one of those states
+        at that moment, checked and done in one atomic step, so that racing
+        callers (a health check, a provider's death notice, a late event)
+        cannot undo each other. A worker in another state is left exactly as
+        it was. See L{wslb.pool.lifecycle} for the table that picks them.
+
+        Fires with the L{Worker} as it is afterwards (unchanged when the
+        guard refused), or None when unknown.
         """
 
     def setDraining(worker_id, draining):
@@ -166,6 +181,15 @@ class IRegistry(Interface):
             ``request.placement`` picks (PACK: the highest load it fits in;
             SPREAD: the lowest; ties by worker id), dequeue the ticket, and
             fire L{Assigned} (fresh True);
+          - otherwise, with ``request.allow_overtake``, the key may go ahead
+            of the queue: when no ticket ahead of it (the whole queue, for a
+            caller without a ticket in it) fits any worker now, the head has
+            been passed fewer than L{MAX_OVERTAKES} times, and a worker fits
+            ``request.cost``: bind it as above, dequeue its ticket, count one
+            more pass on the head, and fire L{Assigned} (fresh True). A head
+            passed L{MAX_OVERTAKES} times makes the queue strict FIFO until
+            it is served: small sessions use capacity a large head cannot,
+            but never starve it;
           - otherwise keep ``request.ticket`` queued, or enqueue a new ticket
             at the tail: L{Queued}; or L{QueueFull} when a new ticket would
             make the queue longer than ``request.max_queue``.

@@ -20,7 +20,8 @@ strings, as the callers' clocks give them); "" stands for None.
   P queue                      ZSET  ticket -> arrival number (FIFO order)
   P queue-seq                  STRING counter of arrivals
   P ticket-heartbeats          ZSET  ticket -> last heartbeat
-  P ticket:<ticket>            HASH  key cost instance enqueued_at
+  P ticket:<ticket>            HASH  key cost instance enqueued_at, and passed = sessions
+                                     that went ahead of it as the head (allow_overtake)
   P instances                  SET   ids of instances that keep a heartbeat
   P instance:<id>              STRING heartbeat of a wslb instance, PX TTL (gone: it died)
   P instance-sessions:<id>     SET   session keys the instance counts connections for

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import wraps
+from itertools import takewhile
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -21,6 +22,7 @@ from zope.interface import implementer
 from wslb.registry._interfaces import (
     DEAD,
     HEALTHY,
+    MAX_OVERTAKES,
     PACK,
     SPREAD,
     STARTING,
@@ -86,6 +88,7 @@ class _Ticket:
     instance: str
     enqueued_at: float
     heartbeat: float
+    passed: int = 0  # sessions that went ahead of it while it was the head
 
 
 @implementer(IRegistry)
@@ -122,12 +125,15 @@ class MemoryRegistry:
         return [self._worker(self._workers[i]) for i in sorted(self._workers)]
 
     @_deferred
-    def setWorkerState(self, worker_id, state, now):
-        if state not in WORKER_STATES:
-            raise ValueError(f"unknown worker state {state!r}")
+    def setWorkerState(self, worker_id, state, now, allowedFrom=None):
+        for named in (state, *(allowedFrom or ())):
+            if named not in WORKER_STATES:
+                raise ValueError(f"unknown worker state {named!r}")
         record = self._workers.get(worker_id)
         if record is None:
             return None
+        if allowedFrom is not None and record.state not in allowedFrom:
+            return self._worker(record)
         changed = record.state != state
         if changed:
             record.state = state
@@ -186,9 +192,13 @@ class MemoryRegistry:
         if session is not None:
             self._dropTickets([request.ticket])
             return self._connect(session, request.instance, fresh=False)
-        if not self._queue or self._head() == request.ticket:
+        head = self._head()
+        overtaking = head not in (None, request.ticket) and self._mayOvertake(request)
+        if head is None or head == request.ticket or overtaking:
             worker = self._choose(request.cost, request.placement)
             if worker is not None:
+                if overtaking:
+                    self._queue[head].passed += 1
                 self._dropTickets([request.ticket])
                 session = self._bind(request.key, request.cost, worker, now)
                 return self._connect(session, request.instance, fresh=True)
@@ -308,6 +318,22 @@ class MemoryRegistry:
 
     def _head(self):
         return next(iter(self._queue), None)
+
+    def _mayOvertake(self, request):
+        """
+        Whether ``request`` may go ahead of the queue (IRegistry.assign): it
+        allows it, the head was passed fewer than MAX_OVERTAKES times, and
+        no ticket ahead of it fits the most room any worker has.
+        """
+        if not request.allow_overtake or self._queue[self._head()].passed >= MAX_OVERTAKES:
+            return False
+        room = max(
+            (w.capacity - w.load for w in map(self._worker, self._workers.values())
+             if w.assignable),
+            default=-1,
+        )
+        ahead = takewhile(lambda ticket: ticket != request.ticket, self._queue)
+        return all(self._queue[ticket].cost > room for ticket in ahead)
 
     def _choose(self, cost, placement):
         fitting = [

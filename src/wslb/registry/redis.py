@@ -146,8 +146,8 @@ class RedisRegistry(Service):
     def listWorkers(self):
         return self._run(redis_ops.listWorkers)
 
-    def setWorkerState(self, worker_id, state, now):
-        return self._run(redis_ops.setWorkerState, worker_id, state, now)
+    def setWorkerState(self, worker_id, state, now, allowedFrom=None):
+        return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom)
 
     def setDraining(self, worker_id, draining):
         return self._run(redis_ops.setDraining, worker_id, draining)

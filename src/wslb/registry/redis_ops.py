@@ -26,6 +26,7 @@ from importlib import resources
 from typing import Callable
 
 from wslb.registry._interfaces import (
+    MAX_OVERTAKES,
     PACK,
     SPREAD,
     WORKER_STATES,
@@ -162,10 +163,12 @@ def listWorkers() -> Op:
     return Op("list_workers", (), _decodeWorkers)
 
 
-def setWorkerState(worker_id, state, now) -> Op:
-    if state not in WORKER_STATES:
-        raise ValueError(f"unknown worker state {state!r}")
-    return Op("set_worker_state", (worker_id, state, _time(now)), _decodeWorker)
+def setWorkerState(worker_id, state, now, allowedFrom=None) -> Op:
+    for named in (state, *(allowedFrom or ())):
+        if named not in WORKER_STATES:
+            raise ValueError(f"unknown worker state {named!r}")
+    guard = () if allowedFrom is None else (" ".join(sorted(allowedFrom)),)
+    return Op("set_worker_state", (worker_id, state, _time(now), *guard), _decodeWorker)
 
 
 def setDraining(worker_id, draining) -> Op:
@@ -194,7 +197,7 @@ def assign(request, now, new_ticket=None) -> Op:
     return Op("assign", (
         request.key, str(int(request.cost)), request.instance, request.placement,
         str(int(request.max_queue)), request.ticket or "", _time(now),
-        new_ticket or uuid.uuid4().hex,
+        new_ticket or uuid.uuid4().hex, str(MAX_OVERTAKES if request.allow_overtake else 0),
     ), _decodeAssignment)
 
 

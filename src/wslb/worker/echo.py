@@ -11,7 +11,10 @@ see that stickiness works. Workers for wslb are built after this example.
 One port serves everything:
 
 - ``GET /health``: 200 ``{"ok": true, "worker": id}`` (wslb's health check);
-- ``GET /stats``: what this worker has seen, as JSON (see L{EchoWorker.stats});
+- ``GET /stats``: what this worker has seen, as JSON (see L{EchoWorker.stats}),
+  including ``load``: the sum of its open sessions' costs, each read from
+  the ``cost`` query parameter wslb passes on (1 when absent), so tests can
+  check wslb's capacity accounting from the worker's side;
 - WebSocket on any other path. Messages:
   - ``whoami``: a JSON reply naming the worker, session, counter, path, headers;
   - ``close CODE [REASON]``: the worker closes with that code;
@@ -25,7 +28,7 @@ import json
 import re
 import sys
 from collections import Counter, deque
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -57,15 +60,19 @@ class EchoWorker:
         self.id = worker_id
         self.counts = {}  # session key -> messages echoed
         self.open = Counter()  # session key -> open connections
+        self.costs = {}  # session key -> cost, while it has open connections
         self.max_open_sessions = 0
+        self.max_load = 0
         self.closes = deque(maxlen=HISTORY)
         self.connections = deque(maxlen=HISTORY)
         self.protocol_errors = 0  # connections it failed for a malformed frame
 
     def opened(self, key, record):
         self.open[key] += 1
+        self.costs.setdefault(key, _cost(record["query"]))
         self.counts.setdefault(key, 0)
         self.max_open_sessions = max(self.max_open_sessions, len(self.open))
+        self.max_load = max(self.max_load, self.load())
         self.connections.append(record)
 
     def closed(self, key, code, reason, malformed=False):
@@ -73,7 +80,11 @@ class EchoWorker:
         self.open[key] -= 1
         if not self.open[key]:
             del self.open[key]
+            del self.costs[key]
         self.closes.append({"session": key, "code": code, "reason": reason})
+
+    def load(self):
+        return sum(self.costs.values())
 
     def counted(self, key):
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -88,6 +99,8 @@ class EchoWorker:
             "open": sum(self.open.values()),
             "open_sessions": len(self.open),
             "max_open_sessions": self.max_open_sessions,
+            "load": self.load(),
+            "max_load": self.max_load,
             "protocol_errors": self.protocol_errors,
             "sessions": {
                 key: {"count": self.counts.get(key, 0), "connections": self.open[key]}
@@ -96,6 +109,12 @@ class EchoWorker:
             "closes": list(self.closes),
             "connections": list(self.connections),
         }
+
+
+def _cost(query):
+    """A session's cost from its query string's ``cost`` (1 when absent or not a number)."""
+    value = parse_qs(query).get("cost", ["1"])[0]
+    return int(value) if value.isdigit() else 1
 
 
 class EchoProtocol(WebSocketServerProtocol):

@@ -1,0 +1,156 @@
+"""
+AWS Lambda handlers (DESIGN §7): EC2 state changes and the events workers
+send, applied to the Redis registry by the very Lua scripts wslb runs
+(L{wslb.registry.redis_ops}), synchronously with redis-py (the ``aws``
+extra). Configured by ``WSLB_REDIS_URL`` and ``WSLB_NAMESPACE`` (default
+"wslb"); one client per cold start.
+
+AWS delivers events at least once and in no promised order, so each state
+change is one script call guarded by the lifecycle table
+(L{wslb.pool.lifecycle}): a duplicate finds the worker where the event
+leads already, a late one finds it in a state the event does not apply to,
+and neither changes anything ("running" after "terminated" does not revive).
+A bad event raises ValueError, which Lambda reports.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+
+from wslb.pool import lifecycle
+from wslb.registry import redis_ops
+from wslb.registry.keys import Keys
+
+EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
+EC2_INPUTS = {
+    "pending": lifecycle.INSTANCE_PENDING,
+    "running": lifecycle.INSTANCE_RUNNING,
+    **dict.fromkeys(("stopping", "stopped", "shutting-down", "terminated"),
+                    lifecycle.INSTANCE_GONE),
+}
+SESSION_ENDED = "session-ended"
+WORKER_EVENTS = (*lifecycle.REPORTED, "drain", "heartbeat", SESSION_ENDED)
+REDIS_TIMEOUT = 5.0  # seconds to connect to Redis, and for each reply
+
+# Outcomes: the worker is where the event leads (now or already); the event
+# does not apply to its state (late, or not for this state); no such record.
+DONE, IGNORED, UNKNOWN_WORKER, UNKNOWN_SESSION = (
+    "done", "ignored", "unknown worker", "unknown session")
+
+
+class Handlers:
+    """The handlers' work over one redis-py ``client``; ``clock.seconds()`` dates it."""
+
+    def __init__(self, client, namespace, clock):
+        self.client = client
+        self._keys = Keys(namespace).scriptKeys()
+        self._clock = clock
+        self._scripts = {}  # script name -> redis-py Script (EVALSHA, loads on NOSCRIPT)
+
+    def run(self, op):
+        script = self._scripts.get(op.script)
+        if script is None:
+            script = self._scripts[op.script] = self.client.register_script(op.source)
+        return op.decode(script(keys=self._keys, args=op.args))
+
+    def ec2StateChange(self, worker_id, ec2_state):
+        return {"ec2_state": ec2_state, **self.transition(worker_id, EC2_INPUTS[ec2_state])}
+
+    def workerEvent(self, worker_id, event, session=None):
+        if event in lifecycle.REPORTED:
+            return {"event": event, **self.transition(worker_id, lifecycle.REPORTED[event])}
+        now = self._clock.seconds()
+        answer = {"worker": worker_id, "event": event}
+        if event == SESSION_ENDED:
+            return {**answer, "session": session, "outcome": self._endSession(
+                worker_id, session, now)}
+        op = (redis_ops.setDraining(worker_id, True) if event == "drain"
+              else redis_ops.heartbeat(worker_id, now))
+        return {**answer, "outcome": DONE if self.run(op) else UNKNOWN_WORKER}
+
+    def transition(self, worker_id, event):
+        """Apply a lifecycle input in one guarded script call."""
+        state = lifecycle.target(event)
+        worker = self.run(redis_ops.setWorkerState(
+            worker_id, state, self._clock.seconds(), lifecycle.sources(event)))
+        answer = {"worker": worker_id, "input": event}
+        if worker is None:
+            return {**answer, "outcome": UNKNOWN_WORKER}
+        return {**answer, "state": worker.state,
+                "outcome": DONE if worker.state == state else IGNORED}
+
+    def _endSession(self, worker_id, key, now):
+        # Only the reporting worker's session: after that worker died, the
+        # key may be bound to another worker, and a late report must not
+        # end it. (Read, then end: a key re-bound in between is the one
+        # case this misses.)
+        session = self.run(redis_ops.getSession(key))
+        if session is None:
+            return UNKNOWN_SESSION
+        if session.worker != worker_id:
+            return IGNORED
+        ended = self.run(redis_ops.endSession(key, now))
+        return DONE if ended is not None else UNKNOWN_SESSION
+
+
+_handlers = None
+
+
+def handlers():
+    """The cold start's L{Handlers}, made on first use from the environment."""
+    global _handlers
+    if _handlers is None:
+        url = os.environ.get("WSLB_REDIS_URL")
+        if not url:
+            raise RuntimeError("WSLB_REDIS_URL is not set (redis://... or rediss://...)")
+        from twisted.internet import reactor  # only as the clock: it never runs here
+
+        client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
+                                      socket_connect_timeout=REDIS_TIMEOUT)
+        _handlers = Handlers(client, os.environ.get("WSLB_NAMESPACE") or "wslb", reactor)
+    return _handlers
+
+
+def ec2_state_change(event, context):
+    """EventBridge "EC2 Instance State-change Notification" -> the instance's worker."""
+    _need(isinstance(event, dict), "the event must be a JSON object")
+    kind = event.get("detail-type")
+    _need(kind == EC2_STATE_CHANGE,
+          f"detail-type must be {EC2_STATE_CHANGE!r}, not {kind!r}")
+    detail = event.get("detail")
+    _need(isinstance(detail, dict), "the event has no detail object")
+    worker_id = _text(detail, "instance-id", "detail.instance-id")
+    state = _text(detail, "state", "detail.state")
+    _need(state in EC2_INPUTS,
+          f"detail.state {state!r} is none of {', '.join(EC2_INPUTS)}")
+    return handlers().ec2StateChange(worker_id, state)
+
+
+def worker_event(event, context):
+    """``{"worker": id, "event": ..., "session": key}`` (session only with session-ended)."""
+    _need(isinstance(event, dict), "the event must be a JSON object")
+    unknown = sorted(set(event) - {"worker", "event", "session"})
+    _need(not unknown, f"unknown fields: {', '.join(map(str, unknown))}")
+    worker_id = _text(event, "worker")
+    name = _text(event, "event")
+    _need(name in WORKER_EVENTS, f"event {name!r} is none of {', '.join(WORKER_EVENTS)}")
+    session = None
+    if name == SESSION_ENDED:
+        session = _text(event, "session")
+    else:
+        _need("session" not in event, f"session goes only with {SESSION_ENDED}, not {name}")
+    return handlers().workerEvent(worker_id, name, session)
+
+
+def _need(condition, problem):
+    if not condition:
+        raise ValueError(problem)
+
+
+def _text(fields, name, label=None):
+    value = fields.get(name)
+    _need(isinstance(value, str) and value,
+          f"{label or name} must be a non-empty string, not {value!r}")
+    return value
