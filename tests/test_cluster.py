@@ -225,3 +225,28 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
         if client.transport.connected:
             client.sendMessage(b"after")
             assert await client.nextMessage() == (b"after", False)
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_session_ended_on_one_instance_closes_it_on_another_and_serves_the_queue(
+        own_redis_server, tmp_path, cleanup):
+    import treq
+
+    workers = fleet(cleanup, 1)
+    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
+    await waitUntil(lambda: _atLeast(a, 1), timeout=30)
+    holder = await connect(a, "holder")
+    cleanup["clients"].append(holder)
+    waiting = connect(b, "next", wait=30)
+    await waitUntil(lambda: defer.succeed(queueOrder(own_redis_server) == ["next"]), timeout=5)
+
+    ended = reactor.seconds()
+    response = await treq.delete(b.admin + "/api/v1/sessions/holder", timeout=5)
+    assert response.code == 200
+    code, _ = await holder.waitClosed()
+    assert code == 4000  # closed on instance A, where it lived
+    served = await waiting
+    cleanup["clients"].append(served)
+    assert reactor.seconds() - ended < SCALE_INTERVAL  # at once, not on a tick
+    assert (await served.ask("whoami"))["session"] == "next"
