@@ -67,6 +67,17 @@ class _WorkerRecord:
     draining: bool = False
     last_seen: float | None = None
     sessions: set[str] = field(default_factory=set)
+    load: int = 0  # sum of its sessions' costs, kept as they come and go
+    _listed: tuple[str, ...] | None = None  # sorted sessions, until they change
+
+    def listed(self):
+        if self._listed is None:
+            self._listed = tuple(sorted(self.sessions))
+        return self._listed
+
+    def fits(self, cost):
+        return (self.state == HEALTHY and not self.draining
+                and self.capacity - self.load >= cost)
 
 
 @dataclass
@@ -303,8 +314,8 @@ class MemoryRegistry:
             id=record.id, url=record.url, provider=record.provider,
             state=record.state, draining=record.draining,
             capacity=record.capacity,
-            load=sum(self._sessions[k].cost for k in record.sessions),
-            sessions=tuple(sorted(record.sessions)),
+            load=record.load,
+            sessions=record.listed(),
             started_at=record.started_at, state_since=record.state_since,
             idle_since=record.idle_since, last_seen=record.last_seen,
         )
@@ -328,26 +339,25 @@ class MemoryRegistry:
         if not request.allow_overtake or self._queue[self._head()].passed >= MAX_OVERTAKES:
             return False
         room = max(
-            (w.capacity - w.load for w in map(self._worker, self._workers.values())
-             if w.assignable),
+            (w.capacity - w.load for w in self._workers.values()
+             if w.state == HEALTHY and not w.draining),
             default=-1,
         )
         ahead = takewhile(lambda ticket: ticket != request.ticket, self._queue)
         return all(self._queue[ticket].cost > room for ticket in ahead)
 
     def _choose(self, cost, placement):
-        fitting = [
-            worker for worker in map(self._worker, self._workers.values())
-            if worker.fits(cost)
-        ]
+        fitting = [worker for worker in self._workers.values() if worker.fits(cost)]
         if not fitting:
             return None
-        return self._workers[min(fitting, key=_PICK[placement]).id]
+        return min(fitting, key=_PICK[placement])
 
     def _bind(self, key, cost, worker, now):
         session = _SessionRecord(key=key, worker=worker.id, cost=cost, since=now)
         self._sessions[key] = session
         worker.sessions.add(key)
+        worker.load += cost
+        worker._listed = None
         worker.idle_since = None
         return session
 
@@ -359,8 +369,11 @@ class MemoryRegistry:
     def _end(self, keys, now):
         """Delete sessions; a worker left empty becomes idle at ``now``."""
         for key in keys:
-            worker = self._workers[self._sessions.pop(key).worker]
+            session = self._sessions.pop(key)
+            worker = self._workers[session.worker]
             worker.sessions.discard(key)
+            worker.load -= session.cost
+            worker._listed = None
             if not worker.sessions:
                 worker.idle_since = now
             self._tell(self._sessionEndedListeners, key)
