@@ -62,12 +62,13 @@ async def stats(worker):
     return body
 
 
-@pytest.mark.parametrize("placement, expected", [
-    ("pack", [0, 0, 0, 1]),  # 100 + 300 + 600 fill the first; the next 100 goes on
-    ("spread", [0, 1, 0, 1]),  # always the emptiest
+@pytest.mark.parametrize("placement, expected, loads", [
+    # 100 + 300 + 600 fill the first worker; the next 100 goes to the other.
+    ("pack", [0, 0, 0, 1], [1000, 100]),
+    ("spread", [0, 1, 0, 1], [700, 400]),  # always the emptiest
 ])
 @pytest_twisted.ensureDeferred
-async def test_placement_with_costs(echo_workers, clients, placement, expected):
+async def test_placement_with_costs(echo_workers, clients, placement, expected, loads):
     wslb = await running(echo_workers, f"pool.placement={placement}")
     try:
         # Ties go to the lowest worker id (host:port): order the workers so.
@@ -79,8 +80,6 @@ async def test_placement_with_costs(echo_workers, clients, placement, expected):
             clients.append(client)
             reached.append(echoIds.index((await client.ask("whoami"))["worker"]))
         assert reached == expected
-        loads = [sum(c for i, c in zip(expected, [100, 300, 600, 100]) if i == n)
-                 for n in (0, 1)]
         assert [(await stats(w))["load"] for w in byId] == loads  # seen by the workers
         registry = {w["url"]: w["load"] for w in await wslb.workers()}
         assert [registry[w.url] for w in byId] == loads

@@ -44,7 +44,12 @@ class WorkerLeg(RelayMixin, WebSocketClientProtocol):
             return
         peer = self.detach()
         if peer is not None:
-            peer.workerClosed(wasClean, code, reason)
+            if self.remoteCloseCode is not None:
+                # The worker said why it closed, even if the closing
+                # handshake then timed out (autobahn reports 1006 for that).
+                peer.workerClosed(True, self.remoteCloseCode, self.remoteCloseReason)
+            else:
+                peer.workerClosed(wasClean, code, reason)
 
 
 def withSettingsOnClass(protocol, factory):

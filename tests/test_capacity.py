@@ -1,0 +1,53 @@
+"""LargestCapacity: the cost bound handshakes are checked against, refreshed on a timer."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+
+from wslb.proxy.capacity import REFRESH_INTERVAL, LargestCapacity
+from wslb.registry import DEAD, HEALTHY
+from wslb.registry.memory import MemoryRegistry
+from wslb.registry.redis import RedisRegistry
+
+
+def test_follows_the_registered_workers_on_the_timer():
+    clock = Clock()
+    registry = MemoryRegistry(clock)
+    largest = LargestCapacity(registry, clock, 1000)
+    largest.startService()
+    try:
+        assert largest() == 1000
+        registry.addWorker("big", "ws://big:9000", "registered", 4000, 0)
+        registry.addWorker("small", "ws://small:9000", "registered", 10, 0)
+        assert largest() == 1000  # no round trip per question: known at the next tick
+        clock.advance(REFRESH_INTERVAL)
+        assert largest() == 4000  # a starting worker counts: it is about to serve
+        registry.setWorkerState("big", DEAD, 1)
+        clock.advance(REFRESH_INTERVAL)
+        assert largest() == 1000  # never below the configured capacity
+    finally:
+        largest.stopService()
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.ensureDeferred
+async def test_keeps_the_last_value_while_the_registry_is_away(own_redis_server):
+    registry = RedisRegistry(reactor, own_redis_server.url, "capacity", timeout=0.3)
+    registry.startService()
+    largest = LargestCapacity(registry, reactor, 1000, interval=0.2)
+    try:
+        await registry.addWorker("big", "ws://big:9000", "registered", 4000, 0)
+        await registry.setWorkerState("big", HEALTHY, 0)
+        largest.startService()
+        await deferLater(reactor, 0.5)
+        assert largest() == 4000
+        own_redis_server.stop()
+        await deferLater(reactor, 1.0)  # refreshes fail meanwhile
+        assert largest() == 4000
+        own_redis_server.start()  # back, and empty: a failed refresh did not stop the timer
+        while largest() != 1000:
+            await deferLater(reactor, 0.2)
+    finally:
+        largest.stopService()
+        await registry.stopService()
