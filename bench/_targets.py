@@ -1,0 +1,246 @@
+"""
+What the load generator is pointed at: the echo workers directly, HAProxy in
+front of them, and wslb in front of them (memory registry, and Redis).
+
+Each target knows its WebSocket URLs and the pids whose CPU and memory count
+as "the proxy". All listen on 127.0.0.1 only.
+"""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from _procs import freePort, waitListening
+
+BENCH = Path(__file__).resolve().parent
+READY_TIMEOUT = 30.0
+
+# HAProxy's global maxconn: 5,000 held users need 10,000 descriptors and
+# HAProxy sizes its own limit as about twice this, under our hard 20,000.
+HAPROXY_MAXCONN = 9000
+
+HAPROXY_CONFIG = """\
+global
+    maxconn {maxconn}
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    # After the 101 the connection is a tunnel: keep idle WebSockets open.
+    timeout tunnel 1h
+    timeout client-fin 5s
+
+frontend websocket
+    bind 127.0.0.1:{port}
+    maxconn {maxconn}
+    default_backend echo
+
+backend echo
+    balance roundrobin
+{servers}
+"""
+
+
+def twistdPath():
+    """The twistd of the Python running us (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("twistd")
+    return str(beside) if beside.exists() else shutil.which("twistd")
+
+
+def probeHandshake(port, session="bench-probe", timeout=5.0):
+    """One WebSocket handshake and a clean close; raises unless the answer is 101."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(
+            f"GET /?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if " 101 " not in status:
+            raise RuntimeError(f"handshake answered {status!r}")
+        mask = os.urandom(4)
+        code = (1000).to_bytes(2, "big")
+        s.sendall(bytes([0x88, 0x82]) + mask + bytes(c ^ mask[i] for i, c in enumerate(code)))
+
+
+def redisCommand(port, *args):
+    """One Redis command over RESP; returns the raw reply line."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), 2.0) as s:
+        s.sendall(request.encode())
+        return s.recv(1024).split(b"\r\n", 1)[0].decode()
+
+
+class EchoWorkers:
+    """N node ``ws`` echo workers (bench/echo.js), for the whole run."""
+
+    def __init__(self, children, node, count, logDir):
+        self.ports = [freePort() for _ in range(count)]
+        self.processes = [
+            children.start([node, str(BENCH / "echo.js"), str(port)],
+                           log=logDir / f"echo-{port}.log")
+            for port in self.ports
+        ]
+        for port, process in zip(self.ports, self.processes):
+            waitListening(port, process, what="echo worker")
+        self.urls = [f"ws://127.0.0.1:{port}/" for port in self.ports]
+        self.pids = [p.pid for p in self.processes]
+
+
+class Direct:
+    """The workers themselves: what a proxy costs is measured against this."""
+
+    name = "direct"
+    label = "direct"
+    proxied = False
+
+    def __init__(self, workers):
+        self.urls = workers.urls
+        self.pids = []
+
+    def stop(self):
+        pass
+
+
+class HAProxy:
+    """HAProxy in ``mode http`` (WebSocket upgrades become tunnels), round robin."""
+
+    name = "haproxy"
+    proxied = True
+
+    def __init__(self, children, haproxy, workers, logDir):
+        self._children = children
+        port = freePort()
+        servers = "\n".join(
+            f"    server w{i} 127.0.0.1:{p}" for i, p in enumerate(workers.ports, 1)
+        )
+        config = logDir / "haproxy.cfg"
+        config.write_text(HAPROXY_CONFIG.format(
+            port=port, maxconn=HAPROXY_MAXCONN, servers=servers))
+        self.process = children.start([haproxy, "-db", "-f", str(config)],
+                                      log=logDir / "haproxy.log")
+        waitListening(port, self.process, READY_TIMEOUT, "haproxy")
+        probeHandshake(port)
+        self.urls = [f"ws://127.0.0.1:{port}/"]
+        self.pids = [self.process.pid]
+        self.label = "HAProxy " + haproxyVersion(haproxy)
+
+    def stop(self):
+        self._children.stop(self.process)
+
+
+def haproxyVersion(haproxy):
+    out = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=10).stdout
+    return out.split()[2].split("-")[0] if out.startswith("HAProxy version") else "?"
+
+
+class Wslb:
+    """
+    ``twistd -n wslb`` with the static provider over the echo workers.
+
+    ``pool.capacity`` is large and ``placement`` is spread: the benchmark
+    creates tens of thousands of sessions (each kept for the reconnect grace)
+    and must never queue; spread matches HAProxy's round robin.
+    """
+
+    proxied = True
+
+    def __init__(self, children, workers, logDir, backend="memory", redisServer=None):
+        self._children = children
+        self._processes = []
+        self.name = "wslb" if backend == "memory" else f"wslb-{backend}"
+        self.label = "wslb" if backend == "memory" else f"wslb ({backend})"
+        port, adminPort = freePort(), freePort()
+        overrides = [
+            f"listen.endpoint=tcp:{port}:interface=127.0.0.1",
+            f"admin.endpoint=tcp:{adminPort}:interface=127.0.0.1",
+            "pool.provider=static",
+            "pool.static.workers=" + json.dumps(workers.urls),
+            "pool.capacity=100000",
+            "pool.placement=spread",
+            f"registry.backend={backend}",
+        ]
+        self._redisPort = None
+        if backend == "redis":
+            self._redisPort = freePort()
+            redis = children.start(
+                [redisServer, "--port", str(self._redisPort), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no"],
+                log=logDir / f"redis-{self._redisPort}.log",
+            )
+            self._processes.append(redis)
+            waitListening(self._redisPort, redis, READY_TIMEOUT, "redis-server")
+            overrides.append(f"registry.url=redis://127.0.0.1:{self._redisPort}/0")
+        args = [twistdPath(), "-n", "--pidfile=", "-l", str(logDir / f"{self.name}.log"), "wslb"]
+        for override in overrides:
+            args += ["--set", override]
+        self.logs = (logDir / f"{self.name}.out", logDir / f"{self.name}.log")
+        process = children.start(args, log=self.logs[0], cwd=logDir)
+        self._processes.append(process)
+        try:
+            waitListening(port, process, READY_TIMEOUT, self.name)
+            self._waitHealthy(adminPort, len(workers.urls), process)
+            probeHandshake(port)
+            if backend == "redis":
+                self._checkRedisUsed()
+        except Exception as e:
+            exited = process.poll() is not None
+            self.stop()
+            if exited:
+                raise RuntimeError(f"{e}; its output ends:\n{_tail(self.logs)}") from e
+            raise
+        self.urls = [f"ws://127.0.0.1:{port}/"]
+        # The Redis server works for wslb here: its CPU counts as the proxy's.
+        self.pids = [p.pid for p in reversed(self._processes)]
+        self.process = process
+
+    def _waitHealthy(self, adminPort, count, process):
+        deadline = time.monotonic() + READY_TIMEOUT
+        url = f"http://127.0.0.1:{adminPort}/api/v1/workers"
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {process.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    workers = json.load(response)["workers"]
+                if sum(w["state"] == "healthy" for w in workers) == count:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: workers not healthy within {READY_TIMEOUT} s")
+
+    def _checkRedisUsed(self):
+        # A backend that is accepted but not wired would silently bench the memory one.
+        reply = redisCommand(self._redisPort, "DBSIZE")
+        if reply in (":0", ""):
+            raise RuntimeError(
+                "registry.backend=redis was accepted but Redis holds no keys after a "
+                "handshake: the Redis registry is not in use yet")
+
+    def stop(self):
+        for process in self._processes:
+            self._children.stop(process)
+        self._processes = []
+
+
+def _tail(paths, lines=8):
+    text = "".join(p.read_text(errors="replace") for p in paths if p.exists())
+    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (nothing)"
