@@ -21,7 +21,7 @@ def _pem(key):
 
 def makeCertificates(directory, ca_name="wslb test CA"):
     """Write ca.pem, server.pem and server-key.pem into ``directory``; return their paths."""
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     later = now + datetime.timedelta(days=3650)
     caKey = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))

@@ -4,11 +4,10 @@ import json
 import socket
 
 import treq
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-
 from _echo_helpers import TIMEOUT, EchoWorkerProcess, connectWebSocket
 from _twistd_helpers import TwistdWslb
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 SCALE_INTERVAL = 1.0
 LEADER_TTL = 3.0

@@ -12,12 +12,11 @@ import time
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
-
-from conftest import free_port
 
 TIMEOUT = 5  # seconds: bound on every wait below
 

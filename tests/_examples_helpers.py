@@ -7,12 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
-
 from _echo_helpers import connectWebSocket
 from _twistd_helpers import TWISTD
 from conftest import free_port
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLUSTER_SCRIPT = EXAMPLES / "redis-cluster-of-3.sh"

@@ -26,7 +26,7 @@ def _pem(key):
 
 
 def _certificate(subject, issuer, public_key, signing_key, extensions):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
         .public_key(public_key).serial_number(x509.random_serial_number())
@@ -100,7 +100,7 @@ class TLSRedisServer:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("TLS redis-server did not start")
+                    raise RuntimeError("TLS redis-server did not start") from None
                 time.sleep(0.05)
 
     def url(self, ca, host="127.0.0.1", db=2):

@@ -6,10 +6,10 @@ sockets, and a raw HTTP handshake for reading refusals (status, headers).
 import base64
 import os
 
+from _echo_helpers import TIMEOUT, connectWebSocket, getJSON, waitFor
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from _echo_helpers import TIMEOUT, connectWebSocket, getJSON, waitFor
 from wslb.config import load_config
 from wslb.service import makeService
 

@@ -82,8 +82,11 @@ def own_redis_server(tmp_path):
 def twisted_log_to_captured_stderr():
     """Show wslb's own log lines (info and up) with a failing test's output."""
     from twisted.logger import (
-        FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-        globalLogPublisher, textFileLogObserver,
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogPublisher,
+        textFileLogObserver,
     )
 
     observer = FilteringLogObserver(

@@ -12,7 +12,7 @@ from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from wslb.admin.api import Response, Route, makeAdminSite
-from wslb.registry import HEALTHY, AssignRequest, Assigned, Queued
+from wslb.registry import HEALTHY, Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
 
 T0 = 1644334020.0  # 2022-02-08T15:27:00Z

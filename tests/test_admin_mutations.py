@@ -6,6 +6,7 @@ import tempfile
 import pytest
 import pytest_twisted
 import treq
+from _admin_helpers import JSON, T0, AdminServer
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -14,10 +15,9 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from _admin_helpers import JSON, T0, AdminServer
 from wslb.admin.api import MAX_BODY, Response, Route
 from wslb.admin.auth import isLoopback
-from wslb.registry import AssignRequest, Assigned
+from wslb.registry import Assigned, AssignRequest
 
 TOKEN = "s3cret-token-value"
 

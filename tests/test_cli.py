@@ -6,10 +6,10 @@ import tomllib
 
 import pytest
 import pytest_twisted
-from twisted.internet import utils
-
 from _admin_helpers import T0, AdminServer
 from conftest import free_port
+from twisted.internet import utils
+
 from wslb.config import describe, load_config
 from wslb.registry import AssignRequest, Queued
 

@@ -9,15 +9,21 @@ import signal
 import pytest
 import pytest_twisted
 import redis as redis_py
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-
 from _cluster_helpers import (
-    LEADER_TTL, SCALE_INTERVAL, connect, healthyWorkers, leaderOf, startCluster,
-    startEchoFleet, waitUntil, workerStats,
+    LEADER_TTL,
+    SCALE_INTERVAL,
+    connect,
+    healthyWorkers,
+    leaderOf,
+    startCluster,
+    startEchoFleet,
+    waitUntil,
+    workerStats,
 )
 from _echo_helpers import closeAll
 from _wslb_helpers import rawHandshake
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 
 @pytest.fixture
@@ -49,7 +55,7 @@ async def _atLeast(instance, n):
 def queueOrder(redis, namespace="wslb"):
     """The keys waiting in the shared queue, head first (read from Redis itself)."""
     client = redis_py.Redis(port=redis.port, decode_responses=True)
-    prefix = "{%s}:" % namespace
+    prefix = "{" + namespace + "}:"
     tickets = client.zrange(prefix + "queue", 0, -1)
     return [client.hget(prefix + "ticket:" + ticket, "key") for ticket in tickets]
 
@@ -91,7 +97,8 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
         leaving = next(key for key in opened if key in clients and clients[key].transport.connected)
         clients.pop(leaving).sendMessage(b"end")
         count = len(opened)
-        await waitUntil(lambda: defer.succeed(len(opened) > count), timeout=10, interval=0.05)
+        await waitUntil(lambda count=count: defer.succeed(len(opened) > count),
+                        timeout=10, interval=0.05)
         assert opened[-1] == expected
         clients[expected] = await pending[expected]
         cleanup["clients"].append(clients[expected])
@@ -192,7 +199,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
     own_redis_server.stop()
     await deferLater(reactor, 0.5)
     for round in range(3):
-        for i, client in enumerate(clients):  # every relay keeps echoing
+        for client in clients:  # every relay keeps echoing
             client.sendMessage(f"ping {round}".encode())
             assert await client.nextMessage() == (f"ping {round}".encode(), False)
     started = reactor.seconds()

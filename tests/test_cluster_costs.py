@@ -11,13 +11,16 @@ import random
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-
 from _cluster_helpers import (
-    healthyWorkers, startCluster, startEchoFleet, waitUntil, workerStats,
+    healthyWorkers,
+    startCluster,
+    startEchoFleet,
+    waitUntil,
+    workerStats,
 )
 from _echo_helpers import closeAll, connectWebSocket
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 WORKERS = 6
 SESSIONS = 200

@@ -11,11 +11,11 @@ import json
 import pytest
 import pytest_twisted
 import treq
+from _echo_helpers import TIMEOUT, EchoWorkerProcess, closeAll, getJSON
+from _wslb_helpers import InProcessWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from _echo_helpers import TIMEOUT, EchoWorkerProcess, closeAll, getJSON
-from _wslb_helpers import InProcessWslb
 from wslb.proxy.capacity import REFRESH_INTERVAL
 
 

@@ -5,7 +5,6 @@ import socket
 
 import pytest
 import pytest_twisted
-
 from _echo_helpers import (
     TIMEOUT,
     EchoWorkerProcess,

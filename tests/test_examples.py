@@ -10,12 +10,12 @@ import tomllib
 import boto3
 import pytest
 import pytest_twisted
-
 from _ec2_helpers import CREDENTIALS, LoopbackOnly, LoopbackWorkers, MotoEc2
 from _echo_helpers import EchoWorkerProcess, closeAll, connectWebSocket, getJSON, waitFor
 from _examples_helpers import EXAMPLES, ClusterScript, connectWhenServing, running
 from _twistd_helpers import TwistdWslb
 from conftest import free_port
+
 from wslb.config import Config, load_config
 from wslb.pool import service as pool_service
 from wslb.pool.ec2 import POOL_TAG

@@ -11,12 +11,11 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-
 from _echo_helpers import EchoWorkerProcess
 from _raw_ws import BINARY, CLOSE, PING, TEXT, frame, parseFrames, upgradeRequest
 from _twistd_helpers import TwistdWslb
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 HANDSHAKES = 5000
 FRAME_SEQUENCES = 5000

@@ -10,13 +10,21 @@ import uuid
 import pytest
 import pytest_twisted
 import redis
-from twisted.internet import reactor
-
 from _echo_helpers import EchoWorkerProcess, closeAll, getJSON
 from _wslb_helpers import InProcessWslb
+from twisted.internet import reactor
+
 from wslb.aws import lambdas
-from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY, Assigned, AssignRequest, Queued
-from wslb.registry import redis_ops
+from wslb.registry import (
+    DEAD,
+    HEALTHY,
+    STARTING,
+    UNHEALTHY,
+    Assigned,
+    AssignRequest,
+    Queued,
+    redis_ops,
+)
 from wslb.registry.keys import Keys
 from wslb.registry.redis import RedisRegistry
 

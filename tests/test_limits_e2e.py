@@ -2,12 +2,11 @@
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint
-
 from _echo_helpers import EchoWorkerProcess, closeAll
 from _wslb_helpers import InProcessWslb, rawHandshake
 from test_proxy_e2e import scrape
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
 
 @pytest.fixture
@@ -98,7 +97,7 @@ async def test_slow_loris_is_dropped_and_does_not_block_others(worker):
         client = await wslb.connect("normal")  # served while 500 drip
         assert (await client.ask("whoami"))["session"] == "normal"
         closeAll([client])
-        closedAt = await defer.gatherResults([l.closed for l in lorises]).addTimeout(20, reactor)
+        closedAt = await defer.gatherResults([loris.closed for loris in lorises]).addTimeout(20, reactor)
         assert max(closedAt) - started < 3 + 5  # dropped at the handshake timeout
         assert min(closedAt) - started >= 2.5
     finally:

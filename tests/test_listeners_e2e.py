@@ -6,14 +6,13 @@ import struct
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import reactor, ssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-
 from _certs import makeCertificates
 from _echo_helpers import TIMEOUT, EchoWorkerProcess, RecordingClient, closeAll
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _wslb_helpers import InProcessWslb
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ async def test_tls_end_to_end_with_a_verifying_client(worker, tmp_path):
             ssl.optionsForClientTLS("localhost", trustRoot=distrust),
             TCP4ClientEndpoint(reactor, "127.0.0.1", wslb.port, timeout=TIMEOUT))
         refused = await endpoint2.connect(factory2)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionError):  # the TLS handshake fails: never opened
             await refused.opened.addTimeout(TIMEOUT, reactor)
     finally:
         if client is not None:

@@ -15,9 +15,9 @@ every arrival and departure would act about twice per session.
 
 import random
 
+from _pool_helpers import RecordingProvider, SwitchableLeader, resultOf
 from twisted.internet.task import Clock
 
-from _pool_helpers import RecordingProvider, SwitchableLeader, resultOf
 from wslb.pool.scaler import Scaler
 from wslb.registry import HEALTHY, STARTING, Assigned, AssignRequest
 from wslb.registry.memory import MemoryRegistry

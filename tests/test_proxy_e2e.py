@@ -7,11 +7,10 @@ import json
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
-
 from _echo_helpers import EchoWorkerProcess, closeAll, getJSON, waitFor
 from _wslb_helpers import InProcessWslb, rawHandshake
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 
 @pytest.fixture
@@ -58,7 +57,7 @@ async def test_text_and_binary_echo_and_subprotocol(echo_workers, clients):
         client = await wslb.connect("alice", protocols=["scene.v2", "scene.v1"])
         clients.append(client)
         assert client.response.protocol == "scene.v2"  # the worker's choice
-        client.sendMessage("hello".encode())
+        client.sendMessage(b"hello")
         assert await client.nextMessage() == (b"hello", False)
         client.sendMessage(b"\x00\xff" * 10, isBinary=True)
         assert await client.nextMessage() == (b"\x00\xff" * 10, True)

@@ -127,7 +127,7 @@ def leader(connect):
 
     yield make
     pytest_twisted.blockon(defer.gatherResults(
-        [l.stopService() for l in made if l.running]))
+        [lock.stopService() for lock in made if lock.running]))
 
 
 class TestRedisLeader:

@@ -9,11 +9,10 @@ import signal
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-
 from _cluster_helpers import LEADER_TTL, connect, leaderOf, startCluster, startEchoFleet, waitUntil
 from _echo_helpers import closeAll
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 DRAIN = 2.0
 

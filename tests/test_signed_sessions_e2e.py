@@ -1,9 +1,8 @@
 """With [session] secret: only signed keys reach a worker (end to end)."""
 
 import jwt
-import pytest_twisted
 import pytest
-
+import pytest_twisted
 from _echo_helpers import EchoWorkerProcess, closeAll, getJSON
 from _wslb_helpers import InProcessWslb, rawHandshake
 

@@ -32,7 +32,7 @@ def token(claims, key=SECRET, algorithm="HS256", **headers):
 def test_minted_cookie_round_trips(clock):
     s = signer(clock)
     value = s.mintCookie("user.1")
-    assert value.startswith("user.1.%d." % NOW)
+    assert value.startswith(f"user.1.{NOW}.")
     assert s.verify(value) == ("user.1", {})
 
 

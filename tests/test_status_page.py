@@ -7,17 +7,17 @@ import json
 
 import pytest_twisted
 import treq
+from _browser import parse, render
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from _browser import parse, render
 from wslb.admin.api import makeAdminSite
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.pool.scaler import ScalerAction
-from wslb.registry import DEAD, HEALTHY, UNHEALTHY, AssignRequest, Assigned, Queued
+from wslb.registry import DEAD, HEALTHY, UNHEALTHY, Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
 
 T0 = 1644334020.0  # 2022-02-08T15:27:00Z

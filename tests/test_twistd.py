@@ -8,12 +8,11 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
-
 from _echo_helpers import connectWebSocket
 from _twistd_helpers import TWISTD, TwistdWslb
 from conftest import free_port
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 
 def workerPids(parent):

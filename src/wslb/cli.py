@@ -47,7 +47,8 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
         request = Request(self._base + path, data=data, headers=headers, method=method)
         try:
-            with self._opener.open(request, timeout=TIMEOUT) as response:  # reactor-safe: CLI process
+            # reactor-safe: CLI process
+            with self._opener.open(request, timeout=TIMEOUT) as response:  # reactor-safe
                 return json.load(response)
         except urllib.error.HTTPError as e:
             raise AdminError(f"{method} {path}: {e.code} {e.reason}: {_errorOf(e)}") from None

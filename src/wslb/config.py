@@ -16,8 +16,8 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import urlsplit
 
 from wslb._units import parse_duration, parse_size
@@ -241,14 +241,16 @@ def _server_endpoint(value):
 
 def _origin(value):
     split = _url(value)
-    if split and split.scheme and split.netloc and not (split.path or split.query or split.fragment):
+    if split and split.scheme and split.netloc and not (
+            split.path or split.query or split.fragment):
         return value
     raise _bad('an origin such as "https://app.example.com" or "https://*.example.com"', value)
 
 
 def _redis_url(value):
     split = _url(value)
-    if split and split.scheme in ("redis", "rediss") and split.hostname and re.fullmatch(r"(/\d*)?", split.path):
+    if (split and split.scheme in ("redis", "rediss") and split.hostname
+            and re.fullmatch(r"(/\d*)?", split.path)):
         return value
     raise _bad('"redis://[user:password@]host[:port][/db]" or "rediss://..." for TLS', value)
 
@@ -457,7 +459,9 @@ class LocalConfig:
         ["{python}", "-m", "wslb.worker.echo", "--port", "{port}"], _command
     )
     host: str = _key("127.0.0.1", _nonempty)
-    ports: tuple[int, int] = _key("9100-9199", _port_range, dump=lambda ports: "%d-%d" % ports)
+    ports: tuple[int, int] = _key(
+        "9100-9199", _port_range, dump=lambda ports: "{}-{}".format(*ports)
+    )
 
 
 @dataclass(frozen=True)

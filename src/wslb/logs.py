@@ -8,21 +8,21 @@ Each line has ``time`` (ISO-8601 UTC), ``level``, ``namespace``, ``message``
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
 )
 from zope.interface import provider
-from twisted.logger import ILogObserver
 
 
 def _record(event):
     record = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC)
         .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": event["log_level"].name if "log_level" in event else "info",
         "namespace": event.get("log_namespace", "-"),

@@ -19,21 +19,21 @@ from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
+from wslb.pool.redis_leader import RedisLeader
 from wslb.pool.service import PoolService, makeProvider
 from wslb.proxy.capacity import LargestCapacity
+from wslb.proxy.errors import unavailable
 from wslb.proxy.gate import Gate
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.router import Router
-from wslb.proxy.signing import Signer
 from wslb.proxy.sessions import LiveSessions
+from wslb.proxy.signing import Signer
 from wslb.proxy.user_leg import UserLegFactory
 from wslb.proxy.worker_leg import WorkerConnector
-from wslb.proxy.errors import unavailable
-from wslb.pool.redis_leader import RedisLeader
 from wslb.registry.memory import MemoryRegistry
 from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
-from wslb.upkeep import RegistryUpkeep
+from wslb.upkeep import HEARTBEAT_INTERVAL, RegistryUpkeep
 
 log = Logger()
 
@@ -44,6 +44,8 @@ REGISTRY_PROBE_TIMEOUT = 1.0
 # Every Redis call is bounded by this: a new user gets 503 within it when
 # Redis is unreachable.
 REGISTRY_TIMEOUT = 1.0
+# After Redis starts empty: instances re-assert within a heartbeat or two.
+REGISTRY_SETTLE = 3 * HEARTBEAT_INTERVAL
 
 
 class Drain(service.Service):
@@ -121,6 +123,23 @@ def makeRegistry(config, reactor):
     return registry, leader
 
 
+def registryReady(registry, clock):
+    """
+    For a Redis registry: hold the pool (adopting and health-checking
+    workers) for a few heartbeats after Redis started empty, so every
+    instance has re-asserted the sessions it relays before workers it knew
+    become assignable again; else one could take a second session.
+    """
+    if not IRedisRegistryExtras.providedBy(registry):
+        return None
+
+    def ready():
+        d = registry.epochAge(clock.seconds())
+        return d.addCallback(lambda age: age >= REGISTRY_SETTLE)
+
+    return ready
+
+
 def makeSigner(session, clock):
     """The session key L{Signer}, or None (with a warning) when keys are trusted."""
     if not session.secret:
@@ -151,7 +170,8 @@ def makeService(config, reactor=None):
         if service.IService.providedBy(part):
             part.setServiceParent(top)  # first in, last out: they outlive the rest
     provider = makeProvider(reactor, config.pool, config.registry.namespace)
-    pool = PoolService(registry, provider, leader, reactor, config.pool)
+    pool = PoolService(registry, provider, leader, reactor, config.pool,
+                       ready=registryReady(registry, reactor))
     pool.setName("pool")
     pool.setServiceParent(top)
 
@@ -196,7 +216,8 @@ def makeService(config, reactor=None):
         clock=reactor, registry=registry, router=router, sessions=sessions,
         identifier=identifier,
         gate=gate, traffic=metrics.traffic,
-        connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect, requestTimeout=listen.open_handshake_timeout,
+        connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect,
+        requestTimeout=listen.open_handshake_timeout,
         endCloseCode=config.session.end_close_code, options=legOptions,
     )
 

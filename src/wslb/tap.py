@@ -23,7 +23,7 @@ class Options(usage.Options):
         try:
             self.config = load_config(self["config"], overrides=self["set"])
         except ConfigError as e:
-            raise usage.UsageError("invalid configuration:\n" + str(e))
+            raise usage.UsageError("invalid configuration:\n" + str(e)) from None
         if self.config.log.format == "json" and self.parent is not None:
             # twistd picks its log observer from its own options once they
             # are parsed: setting it here is how a subcommand chooses it.

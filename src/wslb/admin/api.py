@@ -12,7 +12,7 @@ wrapped in the check of L{wslb.admin.auth.MutationAuth}.
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from io import BytesIO
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -56,7 +56,7 @@ def isoTime(seconds):
     """Clock seconds (since the epoch) as ISO-8601 UTC, e.g. 2022-02-08T15:27:00Z."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def workerRecord(worker):

@@ -121,7 +121,7 @@ class Ec2Provider(Service):
         """The boto3 client, made once in a pool thread (making one is slow)."""
         with self._clientLock:
             if self._client is None:
-                self._client = boto3.session.Session().client(
+                self._client = boto3.session.Session().client(  # thread-safe: a pool thread
                     "ec2", region_name=self._region, endpoint_url=self._endpointUrl,
                     config=Config(
                         connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,

@@ -24,7 +24,8 @@ REPORTED_UNHEALTHY = "reported unhealthy"
 REPORTED_DEAD = "reported dead"
 INSTANCE_PENDING = "instance pending"  # EC2 state-change events
 INSTANCE_RUNNING = "instance running"
-INSTANCE_GONE = "instance gone"  # stopping/stopped/shutting-down/terminated, or the provider lost it
+# stopping/stopped/shutting-down/terminated, or the provider lost it
+INSTANCE_GONE = "instance gone"
 REREGISTERED = "re-registered"  # POST /api/v1/workers again for a registered worker
 
 # (state, input) -> next state. A missing row: the input does not apply and

@@ -39,7 +39,8 @@ class PoolService(MultiService):
 
     log = Logger()
 
-    def __init__(self, registry, provider, leader, clock, pool_config, http=None):
+    def __init__(self, registry, provider, leader, clock, pool_config, http=None,
+                 ready=None):
         super().__init__()
         self.provider = provider
         self._leader = leader
@@ -61,6 +62,8 @@ class PoolService(MultiService):
             timer.clock = clock
             timer.setServiceParent(self)
         self._running = set()  # ticks in progress: never two of one kind at once
+        # ready() fires False while the registry is settling (see service.py).
+        self._ready = ready or (lambda: True)
         leader.addLeadershipListener(self._leadNow)
 
     def _leadNow(self):
@@ -73,7 +76,8 @@ class PoolService(MultiService):
         if not self._leader.isLeader() or tick in self._running:
             return None
         self._running.add(tick)
-        d = maybeDeferred(tick)
+        d = maybeDeferred(self._ready)
+        d.addCallback(lambda ready: tick() if ready else None)
         d.addErrback(lambda failure: self.log.failure(
             "pool {tick} failed", failure, tick=tick.__qualname__))
         d.addBoth(lambda _: self._running.discard(tick))

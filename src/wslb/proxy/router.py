@@ -96,7 +96,7 @@ class Router(Service):
         except Exception as e:
             self._metrics.registryErrors.inc()
             log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
-            raise self._refuse("the registry is unavailable", self.retryAfter)
+            raise self._refuse("the registry is unavailable", self.retryAfter) from e
         self._metrics.assignSeconds.observe(self._clock.seconds() - started)
         if isinstance(result, Assigned):
             return result

@@ -139,7 +139,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
                      worker=assigned.worker.id, key=self.key, why=str(e))
             if assigned.fresh:
                 factory.registry.endSession(self.key)
-            raise HandshakeRefused(502, "the worker is unavailable")
+            raise HandshakeRefused(502, "the worker is unavailable") from e
         headers = {}
         if identity.setCookie:
             headers["Set-Cookie"] = identity.setCookie

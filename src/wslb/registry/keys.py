@@ -49,7 +49,7 @@ class Keys:
             raise ValueError(
                 f"registry namespace {namespace!r}: must be non-empty, without braces"
             )
-        self.prefix = "{%s}:" % (namespace,)
+        self.prefix = "{" + namespace + "}:"
         p = self.prefix
         self.workers = p + "workers"
         self.sessions = p + "sessions"

@@ -77,6 +77,9 @@ class IRedisRegistryExtras(Interface):
         after it was swept, or after Redis lost its data.
         """
 
+    def epochAge(now):
+        """Fire with the seconds since the registry's epoch was set."""
+
     def epochChanged():
         """
         Fire with True when the registry's epoch (a random value set once,
@@ -218,7 +221,21 @@ class RedisRegistry(Service):
             self._epoch = epoch
             return changed
 
-        return self._run(redis_ops.epoch).addCallback(compare)
+        return self._run(redis_ops.epoch, self._clock.seconds()).addCallback(compare)
+
+    def epochAge(self, now):
+        """
+        Fire with how long ago the registry's epoch was set (0 when it is
+        being set now): how long since Redis last started empty.
+        """
+        def age(epoch):
+            _, _, since = epoch.rpartition(":")
+            try:
+                return max(0.0, now - float(since))
+            except ValueError:
+                return float("inf")  # an epoch from before ages were kept
+
+        return self._run(redis_ops.epoch, now).addCallback(age)
 
     # -- notification ---------------------------------------------------
 

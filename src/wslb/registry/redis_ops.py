@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Callable
 
 from wslb.registry._interfaces import (
     MAX_OVERTAKES,
@@ -278,5 +278,6 @@ def instanceHeartbeat(instance, ttl) -> Op:
               _decodePlain)
 
 
-def epoch() -> Op:
-    return Op("epoch", (uuid.uuid4().hex,), _decodePlain)
+def epoch(now: float = 0.0) -> Op:
+    """The epoch is "<random>:<when it was set>", so its age can be told."""
+    return Op("epoch", (f"{uuid.uuid4().hex}:{now!r}",), _decodePlain)
