@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
 from twisted.internet import defer, endpoints
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from wslb.metrics import TO_USER
 from wslb.proxy.relay import RelayMixin
@@ -128,10 +129,13 @@ class WorkerConnector:
             origin=headers.pop("Origin", None), protocols=protocols,
             useragent=headers.pop("User-Agent", None), headers=headers,
         )
-        endpoint = endpoints.HostnameEndpoint(
-            reactor, parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80),
-            timeout=timeout,
-        )
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
+        if isIPAddress(host):  # no name to resolve: skip the resolver's thread hop
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         if parts.scheme == "wss":
             from twisted.internet.ssl import optionsForClientTLS
 

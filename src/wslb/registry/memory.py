@@ -10,6 +10,7 @@ inside a registry call, so a listener may call the registry again.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left, insort
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import wraps
@@ -68,12 +69,20 @@ class _WorkerRecord:
     last_seen: float | None = None
     sessions: set[str] = field(default_factory=set)
     load: int = 0  # sum of its sessions' costs, kept as they come and go
-    _listed: tuple[str, ...] | None = None  # sorted sessions, until they change
+    ordered: list[str] = field(default_factory=list)  # the sessions, kept sorted
 
     def listed(self):
-        if self._listed is None:
-            self._listed = tuple(sorted(self.sessions))
-        return self._listed
+        return tuple(self.ordered)
+
+    def bind(self, key, cost):
+        self.sessions.add(key)
+        insort(self.ordered, key)
+        self.load += cost
+
+    def unbind(self, key, cost):
+        self.sessions.discard(key)
+        del self.ordered[bisect_left(self.ordered, key)]
+        self.load -= cost
 
     def fits(self, cost):
         return (self.state == HEALTHY and not self.draining
@@ -355,9 +364,7 @@ class MemoryRegistry:
     def _bind(self, key, cost, worker, now):
         session = _SessionRecord(key=key, worker=worker.id, cost=cost, since=now)
         self._sessions[key] = session
-        worker.sessions.add(key)
-        worker.load += cost
-        worker._listed = None
+        worker.bind(key, cost)
         worker.idle_since = None
         return session
 
@@ -371,9 +378,7 @@ class MemoryRegistry:
         for key in keys:
             session = self._sessions.pop(key)
             worker = self._workers[session.worker]
-            worker.sessions.discard(key)
-            worker.load -= session.cost
-            worker._listed = None
+            worker.unbind(key, session.cost)
             if not worker.sessions:
                 worker.idle_since = now
             self._tell(self._sessionEndedListeners, key)
