@@ -61,6 +61,16 @@ class InProcessWslb:
         return workers
 
 
+def staticWslb(workers, *overrides):
+    """An in-process wslb over these echo workers as a static pool, checked once."""
+    urls = ", ".join(f'"{w.url}"' for w in workers)
+    return InProcessWslb(
+        "pool.provider=static", f"pool.static.workers=[{urls}]",
+        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
+        *overrides,
+    )
+
+
 class _RawResponse(protocol.Protocol):
     def connectionMade(self):
         self.data = b""

@@ -96,3 +96,30 @@ def twisted_log_to_captured_stderr():
     globalLogPublisher.addObserver(observer)
     yield
     globalLogPublisher.removeObserver(observer)
+
+
+def _echoWorkers(count):
+    from _echo_helpers import EchoWorkerProcess  # imports conftest: import late
+
+    workers = [EchoWorkerProcess() for _ in range(count)]
+    try:
+        for worker in workers:
+            worker.waitHealthy()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+@pytest.fixture
+def echo_workers(request):
+    """Real echo worker processes: two, or as many as ``@pytest.mark.workers(n)`` says."""
+    marker = request.node.get_closest_marker("workers")
+    yield from _echoWorkers(marker.args[0] if marker else 2)
+
+
+@pytest.fixture
+def echo_worker():
+    """One real echo worker process."""
+    for workers in _echoWorkers(1):
+        yield workers[0]

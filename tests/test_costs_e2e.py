@@ -11,24 +11,12 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from _echo_helpers import TIMEOUT, EchoWorkerProcess, closeAll, getJSON
+from _echo_helpers import TIMEOUT, closeAll, getJSON
 from _wslb_helpers import InProcessWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from wslb.proxy.capacity import REFRESH_INTERVAL
-
-
-@pytest.fixture
-def echo_workers():
-    workers = [EchoWorkerProcess() for _ in range(2)]
-    try:
-        for worker in workers:
-            worker.waitHealthy()
-        yield workers
-    finally:
-        for worker in workers:
-            worker.kill()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import pytest_twisted
 import redis
-from _echo_helpers import EchoWorkerProcess, closeAll, getJSON
+from _echo_helpers import closeAll, getJSON
 from _wslb_helpers import InProcessWslb
 from twisted.internet import reactor
 
@@ -295,18 +295,6 @@ async def test_session_ended_frees_the_slot_and_tells_the_registry(store, redis_
 
 
 # -- end to end ----------------------------------------------------------
-
-
-@pytest.fixture
-def echo_workers():
-    workers = [EchoWorkerProcess() for _ in range(2)]
-    try:
-        for worker in workers:
-            worker.waitHealthy()
-        yield workers
-    finally:
-        for worker in workers:
-            worker.kill()
 
 
 @pytest_twisted.ensureDeferred

@@ -2,34 +2,23 @@
 
 import pytest
 import pytest_twisted
-from _echo_helpers import EchoWorkerProcess, closeAll
-from _wslb_helpers import InProcessWslb, rawHandshake
+from _echo_helpers import closeAll
+from _wslb_helpers import rawHandshake, staticWslb
 from test_proxy_e2e import scrape
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 
-@pytest.fixture
-def worker():
-    w = EchoWorkerProcess().waitHealthy()
-    yield w
-    w.kill()
-
-
 async def limitedWslb(worker, *overrides):
-    wslb = await InProcessWslb(
-        "pool.provider=static", f'pool.static.workers=["{worker.url}"]',
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
-        "pool.capacity=1000", *overrides,
-    ).start()
+    wslb = await staticWslb([worker], "pool.capacity=1000", *overrides).start()
     await wslb.waitHealthy(1)
     return wslb
 
 
 @pytest_twisted.ensureDeferred
-async def test_per_ip_connections_and_rate_give_429(worker):
+async def test_per_ip_connections_and_rate_give_429(echo_worker):
     clients = []
-    wslb = await limitedWslb(worker, "listen.per_ip_connections=2")
+    wslb = await limitedWslb(echo_worker, "listen.per_ip_connections=2")
     try:
         clients += [await wslb.connect(f"k{i}") for i in range(2)]
         status, _ = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "k3"})
@@ -38,7 +27,7 @@ async def test_per_ip_connections_and_rate_give_429(worker):
     finally:
         await wslb.stop()
 
-    wslb = await limitedWslb(worker, "listen.per_ip_rate=2")
+    wslb = await limitedWslb(echo_worker, "listen.per_ip_rate=2")
     try:
         statuses = [
             (await rawHandshake(wslb.port, headers={"X-WSLB-Session": f"r{i}"}))[0]
@@ -53,8 +42,8 @@ async def test_per_ip_connections_and_rate_give_429(worker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversized_request_head_gets_431(worker):
-    wslb = await limitedWslb(worker)
+async def test_oversized_request_head_gets_431(echo_worker):
+    wslb = await limitedWslb(echo_worker)
     try:
         status, _ = await rawHandshake(
             wslb.port, headers={"X-WSLB-Session": "k", "X-Padding": "p" * 20000})
@@ -83,10 +72,10 @@ class SlowLoris(protocol.Protocol):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.ensureDeferred
-async def test_slow_loris_is_dropped_and_does_not_block_others(worker):
+async def test_slow_loris_is_dropped_and_does_not_block_others(echo_worker):
     # A backlog above the default 50, so all 500 are accepted at once (a
     # production listener behind an NLB wants one too).
-    wslb = await limitedWslb(worker, "listen.open_handshake_timeout=3s",
+    wslb = await limitedWslb(echo_worker, "listen.open_handshake_timeout=3s",
                              "listen.endpoint=tcp:0:interface=127.0.0.1:backlog=1024")
     lorises = []
     try:

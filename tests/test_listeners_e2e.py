@@ -7,36 +7,25 @@ import struct
 import pytest
 import pytest_twisted
 from _certs import makeCertificates
-from _echo_helpers import TIMEOUT, EchoWorkerProcess, RecordingClient, closeAll
+from _echo_helpers import TIMEOUT, RecordingClient, closeAll
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
-from _wslb_helpers import InProcessWslb
+from _wslb_helpers import staticWslb
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 
-@pytest.fixture
-def worker():
-    w = EchoWorkerProcess().waitHealthy()
-    yield w
-    w.kill()
-
-
 async def startedWslb(worker, endpoint):
-    wslb = await InProcessWslb(
-        "pool.provider=static", f'pool.static.workers=["{worker.url}"]',
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
-        "pool.capacity=10", f"listen.endpoint={endpoint}",
-    ).start()
+    wslb = await staticWslb([worker], "pool.capacity=10", f"listen.endpoint={endpoint}").start()
     await wslb.waitHealthy(1)
     return wslb
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_end_to_end_with_a_verifying_client(worker, tmp_path):
+async def test_tls_end_to_end_with_a_verifying_client(echo_worker, tmp_path):
     certs = makeCertificates(tmp_path)
     wslb = await startedWslb(
-        worker, f"ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}"
+        echo_worker, f"ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}"
                 f":certKey={certs['server']}")
     client = None
     try:
@@ -81,8 +70,8 @@ def proxyV2(source, sourcePort, dest, destPort):
     (proxyV2("198.51.100.9", 40001, "127.0.0.1", 8080), "198.51.100.9"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_proxy_protocol_gives_the_real_client_address(worker, header, address):
-    wslb = await startedWslb(worker, "haproxy:tcp:0:interface=127.0.0.1")
+async def test_proxy_protocol_gives_the_real_client_address(echo_worker, header, address):
+    wslb = await startedWslb(echo_worker, "haproxy:tcp:0:interface=127.0.0.1")
     client = None
     try:
         client = await connectRaw(wslb.port)
@@ -101,8 +90,8 @@ async def test_proxy_protocol_gives_the_real_client_address(worker, header, addr
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_listener_drops_a_connection_without_the_header(worker):
-    wslb = await startedWslb(worker, "haproxy:tcp:0:interface=127.0.0.1")
+async def test_proxy_listener_drops_a_connection_without_the_header(echo_worker):
+    wslb = await startedWslb(echo_worker, "haproxy:tcp:0:interface=127.0.0.1")
     try:
         client = await connectRaw(wslb.port)
         client.transport.write(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))

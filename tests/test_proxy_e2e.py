@@ -7,34 +7,10 @@ import json
 
 import pytest
 import pytest_twisted
-from _echo_helpers import EchoWorkerProcess, closeAll, getJSON, waitFor
-from _wslb_helpers import InProcessWslb, rawHandshake
+from _echo_helpers import closeAll, getJSON, waitFor
+from _wslb_helpers import rawHandshake, staticWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-
-
-@pytest.fixture
-def echo_workers(request):
-    """Real echo worker processes; the count comes from the test's marker."""
-    marker = request.node.get_closest_marker("workers")
-    count = marker.args[0] if marker else 2
-    workers = [EchoWorkerProcess() for _ in range(count)]
-    try:
-        for worker in workers:
-            worker.waitHealthy()
-        yield workers
-    finally:
-        for worker in workers:
-            worker.kill()
-
-
-def staticWslb(workers, *overrides):
-    urls = ", ".join(f'"{w.url}"' for w in workers)
-    return InProcessWslb(
-        "pool.provider=static", f"pool.static.workers=[{urls}]",
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
-        *overrides,
-    )
 
 
 @pytest.fixture

@@ -1,28 +1,18 @@
 """With [session] secret: only signed keys reach a worker (end to end)."""
 
 import jwt
-import pytest
 import pytest_twisted
-from _echo_helpers import EchoWorkerProcess, closeAll, getJSON
-from _wslb_helpers import InProcessWslb, rawHandshake
+from _echo_helpers import closeAll, getJSON
+from _wslb_helpers import rawHandshake, staticWslb
 
 OLD = "old-secret-" + "o" * 32
 NEW = "new-secret-" + "n" * 32
 
 
-@pytest.fixture
-def worker():
-    w = EchoWorkerProcess().waitHealthy()
-    yield w
-    w.kill()
-
-
 def signedWslb(worker, secret, previous=()):
     prev = ", ".join(f'"{p}"' for p in previous)
-    return InProcessWslb(
-        "pool.provider=static", f'pool.static.workers=["{worker.url}"]',
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
-        "pool.capacity=10", f'session.secret="{secret}"',
+    return staticWslb(
+        [worker], "pool.capacity=10", f'session.secret="{secret}"',
         f"session.previous_secrets=[{prev}]",
         'cost.sources=["claim:cost", "header:X-WSLB-Cost"]',
         'session.sources=["cookie:wslb_session", "header:Authorization", '
@@ -31,8 +21,8 @@ def signedWslb(worker, secret, previous=()):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsigned_forged_and_expired_keys_get_401_and_reach_no_worker(worker):
-    wslb = await signedWslb(worker, NEW).start()
+async def test_unsigned_forged_and_expired_keys_get_401_and_reach_no_worker(echo_worker):
+    wslb = await signedWslb(echo_worker, NEW).start()
     try:
         await wslb.waitHealthy(1)
         port = wslb.port
@@ -44,16 +34,16 @@ async def test_unsigned_forged_and_expired_keys_get_401_and_reach_no_worker(work
                         {"Cookie": "wslb_session=alice.1.AAAA"}):
             status, _ = await rawHandshake(port, headers=headers)
             assert status == 401, headers
-        _, stats = await getJSON(worker.http + "/stats")
+        _, stats = await getJSON(echo_worker.http + "/stats")
         assert stats["connections"] == []  # nothing reached the worker
     finally:
         await wslb.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_jwt_and_minted_cookie_pass_and_rotation_keeps_sessions(worker):
+async def test_jwt_and_minted_cookie_pass_and_rotation_keeps_sessions(echo_worker):
     clients = []
-    wslb = await signedWslb(worker, OLD).start()
+    wslb = await signedWslb(echo_worker, OLD).start()
     try:
         await wslb.waitHealthy(1)
         token = jwt.encode({"sub": "bob", "cost": 3}, OLD, algorithm="HS256")
@@ -79,7 +69,7 @@ async def test_jwt_and_minted_cookie_pass_and_rotation_keeps_sessions(worker):
         closeAll(clients)
         await wslb.stop()
 
-    rotated = await signedWslb(worker, NEW, previous=[OLD]).start()
+    rotated = await signedWslb(echo_worker, NEW, previous=[OLD]).start()
     try:
         await rotated.waitHealthy(1)
         client = await rotated.connect(headers={"Cookie": cookie})
