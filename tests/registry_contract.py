@@ -276,8 +276,10 @@ class RegistryContract:
         yield addHealthy(registry, "w1", capacity=10)
         result = yield registry.assign(request("a", cost=3), 5)
         assert isinstance(result, Assigned) and result.fresh
-        assert (result.worker.id, result.worker.load, result.worker.sessions) == ("w1", 3, ("a",))
+        # The worker's session list is not read on the handshake path.
+        assert (result.worker.id, result.worker.load, result.worker.sessions) == ("w1", 3, None)
         assert result.worker.idle_since is None
+        assert (yield registry.getWorker("w1")).sessions == ("a",)
         assert (yield registry.getSession("a")) == Session(
             key="a", worker="w1", cost=3, connections=1, since=5, disconnected_at=None)
 
@@ -290,6 +292,7 @@ class RegistryContract:
         result = yield registry.assign(request("a", instance="i2"), 2)
         assert isinstance(result, Assigned) and not result.fresh
         assert (result.worker.id, result.worker.load, result.worker.draining) == ("w1", 1, True)
+        assert result.worker.sessions is None
         session = yield registry.getSession("a")
         assert (session.connections, session.since) == (2, 1)
 

@@ -98,6 +98,28 @@ class TestRedisRegistry(RegistryContract):
         keys = yield registry.connection.execute("KEYS", "*")
         assert keys and all(k.startswith(registry.keys.prefix) for k in keys)
 
+    @pytest_twisted.inlineCallbacks
+    def test_scriptsFlushedFromRedisAreSentAgain(self, registry):
+        """Calls name scripts by digest; Redis forgetting them (SCRIPT FLUSH) costs one EVAL."""
+        yield addHealthy(registry, "w1")
+        yield registry.connection.execute("SCRIPT", "FLUSH")
+        result = yield registry.assign(request("a"), 1)
+        assert isinstance(result, Assigned) and result.worker.id == "w1"
+        assert (yield registry.getSession("a")).connections == 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_aScriptErrorStillFails(self, registry):
+        """Only NOSCRIPT sends the script whole; the script's own errors reach the caller."""
+        yield addHealthy(registry, "w1")
+        failure = None
+        try:
+            yield registry.connection.runScript(
+                redis_ops.registryScript("assign"), registry.keys.scriptKeys(),
+                ("a", "1", "i1", "nowhere", "10", "", "1", "t", "0"))
+        except txredisapi.ResponseError as e:
+            failure = e
+        assert failure is not None and "unknown placement" in str(failure)
+
 
 class TestSharedRegistry:
     """Two instances (registries) over one Redis see one state and each other's notices."""

@@ -40,7 +40,7 @@ class Worker:
     draining: bool
     capacity: int
     load: int  # sum of the costs of its sessions
-    sessions: tuple[str, ...]
+    sessions: tuple[str, ...] | None  # sorted; None: not read (see Assigned)
     started_at: float
     state_since: float  # when ``state`` was last changed
     idle_since: float | None  # when load last dropped to 0 (None while loaded)
@@ -72,7 +72,11 @@ class Session:
 
 @dataclass(frozen=True)
 class Assigned:
-    """``assign`` found the key's worker (``fresh``: it was just bound)."""
+    """
+    ``assign`` found the key's worker (``fresh``: it was just bound). The
+    worker's ``sessions`` is None: the list grows with the sessions and
+    reading it on every handshake would cost as much; ask getWorker for it.
+    """
 
     worker: Worker
     fresh: bool

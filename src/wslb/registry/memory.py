@@ -318,13 +318,14 @@ class MemoryRegistry:
 
     # -- internals ------------------------------------------------------
 
-    def _worker(self, record):
+    def _worker(self, record, listed=True):
+        """A snapshot of ``record``; its sessions only when ``listed``."""
         return Worker(
             id=record.id, url=record.url, provider=record.provider,
             state=record.state, draining=record.draining,
             capacity=record.capacity,
             load=record.load,
-            sessions=record.listed(),
+            sessions=record.listed() if listed else None,
             started_at=record.started_at, state_since=record.state_since,
             idle_since=record.idle_since, last_seen=record.last_seen,
         )
@@ -371,7 +372,7 @@ class MemoryRegistry:
     def _connect(self, session, instance, fresh):
         session.connections[instance] += 1
         session.disconnected_at = None
-        return Assigned(self._worker(self._workers[session.worker]), fresh)
+        return Assigned(self._worker(self._workers[session.worker], listed=False), fresh)
 
     def _end(self, keys, now):
         """Delete sessions; a worker left empty becomes idle at ``now``."""

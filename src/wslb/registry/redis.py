@@ -105,6 +105,7 @@ class RedisRegistry(Service):
     def __init__(self, clock, url, namespace, timeout=2.0, ca_file=None):
         self._clock = clock
         self.keys = Keys(namespace)
+        self._scriptKeys = self.keys.scriptKeys()
         self.connection = RedisConnection(clock, parseRedisURL(url, ca_file), timeout)
         self._capacityListeners = []
         self._sessionEndedListeners = []
@@ -132,11 +133,12 @@ class RedisRegistry(Service):
 
     def _run(self, make, *args):
         """Build an Op (its ValueError fails the Deferred) and run it."""
-        d = defer.maybeDeferred(make, *args)
-        return d.addCallback(
-            lambda op: self.connection.runScript(op.source, self.keys.scriptKeys(), op.args)
-            .addCallback(op.decode)
-        )
+        try:
+            op = make(*args)
+        except Exception:
+            return defer.fail()
+        d = self.connection.runScript(op.source, self._scriptKeys, op.args)
+        return d.addCallback(op.decode)
 
     # -- workers --------------------------------------------------------
 

@@ -21,6 +21,8 @@ built like ``lazyConnectionPool`` builds its own but with these protocols.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 
 import txredisapi
@@ -37,6 +39,12 @@ POOL_SIZE = 1
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
+
+
+@functools.cache
+def scriptDigest(source):
+    """The SHA1 EVALSHA names ``source`` by; the scripts are few and fixed."""
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
 class NotConnected(Exception):
@@ -110,7 +118,21 @@ class RedisConnection:
 
     def runScript(self, source, keys, args):
         """EVALSHA the Lua ``source`` (EVAL on NOSCRIPT): a bounded Deferred."""
-        return self._bounded(lambda redis: redis.eval(source, list(keys), list(args)))
+        sha = scriptDigest(source)
+
+        def evalsha(redis):
+            d = redis.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            return d.addErrback(self._unknownScript, redis, source, keys, args)
+
+        return self._bounded(evalsha)
+
+    @staticmethod
+    def _unknownScript(failure, redis, source, keys, args):
+        """Redis lacks the script (it restarted, or never saw it): send it whole."""
+        failure.trap(txredisapi.ResponseError)
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        return redis.execute_command("EVAL", source, len(keys), *keys, *args)
 
     def _bounded(self, call):
         if self._commands is None:

@@ -89,14 +89,16 @@ def _json(reply):
 
 
 def _worker(fields) -> Worker | None:
+    """A Worker from its fields; ``sessions`` None when the script left them out."""
     if not fields:
         return None
+    sessions = fields.get("sessions")
     return Worker(
         id=fields["id"], url=fields["url"], provider=fields["provider"],
         state=fields["state"], draining=fields["draining"] == "1",
         capacity=int(fields["capacity"]), load=int(fields["load"]),
         # cjson writes an empty list as {}
-        sessions=tuple(sorted(fields["sessions"] or ())),
+        sessions=None if sessions is None else tuple(sorted(sessions or ())),
         started_at=_readTime(fields["started_at"]),
         state_since=_readTime(fields["state_since"]),
         idle_since=_readTime(fields["idle_since"]),

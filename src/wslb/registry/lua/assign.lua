@@ -11,7 +11,7 @@
 --       [5] max queue length, [6] ticket held by the caller ("" for none),
 --       [7] now, [8] id for a new ticket (used only when one is created),
 --       [9] how many may pass one head (MAX_OVERTAKES; "0": strict FIFO)
--- Reply: {"assigned": worker, "fresh": bool} | {"queued": ticket,
+-- Reply: {"assigned": worker (without sessions), "fresh": bool} | {"queued": ticket,
 --        "position": n} (0 is the head) | {"full": true}
 local key, cost, instance, placement = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local maxQueue, ticket, now, newTicket = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
@@ -61,9 +61,9 @@ end
 
 local session = sessionSnapshot(key)
 if session then
-  dropTickets({ticket})
+  if ticket ~= '' then dropTickets({ticket}) end
   countConnections(key, instance, 1, now)
-  return cjson.encode({assigned = workerSnapshot(session.worker), fresh = false})
+  return cjson.encode({assigned = record(workerKey(session.worker)), fresh = false})
 end
 local head = queueHead()
 local workers = assignable()
@@ -72,10 +72,10 @@ if head == nil or head == ticket or overtaking then
   local worker = choose(workers)
   if worker then
     if overtaking then redis.call('HINCRBY', ticketKey(head), 'passed', 1) end
-    dropTickets({ticket})
+    if ticket ~= '' then dropTickets({ticket}) end
     bind(key, ARGV[2], worker, now)
     countConnections(key, instance, 1, now)
-    return cjson.encode({assigned = workerSnapshot(worker), fresh = true})
+    return cjson.encode({assigned = record(workerKey(worker)), fresh = true})
   end
 end
 if ticket ~= '' and redis.call('ZSCORE', QUEUE, ticket) then
