@@ -26,6 +26,7 @@ from wslb.proxy.errors import unavailable
 from wslb.proxy.gate import Gate
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
+from wslb.proxy.keepalive import KeepAlive
 from wslb.proxy.router import Router
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.signing import Signer
@@ -219,7 +220,10 @@ def makeService(config, reactor=None):
         connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect,
         requestTimeout=listen.open_handshake_timeout,
         endCloseCode=config.session.end_close_code, options=legOptions,
+        relayBytes=listen.relay == "bytes",
     )
+    if listen.auto_ping > 0 and listen.relay == "bytes":
+        KeepAlive(reactor, sessions, listen.auto_ping).setServiceParent(top)
 
     if listen.idle_timeout > 0:
         IdleSweeper(reactor, sessions, listen.idle_timeout, gate.limitHit).setServiceParent(top)

@@ -16,8 +16,6 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from wslb.proxy.relay import closeWith
-
 log = Logger()
 
 HEARTBEAT_INTERVAL = 1.0
@@ -67,7 +65,7 @@ class RegistryUpkeep(MultiService):
             if session is not None and session.worker != worker.id:
                 # Someone else got the key meanwhile: ours must reconnect there.
                 for other in legs:
-                    closeWith(other, 1012, "the session moved to another worker")
+                    other.closeWith(1012, "the session moved to another worker")
 
     @defer.inlineCallbacks
     def sweep(self):

@@ -76,14 +76,12 @@ class Gate:
         """The client's address: the real one behind a PROXY-protocol listener."""
         return getattr(leg.transport.getPeer(), "host", "unix")
 
-    def connectionMade(self, leg):
+    def connectionMade(self, address):
         self.connections += 1
-        address = self.address(leg)
         self._byAddress[address] = self._byAddress.get(address, 0) + 1
 
-    def connectionLost(self, leg):
+    def connectionLost(self, address):
         self.connections -= 1
-        address = self.address(leg)
         left = self._byAddress.get(address, 1) - 1
         if left > 0:
             self._byAddress[address] = left

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from twisted.application.internet import TimerService
 
-from wslb.proxy.relay import closeWith
-
 CLOSE_POLICY = 1008
 
 
@@ -28,13 +26,12 @@ class IdleSweeper(TimerService):
         now = self.clock.seconds()
         seen = {}
         for leg in self._sessions.legs():
-            worker = leg.otherLeg
-            activity = leg.received + (worker.received if worker is not None else 0)
+            activity = leg.activity
             before, since = self._seen.get(leg, (None, now))
             if activity != before:
                 since = now
             elif now - since >= self._timeout - self.step / 2:  # sweeps come a bit late
                 self._limitHit("idle_timeout")
-                closeWith(leg, CLOSE_POLICY, "idle timeout")
+                leg.closeWith(CLOSE_POLICY, "idle timeout")
             seen[leg] = (activity, since)
         self._seen = seen

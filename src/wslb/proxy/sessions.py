@@ -9,8 +9,6 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from wslb.proxy.relay import closeWith
-
 log = Logger()
 
 
@@ -80,4 +78,4 @@ class LiveSessions(Service):
     def sessionEnded(self, key):
         """The session was ended (anywhere): close its users here."""
         for leg in list(self._legs.get(key, ())):
-            closeWith(leg, self._endCloseCode, "session ended")
+            leg.closeWith(self._endCloseCode, "session ended")

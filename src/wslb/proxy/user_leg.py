@@ -19,6 +19,7 @@ from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
 from wslb.proxy.relay import RelayMixin, closeWith
+from wslb.proxy.splice import Splice
 from wslb.proxy.worker_leg import WorkerUnavailable, withSettingsOnClass
 
 log = Logger()
@@ -56,7 +57,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
 
     def connectionMade(self):
         super().connectionMade()
-        self.factory.gate.connectionMade(self)
+        self.factory.gate.connectionMade(self.factory.gate.address(self))
         # Autobahn's openHandshakeTimeout would also count the time spent
         # queued; this one only bounds reading the request (slow clients).
         self._handshakeTimer = self.factory.clock.callLater(
@@ -172,17 +173,35 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             return
         self._opening = None
         worker, self.worker = self.worker, None
-        traffic = self.factory.traffic
-        worker.attach(self, traffic)
-        self.attach(worker, traffic)
-        self.factory.gate.accepted()
-        self.factory.sessions.opened(self.key, self)
+        factory = self.factory
+        relay = Splice.replace(self, worker, factory) if factory.relayBytes else None
+        if relay is None:
+            relay = self
+            worker.attach(self, factory.traffic)
+            self.attach(worker, factory.traffic)
+        factory.gate.accepted()
+        factory.sessions.opened(self.key, relay)
         log.info("{key} relaying to {worker_url}", event="opened", key=self.key,
-                 worker_url=worker.factory.url, protocol=self.websocket_protocol_in_use)
+                 worker_url=worker.factory.url, protocol=self.websocket_protocol_in_use,
+                 mode="bytes" if relay is not self else "frames")
+
+    # What the session bookkeeping calls (a L{Splice} offers the same).
+
+    def closeWith(self, code, reason):
+        closeWith(self, code, reason)
+
+    @property
+    def activity(self):
+        """Payload bytes relayed both ways so far (idle detection)."""
+        worker = self.otherLeg
+        return self.received + (worker.received if worker is not None else 0)
+
+    def keepAlive(self):
+        pass  # autobahn pings framed legs itself (autoPingInterval)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        self.factory.gate.connectionLost(self)
+        self.factory.gate.connectionLost(self.factory.gate.address(self))
 
     def onClose(self, wasClean, code, reason):
         self._stopHandshakeTimer()
@@ -228,8 +247,10 @@ class UserLegFactory(WebSocketServerFactory):
     noisy = False
 
     def __init__(self, *, clock, registry, router, sessions, identifier, gate,
-                 traffic, connectWorker, requestTimeout, endCloseCode, options):
+                 traffic, connectWorker, requestTimeout, endCloseCode, options,
+                 relayBytes=True):
         super().__init__()
+        self.relayBytes = relayBytes
         self.traffic = traffic
         self.clock = clock
         self.registry = registry
@@ -248,5 +269,5 @@ class UserLegFactory(WebSocketServerFactory):
 
     def goingAway(self):
         """Close every open user leg with 1001 (shutdown)."""
-        for leg in self.sessions.legs():
-            closeWith(leg, CLOSE_GOING_AWAY, "wslb is shutting down")
+        for relay in self.sessions.legs():
+            relay.closeWith(CLOSE_GOING_AWAY, "wslb is shutting down")

@@ -163,7 +163,13 @@ class WorkerConnector:
                 raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
             return failure
 
+        def forget(leg):
+            # The connection keeps the endpoint's factory, and with it this
+            # Deferred, for its whole life: it must not keep the leg too.
+            connecting.addCallback(lambda _: None)
+            return leg
+
         connecting.addErrback(connectFailed)
         opened.addTimeout(timeout, reactor)
-        opened.addErrback(giveUp)
+        opened.addCallbacks(forget, giveUp)
         return opened

@@ -1,0 +1,476 @@
+"""
+The byte relay ("splice"): once both handshakes are done, pass bytes through.
+
+Nothing needs re-framing after the handshakes: the user's frames are masked
+as a worker expects, the worker's are unmasked as a browser expects, and
+neither leg negotiated an extension. So each leg's transport is handed to one
+direction of a L{Splice}, which forwards what it reads in one write and parses
+only frame headers, to keep what the framed relay promised: close codes both
+ways, ``end_close_code``, ``max_message_size`` (1009), protocol errors (1002),
+byte and message counts, idle detection and ``auto_ping`` on both legs.
+
+What it leaves out, against the framed relay (``[listen] relay = "frames"``):
+wslb does not check that the user's text messages are valid UTF-8; the worker
+does (any conforming WebSocket server must) and closes with 1007 itself.
+
+The autobahn protocols that did the handshakes are dropped, so a relayed
+user costs two transports and this small object, not two protocol objects of
+some fifty attributes each.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+
+from twisted.logger import Logger
+
+from wslb.metrics import TO_USER, TO_WORKER
+
+log = Logger()
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1012
+
+# How long a closing handshake may take before both connections are aborted.
+CLOSE_TIMEOUT = 3.0
+
+# The payload of wslb's own pings: their pongs are answered here, not relayed.
+PING_PAYLOAD = os.urandom(8)
+_PING_TO_USER = b"\x89\x08" + PING_PAYLOAD
+
+
+def closeFrame(code, reason, masked):
+    """A close frame, masked when it goes to a worker (wslb is its client)."""
+    payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    if not masked:
+        return bytes((0x88, len(payload))) + payload
+    key = os.urandom(4)
+    return bytes((0x88, 0x80 | len(payload))) + key + _unmask(payload, key)
+
+
+def _pingToWorker():
+    key = os.urandom(4)
+    return b"\x89\x88" + key + _unmask(PING_PAYLOAD, key)
+
+
+def _unmask(payload, key):
+    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+_utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+# Close codes a peer may send (as autobahn checks them).
+_SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
+
+
+def _closeProblem(payload):
+    """Why a close frame's payload is malformed: (close code, reason), or None."""
+    if not payload:
+        return None
+    code = int.from_bytes(payload[:2], "big")
+    if len(payload) == 1 or not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
+        return CLOSE_PROTOCOL_ERROR, "bad close frame"
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return CLOSE_INVALID_PAYLOAD, "invalid UTF-8"
+    return None
+
+
+def takeOver(protocol, new):
+    """
+    Make ``new`` receive what ``protocol``'s transport reads. The transport
+    is a TCP connection, or a wrapper (TLS, PROXY protocol) holding
+    ``protocol`` as ``wrappedProtocol``. False if neither: stay framed.
+    """
+    holder = protocol.transport
+    if getattr(holder, "wrappedProtocol", None) is protocol:
+        holder.wrappedProtocol = new
+        return True
+    outer = getattr(holder, "protocol", None)
+    # A client endpoint's connection holds its own wrapper around ours.
+    if outer is protocol or getattr(outer, "_wrappedProtocol", None) is protocol:
+        holder.protocol = new
+        return True
+    return False
+
+
+class _Direction:
+    """
+    What one side sends, on its way to the other: the protocol of the
+    sending side's transport. Parses frame headers and forwards the bytes in
+    one write per read; holds back only a frame header split across reads and
+    control frames until whole (at most 139 bytes).
+    """
+
+    __slots__ = (
+        "_splice", "transport", "_write", "_masked", "_direction", "_remaining", "_held",
+        "_inMessage", "_messageSize", "_text", "_key", "_offset", "_fin", "wireBytes",
+        "open", "_pending", "closeSeen", "closeCode", "closeReason",
+    )
+
+    def __init__(self, splice, transport, destination, fromUser, direction):
+        self._splice = splice
+        self.transport = transport  # the sending side; None once it is gone
+        self._write = destination.write
+        self._masked = fromUser  # users mask their frames, workers do not
+        self._direction = direction
+        self._remaining = 0  # payload bytes of the current frame still to pass
+        self._held = b""
+        self._inMessage = False
+        self._messageSize = 0
+        # A user's text message being checked for UTF-8 (workers are trusted):
+        self._text = None  # its incremental decoder
+        self._key = b""  # the current frame's mask, payload offset and FIN
+        self._offset = 0
+        self._fin = False
+        self.wireBytes = 0
+        self.open = True  # False once a close frame went to the destination
+        self._pending = None  # frames of wslb's own, for the next frame boundary
+        self.closeSeen = False  # the sending side sent its close (or broke a rule)
+        self.closeCode = None
+        self.closeReason = ""
+
+    def makeConnection(self, transport):
+        pass  # made long ago, for the protocol that did the handshake
+
+    def dataReceived(self, data):
+        self.wireBytes += len(data)
+        if self.closeSeen:
+            return  # nothing may follow a close frame
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        end = len(data)
+        pos = sent = 0  # parsed up to pos; data[:sent] forwarded already
+        frameStart = -1  # where the current frame's header is, if in this read
+        while True:
+            remaining = self._remaining
+            if remaining:
+                take = min(remaining, end - pos)
+                if self._text is not None and not self._validText(data, pos, pos + take):
+                    self._stop(data, sent, frameStart, CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
+                    return
+                pos += take
+                self._remaining = remaining = remaining - take
+                if remaining:
+                    break
+                if self._pending:
+                    self._forward(data[sent:pos])
+                    sent = pos
+                    self._sendPending()
+            if end - pos < 2:
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            head = 2 if length < 126 else 4 if length == 126 else 10
+            if b1 & 0x80:
+                head += 4
+            if end - pos < head:
+                break
+            if length >= 126:
+                lengthEnd = pos + (4 if length == 126 else 10)
+                length = int.from_bytes(data[pos + 2 : lengthEnd], "big")
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            if b0 & 0x70 or bool(b1 & 0x80) is not self._masked:
+                self._stop(data, sent, pos, CLOSE_PROTOCOL_ERROR, "reserved bits or masking")
+                return
+            if opcode >= 8:  # a control frame: passed on whole
+                if opcode > 10 or not fin or length > 125:
+                    self._stop(data, sent, pos, CLOSE_PROTOCOL_ERROR, "bad control frame")
+                    return
+                stop = pos + head + length
+                if stop > end:
+                    break
+                payload = data[pos + head : stop]
+                if self._masked:
+                    payload = _unmask(payload, data[pos + head - 4 : pos + head])
+                if opcode == 8:
+                    problem = _closeProblem(payload)
+                    if problem is not None:
+                        self._stop(data, sent, pos, *problem)
+                        return
+                    self._forward(data[sent:stop])
+                    sent = stop
+                    self._closeReceived(payload)
+                elif opcode == 10 and payload == PING_PAYLOAD:
+                    self._forward(data[sent:pos])  # the answer to wslb's own ping
+                    sent = stop
+                    self._splice.alive(self)
+                pos = stop
+                continue
+            if opcode > 2 or (opcode == 0) is not self._inMessage:
+                self._stop(data, sent, pos, CLOSE_PROTOCOL_ERROR, "bad message fragment")
+                return
+            size = length if opcode else self._messageSize + length
+            if size > self._splice.maxMessageSize:
+                self._stop(data, sent, pos, CLOSE_TOO_BIG, "message too big")
+                return
+            self._messageSize = size
+            self._inMessage = not fin
+            if self._masked:
+                if opcode:
+                    self._text = _utf8Decoder() if opcode == 1 else None
+                if self._text is not None:
+                    self._key = data[pos + head - 4 : pos + head]
+                    self._offset = 0
+                    self._fin = fin
+                    if not length and fin and not self._validText(data, pos, pos):
+                        self._stop(data, sent, pos, CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
+                        return
+            traffic = self._splice.traffic
+            traffic.bytes[self._direction] += length
+            if fin:
+                traffic.messages[self._direction] += 1
+            self._splice.activity += length
+            frameStart = pos
+            pos += head
+            self._remaining = length
+        if pos < end:
+            self._held = data[pos:]
+        if sent == 0 and pos == end:
+            if self.open:
+                self._write(data)
+        else:
+            self._forward(data[sent:pos])
+
+    def _validText(self, data, start, stop):
+        """Check the payload bytes data[start:stop] of a user's text message."""
+        n = stop - start
+        shift = self._offset & 3
+        key = self._key[shift:] + self._key[:shift]
+        self._offset += n
+        mask = (key * ((n >> 2) + 1))[:n]
+        plain = (int.from_bytes(data[start:stop], "little")
+                 ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+        final = self._fin and stop - start == self._remaining
+        try:
+            self._text.decode(plain, final)
+        except UnicodeDecodeError:
+            return False
+        if final:
+            self._text = None
+        return True
+
+    def _forward(self, chunk):
+        if self.open and chunk:
+            self._write(chunk)
+
+    def _closeReceived(self, payload):
+        self.closeSeen = True
+        self.open = False  # a close frame is the last frame either way
+        if payload:
+            self.closeCode = int.from_bytes(payload[:2], "big")
+            self.closeReason = payload[2:].decode("utf-8")
+        self._splice.closeReceived(self)
+
+    def _stop(self, data, sent, frameStart, code, reason):
+        """
+        The sending side broke a rule in the frame whose header is at
+        ``frameStart`` (-1: it began in an earlier read and is partly passed
+        on already): pass on what came before it and close both sides.
+        """
+        cut = frameStart < 0
+        if not cut:
+            self._forward(data[sent:frameStart])
+        self._remaining = 0
+        self.closeSeen = True
+        self._splice.fail(self, code, reason, cut)
+
+    def send(self, frame, last=False):
+        """Send a frame of wslb's own to the destination, between two relayed frames."""
+        if not self.open:
+            return
+        if self._remaining:
+            if self._pending is None:
+                self._pending = []
+            self._pending.append((frame, last))
+        else:
+            self._write(frame)
+            if last:
+                self.open = False
+
+    def _sendPending(self):
+        pending, self._pending = self._pending, None
+        for frame, last in pending:
+            self.send(frame, last)
+
+    def atBoundary(self):
+        return not self._remaining
+
+    def connectionLost(self, reason):
+        self.transport = None
+        self._splice.sideLost(self)
+
+
+class Splice:
+    """
+    One relayed session in byte mode. Offers what L{UserLeg} offers to the
+    session bookkeeping: ``key``, ``cost``, ``placement``, ``closeWith``,
+    ``activity`` and ``keepAlive``.
+    """
+
+    __slots__ = (
+        "key", "cost", "placement", "address", "activity", "maxMessageSize", "traffic",
+        "_factory", "toWorker", "toUser", "_awaiting", "_closeTimer", "_reason",
+    )
+
+    def __init__(self, user, worker, factory):
+        self.key = user.key
+        self.cost = user.cost
+        self.placement = user.placement
+        self.address = factory.gate.address(user)
+        self.activity = 0  # payload bytes both ways, for the idle sweep
+        self.maxMessageSize = user.maxMessagePayloadSize
+        self.traffic = factory.traffic
+        self._factory = factory
+        self._awaiting = ()  # directions that owe a pong to wslb's last ping
+        self._closeTimer = None
+        self._reason = None  # why wslb closed, for the log
+        userTransport, workerTransport = user.transport, worker.transport
+        self.toWorker = _Direction(self, userTransport, workerTransport, True, TO_WORKER)
+        self.toUser = _Direction(self, workerTransport, userTransport, False, TO_USER)
+
+    @classmethod
+    def replace(cls, user, worker, factory):
+        """
+        Take both open legs' connections over; None when they cannot be
+        (the worker is in the middle of a frame, or a transport is unknown).
+        """
+        if (worker.current_frame is not None or worker.websocket_extensions_in_use
+                or user.websocket_extensions_in_use or worker._parked):
+            return None
+        splice = cls(user, worker, factory)
+        if not takeOver(user, splice.toWorker):
+            return None
+        if not takeOver(worker, splice.toUser):
+            takeOver(splice.toWorker, user)
+            return None
+        for leg in (user, worker):
+            if leg.autoPingPendingCall is not None:
+                leg.autoPingPendingCall.cancel()
+                leg.autoPingPendingCall = None
+        splice.toUser._inMessage = worker.inside_message
+        userEarly, workerEarly = user.data, worker.data
+        user.data = worker.data = b""  # autobahn must not parse these after us
+        user.transport.registerProducer(worker.transport, True)
+        worker.transport.registerProducer(user.transport, True)
+        if workerEarly:
+            splice.toUser.dataReceived(workerEarly)
+        if userEarly:
+            splice.toWorker.dataReceived(userEarly)
+        return splice
+
+    # What the session bookkeeping calls.
+
+    def closeWith(self, code, reason):
+        """Close both sides with ``code`` (session ended, idle, shutdown, moved)."""
+        if self._reason is None:
+            self._reason = (code, reason)
+        self.toUser.send(closeFrame(code, reason, masked=False), last=True)
+        self.toWorker.send(closeFrame(code, reason, masked=True), last=True)
+        self._closing()
+
+    def keepAlive(self):
+        """
+        One ``auto_ping`` tick: drop a side that did not answer the last
+        ping, ping the others.
+        """
+        if self._closeTimer is not None:
+            return  # closing anyway
+        for direction in self._awaiting:
+            if direction.transport is not None:
+                self._factory.gate.limitHit("auto_ping")
+                direction.transport.abortConnection()
+        self._awaiting = (self.toWorker, self.toUser)
+        self.toUser.send(_PING_TO_USER)
+        self.toWorker.send(_pingToWorker())
+
+    # What the directions call.
+
+    def alive(self, direction):
+        self._awaiting = tuple(d for d in self._awaiting if d is not direction)
+
+    def closeReceived(self, direction):
+        if direction is self.toUser and direction.closeCode == self._factory.endCloseCode:
+            self._factory.registry.endSession(self.key)
+        self._closing()
+        if self.toWorker.closeSeen and not self.toUser.open and self.toWorker.transport:
+            # Both close frames crossed the user's connection: as its server,
+            # wslb closes it. The worker, as ours, closes the other.
+            self.toWorker.transport.loseConnection()
+
+    def fail(self, direction, code, reason, cut):
+        """
+        ``direction``'s sender broke a rule: close both sides with ``code``.
+        ``cut``: the bad frame is partly passed on, so that connection can
+        only be dropped.
+        """
+        if code == CLOSE_TOO_BIG:
+            self._factory.gate.limitHit("max_message_size")
+        other = self.toUser if direction is self.toWorker else self.toWorker
+        if cut and other.transport is not None:
+            direction.open = False
+            other.transport.abortConnection()
+        self.closeWith(code, reason)
+        if direction.transport is not None:
+            direction.transport.loseConnection()
+
+    def sideLost(self, direction):
+        """
+        One side's connection is gone: tell the other with a close frame
+        (1001 to a worker whose user left, 1012 to a user whose worker went
+        away) unless one went already.
+        """
+        other = self.toUser if direction is self.toWorker else self.toWorker
+        survivor = other.transport
+        if survivor is None:
+            self._finished()
+            return
+        # ``direction`` carried what the lost side sent; the other way, ``other``
+        # carries to it. The survivor is written to by ``direction``.
+        if not direction.atBoundary():
+            survivor.abortConnection()  # lost mid-frame: no close frame can follow
+            return
+        if direction is self.toWorker:
+            direction.send(closeFrame(CLOSE_GOING_AWAY, "", masked=True), last=True)
+        else:
+            direction.send(closeFrame(CLOSE_TRY_AGAIN, "the worker went away", masked=False),
+                           last=True)
+            if self.toWorker.closeSeen:
+                survivor.loseConnection()  # the user's closing handshake is complete
+        self._closing()
+
+    def _closing(self):
+        if self._closeTimer is None:
+            self._closeTimer = self._factory.clock.callLater(CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self):
+        self._closeTimer = None
+        for direction in (self.toWorker, self.toUser):
+            if direction.transport is not None:
+                direction.transport.abortConnection()
+
+    def _finished(self):
+        if self._closeTimer is not None:
+            if self._closeTimer.active():
+                self._closeTimer.cancel()
+            self._closeTimer = None
+        factory = self._factory
+        code, reason = self._reason or (
+            (self.toWorker.closeCode, self.toWorker.closeReason) if self.toWorker.closeSeen
+            else (self.toUser.closeCode, self.toUser.closeReason))
+        log.info(
+            "{key} closed with {code}", event="closed", key=self.key, code=code,
+            reason=reason, clean=self.toWorker.closeSeen and self.toUser.closeSeen,
+            bytes_from_user=self.toWorker.wireBytes, bytes_to_user=self.toUser.wireBytes,
+        )
+        factory.gate.connectionLost(self.address)
+        factory.sessions.closed(self.key, self)
+        factory.sessions.release(self.key)

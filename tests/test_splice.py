@@ -1,0 +1,158 @@
+"""
+The byte relay (``listen.relay = "bytes"``, the default) with hand-made
+frames: what it must still refuse, answer or keep once it no longer parses
+messages. Behaviour both relay modes share is in test_proxy_e2e.py.
+"""
+
+import gc
+import struct
+
+import pytest
+import pytest_twisted
+from _echo_helpers import closeAll, getJSON
+from _raw_ws import BINARY, CLOSE, PING, PONG, TEXT, connectRaw, frame, upgradeRequest
+from _wslb_helpers import staticWslb
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from wslb.proxy.sessions import LiveSessions
+from wslb.proxy.splice import Splice
+from wslb.proxy.user_leg import UserLeg
+from wslb.proxy.worker_leg import WorkerLeg
+
+pytestmark = pytest.mark.workers(1)
+
+
+@pytest.fixture
+def clients():
+    opened = []
+    yield opened
+    closeAll(opened)
+
+
+@pytest.fixture
+def raws():
+    opened = []
+    yield opened
+    for raw in opened:
+        raw.transport.abortConnection()
+
+
+async def openWslb(workers, *overrides):
+    wslb = staticWslb(workers, "pool.capacity=10", *overrides)
+    await wslb.start()
+    await wslb.waitHealthy(1)
+    return wslb
+
+
+async def rawSession(wslb, key, raws):
+    raw = await connectRaw(wslb.port)
+    raws.append(raw)
+    assert await raw.handshake(upgradeRequest(wslb.port, headers={"X-WSLB-Session": key})) == 101
+    return raw
+
+
+def closeCode(payload):
+    return struct.unpack("!H", payload[:2])[0]
+
+
+async def protocolErrors(worker):
+    _, stats = await getJSON(worker.http + "/stats")
+    return stats["protocol_errors"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_workers, clients):
+    wslb = await openWslb(echo_workers)
+    try:
+        client = await wslb.connect("spliced")
+        clients.append(client)
+        assert (await client.ask("whoami"))["session"] == "spliced"
+        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
+        relays = sessions.legs()
+        assert [type(r) for r in relays] == [Splice]
+        gc.collect()
+        # Only the test's own client is an autobahn protocol still alive.
+        assert not [o for o in gc.get_objects() if isinstance(o, (UserLeg, WorkerLeg))]
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_split_across_reads_pass_whole(echo_workers, raws):
+    wslb = await openWslb(echo_workers)
+    try:
+        raw = await rawSession(wslb, "split", raws)
+        text = ("é" * 150).encode()  # 300 bytes: a 16-bit length, a character per two bytes
+        for data in (frame(TEXT, text), frame(PING, b"are you there")):
+            for i in range(len(data)):  # one byte a write: every boundary is split
+                raw.transport.write(data[i:i + 1])
+                await deferLater(reactor, 0.002)
+        assert await raw.nextMessage() == (TEXT, text)
+        assert await raw.nextMessage() == (PONG, b"are you there")  # the worker's answer
+        # A message in fragments, its UTF-8 split between them.
+        raw.transport.write(frame(TEXT, b"caf\xc3", fin=False) + frame(0, b"\xa9!"))
+        assert await raw.nextMessage() == (TEXT, "café!".encode())
+        assert await protocolErrors(echo_workers[0]) == 0
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([frame(TEXT, b"\xc3\x28")], 1007),  # invalid UTF-8
+    ([frame(TEXT, b"ok \xc3", fin=False), frame(0, b"", fin=True)], 1007),  # cut short
+    ([frame(TEXT, b"unmasked", mask=False)], 1002),
+    ([frame(TEXT, b"x", rsv=4)], 1002),
+    ([frame(5, b"reserved opcode")], 1002),
+    ([frame(0, b"orphan continuation")], 1002),
+    ([frame(PING, b"x" * 126)], 1002),
+    ([frame(CLOSE, struct.pack("!H", 1005))], 1002),
+    ([frame(CLOSE, struct.pack("!H", 4000) + b"\xff")], 1007),
+    ([frame(BINARY, b"a" * 600, fin=False), frame(0, b"b" * 600)], 1009),  # 1024 in all
+])
+@pytest_twisted.ensureDeferred
+async def test_malformed_input_is_refused_before_the_worker(echo_workers, clients, raws,
+                                                            frames, code):
+    wslb = await openWslb(echo_workers, "listen.max_message_size=1024")
+    try:
+        bystander = await wslb.connect("bystander")
+        clients.append(bystander)
+        raw = await rawSession(wslb, "hostile", raws)
+        raw.transport.write(frame(BINARY, b"fine so far"))
+        assert await raw.nextMessage() == (BINARY, b"fine so far")
+        raw.transport.write(b"".join(frames))
+        opcode, payload = await raw.nextMessage()
+        assert (opcode, closeCode(payload)) == (CLOSE, code)
+        await raw.closed.addTimeout(5, reactor)
+        assert await protocolErrors(echo_workers[0]) == 0
+        bystander.sendMessage(b"unharmed")
+        assert await bystander.nextMessage() == (b"unharmed", False)
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_ping_keeps_answering_users_and_drops_silent_ones(echo_workers, raws):
+    wslb = await openWslb(echo_workers, "listen.auto_ping=1s")
+    try:
+        silent = await rawSession(wslb, "silent", raws)
+        polite = await rawSession(wslb, "polite", raws)
+        pings = 0
+        started = reactor.seconds()
+        while reactor.seconds() - started < 3.5:
+            opcode, payload = await polite.nextMessage()
+            assert opcode == PING, (opcode, payload)  # the worker's pongs never reach users
+            pings += 1
+            polite.transport.write(frame(PONG, payload))
+        assert pings >= 3
+        assert silent.closed.called  # missed a tick's ping: dropped
+        assert PING in (b & 0x0F for b in silent.received[:1])
+        polite.transport.write(frame(TEXT, b"still here"))
+        opcode, payload = await polite.nextMessage()
+        while opcode == PING:
+            polite.transport.write(frame(PONG, payload))
+            opcode, payload = await polite.nextMessage()
+        assert (opcode, payload) == (TEXT, b"still here")
+        assert await protocolErrors(echo_workers[0]) == 0
+    finally:
+        await wslb.stop()
