@@ -18,7 +18,8 @@ from zope.interface.verify import verifyObject
 from wslb.registry import DEAD, HEALTHY, Assigned, IRegistry, Queued, redis_ops
 from wslb.registry.keys import Keys
 from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
-from wslb.registry.redis_connection import NotConnected
+from wslb.registry.redis_connection import NotConnected, RedisConnection, _CommandProtocol
+from wslb.registry.redis_url import parseRedisURL
 
 
 @defer.inlineCallbacks
@@ -119,6 +120,28 @@ class TestRedisRegistry(RegistryContract):
         except txredisapi.ResponseError as e:
             failure = e
         assert failure is not None and "unknown placement" in str(failure)
+
+
+class TestRepliesAtOnce:
+    """Replies that arrive together are parsed together, not one per reactor turn."""
+
+    @pytest_twisted.inlineCallbacks
+    def test_noReactorTurnBetweenReplies(self, redis_server, monkeypatch):
+        # txredisapi defers the bytes after each bulk string to callLater(0):
+        # with a clock that never runs, only parsing at once answers these.
+        monkeypatch.setattr(_CommandProtocol, "callLater", task.Clock().callLater)
+        connection = RedisConnection(reactor, parseRedisURL(redis_server.url), 2.0)
+        connection.connect()
+        try:
+            key = uuid.uuid4().hex
+            yield connection.execute("RPUSH", key, "a", "b", "c")
+            replies = yield defer.gatherResults(
+                [connection.execute("LRANGE", key, 0, -1) for _ in range(20)]
+                + [connection.execute("GET", key).addErrback(lambda f: f.value)])
+            assert replies[:20] == [["a", "b", "c"]] * 20
+            assert isinstance(replies[20], txredisapi.ResponseError)
+        finally:
+            yield connection.disconnect()
 
 
 class TestSharedRegistry:

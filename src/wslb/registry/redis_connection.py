@@ -165,7 +165,28 @@ class _Authenticating:
         # Otherwise the connection dropped: txredisapi reconnects.
 
 
-class _CommandProtocol(_Authenticating, txredisapi.RedisProtocol):
+class _RepliesAtOnce:
+    """
+    Parse every reply a read brought, in that read. txredisapi's parser
+    (without hiredis) leaves the bytes after each bulk string to a
+    ``callLater(0)``: one reactor turn per reply, and per element of an
+    array, when replies to concurrent commands arrive together.
+    """
+
+    _unparsed = b""
+
+    def setLineMode(self, extra=b""):
+        self.line_mode = 1
+        self._unparsed = extra  # dataReceived's loop goes on with it
+
+    def dataReceived(self, data, unpause=False):
+        super().dataReceived(data)
+        while self._unparsed:
+            data, self._unparsed = self._unparsed, b""
+            super().dataReceived(data)
+
+
+class _CommandProtocol(_RepliesAtOnce, _Authenticating, txredisapi.RedisProtocol):
     pass
 
 
@@ -178,7 +199,7 @@ class _CommandFactory(txredisapi.RedisFactory):
         self.address = address
 
 
-class _SubscriberProtocol(_Authenticating, txredisapi.SubscriberProtocol):
+class _SubscriberProtocol(_RepliesAtOnce, _Authenticating, txredisapi.SubscriberProtocol):
     def connectionMade(self):
         self.whenConnected().addCallback(self.factory.ready)
         return super().connectionMade()
