@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from wslb._units import parse_duration, parse_size
 from wslb.registry._interfaces import PACK, SPREAD
+from wslb.reuseport import isReusePort
 
 __all__ = [
     "AdminConfig",
@@ -235,7 +236,8 @@ def _server_endpoint(value):
     try:
         serverFromString(reactor, value)
     except Exception as e:
-        expected = 'a Twisted server endpoint such as "tcp:8080" or "unix:/run/wslb.sock"'
+        expected = ('a Twisted server endpoint such as "tcp:8080", "reuseport:8080"'
+                    ' or "unix:/run/wslb.sock"')
         raise _bad(expected, value, reason=str(e) or type(e).__name__) from None
 
 
@@ -562,6 +564,13 @@ def _relations(config):
             ("session.jwt_public_key_file", "session.jwt_algorithms"),
             "session.jwt_public_key_file: required when session.jwt_algorithms has RS256"
             ' or ES256, got ""',
+        )
+    if isReusePort(config.listen.endpoint) and config.registry.backend == "memory":
+        yield (
+            ("listen.endpoint", "registry.backend"),
+            f"listen.endpoint: {_show(config.listen.endpoint)} shares its port with other"
+            ' processes, which must share the registry: set registry.backend = "redis"'
+            " (with the memory registry each process would hand out the same workers)",
         )
     if pool.provider == "ec2" and not pool.ec2.launch_template:
         yield (
