@@ -122,6 +122,13 @@ class TestRedisRegistry(RegistryContract):
         assert failure is not None and "unknown placement" in str(failure)
 
 
+def test_commandsAreEncodedAsTxredisapiEncodesThem():
+    args = ("EVALSHA", "a" * 40, 8, "{ns}:workers", "kéy", "", 1.5, b"raw", bytearray(b"ba"))
+    ours = _CommandProtocol(charset="utf-8")._build_command(*args)
+    assert ours == txredisapi.BaseRedisProtocol(charset="utf-8")._build_command(*args)
+    assert ours.startswith(b"*9\r\n$7\r\nEVALSHA\r\n$40\r\n")
+
+
 class TestRepliesAtOnce:
     """Replies that arrive together are parsed together, not one per reactor turn."""
 
