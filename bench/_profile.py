@@ -42,7 +42,7 @@ def _frame(frame):
 
 
 def summarise(rawPath, top=TOP):
-    """Text: the ``top`` functions by own (leaf) samples with their totals, and own time by package."""
+    """Text: the ``top`` functions by own (leaf) samples with their totals; own time by package."""
     own = collections.Counter()
     total = collections.Counter()
     packages = collections.Counter()

@@ -1,6 +1,7 @@
 """
 The run's results as Markdown: what ran where, the medians with their ratios
-to direct and to HAProxy, CPU shares, and every round's values.
+to direct and to HAProxy (and of several wslb processes to one), CPU shares,
+and every round's values.
 """
 
 import datetime
@@ -72,7 +73,8 @@ def software(node, nodeModules, haproxyLabel):
         f"Python {platform.python_version()}",
         f"Twisted {metadata.version('twisted')}",
         f"Autobahn {metadata.version('autobahn')}",
-        f"node {subprocess.run([node, '--version'], capture_output=True, text=True).stdout.strip()}",
+        "node " + subprocess.run([node, "--version"], capture_output=True,
+                                 text=True).stdout.strip(),
         nodeModules,
     ]
     if haproxyLabel:
@@ -112,7 +114,8 @@ def render(results, scenarios, targets, settings):
     labels = {t.name: t.label for t in targets}
     subjects = [n for n in names if n.startswith("wslb")]
     references = [n for n in ("direct", "haproxy") if n in names]
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    scaled = [(t.name, t.scaleOf) for t in targets if getattr(t, "scaleOf", None) in names]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         f"## {now}: {settings['rounds']} round(s){' (quick)' if settings['quick'] else ''}\n",
         f"- command: `{command()}`",
@@ -124,12 +127,14 @@ def render(results, scenarios, targets, settings):
     ]
     header = ["scenario", "unit", *(labels[n] for n in names)]
     header += [f"{labels[s]} / {labels[r].split()[0]}" for s in subjects for r in references]
+    header += [f"{labels[s]} / {labels[r]}" for s, r in scaled]
     out += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for scenario in scenarios:
         for row in scenario.rows:
             medians = {n: results.median(scenario, row, n) for n in names}
             cells = [row.label, row.unit, *(_fmt(medians[n], row.digits) for n in names)]
             cells += [_ratio(medians[s], medians[r]) for s in subjects for r in references]
+            cells += [_ratio(medians[s], medians[r]) for s, r in scaled]
             out.append("| " + " | ".join(cells) + " |")
     out += [
         "",

@@ -129,7 +129,8 @@ class _Loadgen:
         try:
             line = self._lines.get(timeout=max(0.0, remaining))
         except queue.Empty:
-            raise LoadgenFailed(f"load generator silent past {self.limit + SLACK:.0f} s")
+            raise LoadgenFailed(
+                f"load generator silent past {self.limit + SLACK:.0f} s") from None
         if line is None:
             self.process.wait(5)
             raise LoadgenFailed(f"load generator exited with {self.process.returncode}")

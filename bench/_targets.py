@@ -1,6 +1,7 @@
 """
 What the load generator is pointed at: the echo workers directly, HAProxy in
-front of them, and wslb in front of them (memory registry, and Redis).
+front of them, and wslb in front of them (memory registry, Redis, and two
+processes on one port with Redis).
 
 Each target knows its WebSocket URLs and the pids whose CPU and memory count
 as "the proxy". All listen on 127.0.0.1 only.
@@ -158,19 +159,29 @@ class Wslb:
     ``pool.capacity`` is large and ``placement`` is spread: the benchmark
     creates tens of thousands of sessions (each kept for the reconnect grace)
     and must never queue; spread matches HAProxy's round robin.
+
+    With ``processes`` > 1 (Redis only), that many twistd processes share one
+    ``reuseport:`` listening port and the target's redis-server; the kernel
+    spreads connections among them. Each has its own admin port.
     """
 
     proxied = True
+    scaleOf = None  # with several processes: the one-process target's name
 
-    def __init__(self, children, workers, logDir, backend="memory", redisServer=None):
+    def __init__(self, children, workers, logDir, backend="memory", redisServer=None,
+                 processes=1):
         self._children = children
         self._processes = []
         self.name = "wslb" if backend == "memory" else f"wslb-{backend}"
         self.label = "wslb" if backend == "memory" else f"wslb ({backend})"
-        port, adminPort = freePort(), freePort()
-        overrides = [
-            f"listen.endpoint=tcp:{port}:interface=127.0.0.1",
-            f"admin.endpoint=tcp:{adminPort}:interface=127.0.0.1",
+        if processes > 1:
+            self.name += f"-x{processes}"
+            self.label += f" x{processes} processes"
+            self.scaleOf = self.name.rpartition("-")[0]
+        port = freePort()
+        listen = f"reuseport:{port}" if processes > 1 else f"tcp:{port}"
+        shared = [
+            f"listen.endpoint={listen}:interface=127.0.0.1",
             "pool.provider=static",
             "pool.static.workers=" + json.dumps(workers.urls),
             "pool.capacity=100000",
@@ -187,21 +198,23 @@ class Wslb:
             )
             self._processes.append(redis)
             waitListening(self._redisPort, redis, READY_TIMEOUT, "redis-server")
-            overrides.append(f"registry.url=redis://127.0.0.1:{self._redisPort}/0")
-        args = [twistdPath(), "-n", "--pidfile=", "-l", str(logDir / f"{self.name}.log"), "wslb"]
-        for override in overrides:
-            args += ["--set", override]
-        self.logs = (logDir / f"{self.name}.out", logDir / f"{self.name}.log")
-        process = children.start(args, log=self.logs[0], cwd=logDir)
-        self._processes.append(process)
+            shared.append(f"registry.url=redis://127.0.0.1:{self._redisPort}/0")
+        self.logs = []
+        twistds = []
         try:
-            waitListening(port, process, READY_TIMEOUT, self.name)
-            self._waitHealthy(adminPort, len(workers.urls), process)
+            for number in range(processes):
+                adminPort = freePort()
+                name = self.name if processes == 1 else f"{self.name}-{number + 1}"
+                admin = f"admin.endpoint=tcp:{adminPort}:interface=127.0.0.1"
+                process = self._startTwistd(logDir, name, [*shared, admin])
+                twistds.append(process)
+                waitListening(port, process, READY_TIMEOUT, name)
+                self._waitHealthy(adminPort, len(workers.urls), process)
             probeHandshake(port)
             if backend == "redis":
                 self._checkRedisUsed()
         except Exception as e:
-            exited = process.poll() is not None
+            exited = any(process.poll() is not None for process in twistds)
             self.stop()
             if exited:
                 raise RuntimeError(f"{e}; its output ends:\n{_tail(self.logs)}") from e
@@ -209,7 +222,16 @@ class Wslb:
         self.urls = [f"ws://127.0.0.1:{port}/"]
         # The Redis server works for wslb here: its CPU counts as the proxy's.
         self.pids = [p.pid for p in reversed(self._processes)]
-        self.process = process
+        self.process = twistds[0]
+
+    def _startTwistd(self, logDir, name, overrides):
+        args = [twistdPath(), "-n", "--pidfile=", "-l", str(logDir / f"{name}.log"), "wslb"]
+        for override in overrides:
+            args += ["--set", override]
+        self.logs += [logDir / f"{name}.out", logDir / f"{name}.log"]
+        process = self._children.start(args, log=self.logs[-2], cwd=logDir)
+        self._processes.append(process)
+        return process
 
     def _waitHealthy(self, adminPort, count, process):
         deadline = time.monotonic() + READY_TIMEOUT

@@ -2,7 +2,7 @@
 wslb's benchmark: wslb against HAProxy and against no proxy at all, driven by
 the same node load generator, interleaved over several rounds.
 
-    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--no-record]
+    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--no-x2] [--no-record]
     python bench/run.py --profile [SCENARIO]   # py-spy of wslb (default pingpong-50)
 
 Run it with the project's venv Python (its twistd is used). Everything listens
@@ -48,6 +48,8 @@ def parseArgs(argv):
     parser.add_argument("--idle", type=int, help=f"idle connections held ({IDLE_CONNECTIONS})")
     parser.add_argument("--only", help="comma-separated scenario names to run")
     parser.add_argument("--no-redis", action="store_true", help="skip wslb with the Redis registry")
+    parser.add_argument("--no-x2", action="store_true",
+                        help="skip two wslb processes on one port (Redis registry)")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     parser.add_argument("--profile", nargs="?", const="pingpong-50", metavar="SCENARIO",
                         help="instead: py-spy wslb under one scenario (default pingpong-50), "
@@ -81,8 +83,9 @@ def ensureWs(node):
 
 def nodeModuleVersions():
     """"ws 8.23.0, bufferutil 4.1.0": what bench/node_modules holds."""
+    modules = BENCH / "node_modules"
     return ", ".join(
-        f"{name} {json.loads((BENCH / 'node_modules' / name / 'package.json').read_text())['version']}"
+        f"{name} {json.loads((modules / name / 'package.json').read_text())['version']}"
         for name in json.loads((BENCH / "package.json").read_text())["dependencies"]
     )
 
@@ -120,6 +123,7 @@ class Run:
         self.logDir = logDir
         self.results = _report.Results()
         self.redisSkipped = args.no_redis
+        self.pairSkipped = args.no_redis or args.no_x2
         self.redisServer = shutil.which("redis-server")
         self.workers = EchoWorkers(children, node, args.workers, logDir)
         self.scenarios = [s for s in scenarios(args.idle)
@@ -140,11 +144,20 @@ class Run:
                 targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
                                     self.redisServer))
             except Exception as e:
-                self.redisSkipped = True
-                note = f"wslb with registry.backend=redis skipped: {e}"
-                print(f"NOTE: {note}", flush=True)
-                self.results.notes.append(note.split("\n")[0])
+                self.redisSkipped = self.pairSkipped = True
+                self.skipped(f"wslb with registry.backend=redis skipped: {e}")
+        if not self.pairSkipped:
+            try:
+                targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
+                                    self.redisServer, processes=2))
+            except Exception as e:
+                self.pairSkipped = True
+                self.skipped(f"two wslb processes on one reuseport port skipped: {e}")
         return targets
+
+    def skipped(self, note):
+        print(f"NOTE: {note}", flush=True)
+        self.results.notes.append(note.split("\n")[0])
 
     def round(self, number):
         targets = self.startTargets()
@@ -189,7 +202,7 @@ class Run:
         usage = (f"  cpu: loadgen {cpu['loadgen']:.0f}%, proxy {cpu['proxy']:.0f}%, "
                  f"workers {cpu['workers']:.0f}%, other {cpu['other']:.0f}%" if cpu else "")
         print(f"round {number + 1}/{self.args.rounds}  {scenario.name:13} "
-              f"{target.name:11} {shown:>18}{usage}", flush=True)
+              f"{target.name:13} {shown:>18}{usage}", flush=True)
 
     def report(self):
         setup = (f"{self.args.workers} node ws echo workers; load generator (node ws), workers "
@@ -197,10 +210,13 @@ class Run:
                  f"round(s), each run {self.args.timing.warmup:g} s warm-up + "
                  f"{self.args.timing.duration:g} s measured (idle memory: first round only); "
                  "wslb: twistd -n wslb, static "
-                 "provider, pool.capacity=100000, placement=spread, default logging")
+                 "provider, pool.capacity=100000, placement=spread, default logging; "
+                 "x2 processes: two such twistd on one reuseport: port and one redis-server, "
+                 "their CPU and memory summed")
         revision = _report.revision()
         if revision != self.revision:
-            revision = f"{self.revision} at the start, {revision} at the end (src/ changed during the run)"
+            revision = (f"{self.revision} at the start, {revision} at the end "
+                        "(src/ changed during the run)")
         settings = {
             "revision": revision,
             "rounds": self.args.rounds, "quick": self.args.quick, "setup": setup,
