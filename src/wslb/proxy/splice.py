@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import os
 
+from twisted.internet import tcp
 from twisted.logger import Logger
 
 from wslb.metrics import TO_USER, TO_WORKER
@@ -108,15 +109,16 @@ class _Direction:
     """
 
     __slots__ = (
-        "_splice", "transport", "_write", "_masked", "_direction", "_remaining", "_held",
-        "_inMessage", "_messageSize", "_text", "_key", "_offset", "_fin", "wireBytes",
-        "open", "_pending", "closeSeen", "closeCode", "closeReason",
+        "_splice", "transport", "_destination", "_sendNow", "_masked", "_direction",
+        "_remaining", "_held", "_inMessage", "_messageSize", "_text", "_key", "_offset",
+        "_fin", "wireBytes", "open", "_pending", "closeSeen", "closeCode", "closeReason",
     )
 
     def __init__(self, splice, transport, destination, fromUser, direction):
         self._splice = splice
         self.transport = transport  # the sending side; None once it is gone
-        self._write = destination.write
+        self._destination = destination
+        self._sendNow = isinstance(destination, tcp.Connection)
         self._masked = fromUser  # users mask their frames, workers do not
         self._direction = direction
         self._remaining = 0  # payload bytes of the current frame still to pass
@@ -258,6 +260,22 @@ class _Direction:
             self._text = None
         return True
 
+    def _write(self, data):
+        """
+        Write to the destination. Twisted queues every write for the next
+        reactor turn (a turn and two epoll_ctl calls for each relayed read);
+        when nothing is queued before them, the bytes go to the socket now.
+        """
+        destination = self._destination
+        if (self._sendNow and not destination.dataBuffer and not destination._tempDataLen
+                and destination.connected and not destination.disconnecting):
+            sent = destination.writeSomeData(data)
+            if sent == len(data):
+                return
+            if not isinstance(sent, Exception):
+                data = data[sent:]
+        destination.write(data)
+
     def _forward(self, chunk):
         if self.open and chunk:
             self._write(chunk)
@@ -398,8 +416,6 @@ class Splice:
         self._awaiting = tuple(d for d in self._awaiting if d is not direction)
 
     def closeReceived(self, direction):
-        if direction is self.toUser and direction.closeCode == self._factory.endCloseCode:
-            self._factory.registry.endSession(self.key)
         self._closing()
         if self.toWorker.closeSeen and not self.toUser.open and self.toWorker.transport:
             # Both close frames crossed the user's connection: as its server,
@@ -428,13 +444,18 @@ class Splice:
         (1001 to a worker whose user left, 1012 to a user whose worker went
         away) unless one went already.
         """
+        if (direction is self.toUser and direction.closeSeen
+                and direction.closeCode == self._factory.endCloseCode):
+            # The worker ended the session. Its slot is free once the worker's
+            # connection is gone, not at its close frame: a newcomer must not
+            # reach a worker still closing the old session.
+            self._factory.registry.endSession(self.key)
         other = self.toUser if direction is self.toWorker else self.toWorker
         survivor = other.transport
         if survivor is None:
             self._finished()
             return
-        # ``direction`` carried what the lost side sent; the other way, ``other``
-        # carries to it. The survivor is written to by ``direction``.
+        # ``direction`` carried what the lost side sent; it writes to the survivor.
         if not direction.atBoundary():
             survivor.abortConnection()  # lost mid-frame: no close frame can follow
             return
