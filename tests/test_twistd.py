@@ -125,8 +125,8 @@ async def test_json_logs_carry_a_connection_lifecycle(tmp_path):
         worker.kill()
     lines = [json.loads(line) for line in wslb.process_output.splitlines() if line.strip()]
     events = {record.get("event"): record for record in lines if record.get("key") == "logged"}
-    assert events["assigned"]["worker"] == f"127.0.0.1:{worker.port}"
-    assert events["assigned"]["fresh"] is True
+    assert events["opened"]["worker"] == f"127.0.0.1:{worker.port}"
+    assert events["opened"]["fresh"] is True
     assert events["opened"]["worker_url"].startswith(worker.url)
     closed = events["closed"]
     assert closed["code"] == 4001 and closed["bytes_from_user"] > 5

@@ -50,6 +50,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
     placement = None  # WorkerRef: the worker this session is bound to
     worker = None  # the open WorkerLeg, until the user leg opens
     _counted = False  # assign() counted this connection: release() it once
+    _assigned = None  # (fresh, seconds waited) for the log
     _opening = None  # the Deferred onConnect returned
     _handshakeTimer = None
     _refusalHeaders = ()
@@ -125,11 +126,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         # keep the whole list of its sessions alive with every connection.
         self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
-        log.info(
-            "{key} assigned to {worker}", event="assigned", key=self.key,
-            worker=assigned.worker.id, fresh=assigned.fresh, cost=identity.cost,
-            waited=round(factory.clock.seconds() - asked, 3), peer=self.factory.gate.address(self),
-        )
+        self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
         try:
             self.worker = await factory.connectWorker(
                 assigned.worker.url, self.http_request_uri,
@@ -181,9 +178,14 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             self.attach(worker, factory.traffic)
         factory.gate.accepted()
         factory.sessions.opened(self.key, relay)
-        log.info("{key} relaying to {worker_url}", event="opened", key=self.key,
-                 worker_url=worker.factory.url, protocol=self.websocket_protocol_in_use,
-                 mode="bytes" if relay is not self else "frames")
+        fresh, waited = self._assigned
+        log.info(
+            "{key} relaying to {worker}", event="opened", key=self.key,
+            worker=self.placement.id, worker_url=worker.factory.url, fresh=fresh,
+            cost=self.cost, waited=waited, peer=factory.gate.address(self),
+            protocol=self.websocket_protocol_in_use,
+            mode="bytes" if relay is not self else "frames",
+        )
 
     # What the session bookkeeping calls (a L{Splice} offers the same).
 

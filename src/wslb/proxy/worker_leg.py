@@ -19,6 +19,9 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from wslb.metrics import TO_USER
 from wslb.proxy.relay import RelayMixin
 
+# Worker endpoints kept at most (a pool's workers, plus some churn).
+MAX_KNOWN_WORKERS = 1024
+
 
 class WorkerUnavailable(Exception):
     """The worker could not be reached, or refused the handshake."""
@@ -115,20 +118,15 @@ class WorkerConnector:
                                   **options)
         shared.protocol = withSettingsOnClass(WorkerLeg, shared)
         self._shared = shared
+        self._endpoints = {}  # worker URL -> what _endpoint made of it
 
-    def connect(self, workerUrl, uri, headers, protocols):
-        """
-        Open a leg to ``workerUrl`` (ws:// or wss://) for the request ``uri``
-        (path and query, as the user sent them). Fires with the open
-        L{WorkerLeg} or fails with L{WorkerUnavailable} within the timeout.
-        """
+    def _endpoint(self, workerUrl):
+        """("scheme://host:port", client endpoint) for a worker, made once per worker."""
+        known = self._endpoints.get(workerUrl)
+        if known is not None:
+            return known
         reactor, timeout = self._reactor, self._timeout
         parts = urlsplit(workerUrl)
-        factory = _OneLeg(
-            self._shared, f"{parts.scheme}://{parts.netloc}{uri}",
-            origin=headers.pop("Origin", None), protocols=protocols,
-            useragent=headers.pop("User-Agent", None), headers=headers,
-        )
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
         if isIPAddress(host):  # no name to resolve: skip the resolver's thread hop
             endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
@@ -140,7 +138,24 @@ class WorkerConnector:
             from twisted.internet.ssl import optionsForClientTLS
 
             endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        if len(self._endpoints) >= MAX_KNOWN_WORKERS:
+            self._endpoints.clear()  # workers come and go: forget the old ones now and then
+        known = self._endpoints[workerUrl] = (f"{parts.scheme}://{parts.netloc}", endpoint)
+        return known
 
+    def connect(self, workerUrl, uri, headers, protocols):
+        """
+        Open a leg to ``workerUrl`` (ws:// or wss://) for the request ``uri``
+        (path and query, as the user sent them). Fires with the open
+        L{WorkerLeg} or fails with L{WorkerUnavailable} within the timeout.
+        """
+        reactor, timeout = self._reactor, self._timeout
+        origin, endpoint = self._endpoint(workerUrl)
+        factory = _OneLeg(
+            self._shared, origin + uri,
+            origin=headers.pop("Origin", None), protocols=protocols,
+            useragent=headers.pop("User-Agent", None), headers=headers,
+        )
         opened = factory.opened = defer.Deferred()
         connecting = endpoint.connect(factory)
 
