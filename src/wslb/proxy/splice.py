@@ -25,6 +25,7 @@ import os
 
 from twisted.internet import tcp
 from twisted.logger import Logger
+from twisted.protocols import policies
 
 from wslb.metrics import TO_USER, TO_WORKER
 
@@ -82,6 +83,17 @@ def _closeProblem(payload):
     return None
 
 
+def _writesLandIn(transport):
+    """
+    The transport a write on ``transport`` ends up in: a wrapper that passes
+    writes on untouched (the PROXY protocol's) is skipped; TLS is not.
+    """
+    while (isinstance(transport, policies.ProtocolWrapper)
+           and type(transport).write is policies.ProtocolWrapper.write):
+        transport = transport.transport
+    return transport
+
+
 def takeOver(protocol, new):
     """
     Make ``new`` receive what ``protocol``'s transport reads. The transport
@@ -117,7 +129,7 @@ class _Direction:
     def __init__(self, splice, transport, destination, fromUser, direction):
         self._splice = splice
         self.transport = transport  # the sending side; None once it is gone
-        self._destination = destination
+        self._destination = destination = _writesLandIn(destination)
         self._sendNow = isinstance(destination, tcp.Connection)
         self._masked = fromUser  # users mask their frames, workers do not
         self._direction = direction
