@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from wslb._units import parse_duration, parse_size
 from wslb.registry._interfaces import PACK, SPREAD
-from wslb.reuseport import isReusePort
 
 __all__ = [
     "AdminConfig",
@@ -527,6 +526,8 @@ class Config:
 
 def _relations(config):
     """Yield (keys involved, problem) for every rule spanning several keys."""
+    from wslb.reuseport import isReusePort  # imports Twisted: only when validating
+
     pool, session = config.pool, config.session
     for low, high in [
         ("min_spare", "max_spare"),
