@@ -160,6 +160,7 @@ class Wslb:
     creates tens of thousands of sessions (each kept for the reconnect grace)
     and must never queue; spread matches HAProxy's round robin.
 
+    ``relay = "frames"`` measures the framed relay the byte relay replaced.
     With ``processes`` > 1 (Redis only), that many twistd processes share one
     ``reuseport:`` listening port and the target's redis-server; the kernel
     spreads connections among them. Each has its own admin port.
@@ -169,11 +170,14 @@ class Wslb:
     scaleOf = None  # with several processes: the one-process target's name
 
     def __init__(self, children, workers, logDir, backend="memory", redisServer=None,
-                 processes=1):
+                 processes=1, relay="bytes"):
         self._children = children
         self._processes = []
         self.name = "wslb" if backend == "memory" else f"wslb-{backend}"
         self.label = "wslb" if backend == "memory" else f"wslb ({backend})"
+        if relay != "bytes":
+            self.name += f"-{relay}"
+            self.label += f" relay={relay}"
         if processes > 1:
             self.name += f"-x{processes}"
             self.label += f" x{processes} processes"
@@ -187,6 +191,7 @@ class Wslb:
             "pool.capacity=100000",
             "pool.placement=spread",
             f"registry.backend={backend}",
+            f"listen.relay={relay}",
         ]
         self._redisPort = None
         if backend == "redis":

@@ -2,7 +2,7 @@
 wslb's benchmark: wslb against HAProxy and against no proxy at all, driven by
 the same node load generator, interleaved over several rounds.
 
-    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--no-x2] [--no-record]
+    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--no-frames] [--no-x2] [--no-record]
     python bench/run.py --profile [SCENARIO]   # py-spy of wslb (default pingpong-50)
 
 Run it with the project's venv Python (its twistd is used). Everything listens
@@ -48,6 +48,8 @@ def parseArgs(argv):
     parser.add_argument("--idle", type=int, help=f"idle connections held ({IDLE_CONNECTIONS})")
     parser.add_argument("--only", help="comma-separated scenario names to run")
     parser.add_argument("--no-redis", action="store_true", help="skip wslb with the Redis registry")
+    parser.add_argument("--no-frames", action="store_true",
+                        help="skip wslb with listen.relay=frames (the framed relay)")
     parser.add_argument("--no-x2", action="store_true",
                         help="skip two wslb processes on one port (Redis registry)")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
@@ -139,6 +141,8 @@ class Run:
             targets.append(HAProxy(self.children, self.haproxy, self.workers, self.logDir))
             self.haproxyLabel = targets[-1].label
         targets.append(Wslb(self.children, self.workers, self.logDir))
+        if not self.args.no_frames:
+            targets.append(Wslb(self.children, self.workers, self.logDir, relay="frames"))
         if not self.redisSkipped:
             try:
                 targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
