@@ -137,8 +137,19 @@ class RedisConnection:
     def _bounded(self, call):
         if self._commands is None:
             return defer.fail(NotConnected("Redis connection not started"))
-        d = defer.maybeDeferred(call, self._commands.handler)
+        d = defer.maybeDeferred(call, self._target())
         return d.addTimeout(self.timeout, self.clock)
+
+    def _target(self):
+        """
+        The command connection when it is up, else txredisapi's handler,
+        which waits for one: going through the handler costs a generator
+        and two Deferreds per command, on every handshake.
+        """
+        for protocol in self._commands.pool:
+            if protocol.connected:
+                return protocol
+        return self._commands.handler
 
 
 class _Authenticating:
