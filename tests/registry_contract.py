@@ -15,6 +15,8 @@ The harness cleans up whatever ``make()`` created when its fixture ends.
 Times (``now``) are plain numbers: the contract never reads a clock.
 """
 
+import dataclasses
+
 import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
@@ -159,6 +161,16 @@ class RegistryContract:
         for worker_id in ["w3", "w1", "w2"]:
             yield registry.addWorker(worker_id, "ws://h:1", "local", 1, 0)
         assert [w.id for w in (yield registry.listWorkers())] == ["w1", "w2", "w3"]
+
+    @pytest_twisted.inlineCallbacks
+    def test_listWorkersWithoutTheirSessions(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        yield addHealthy(registry, "w2", capacity=10)
+        yield registry.assign(request("a", cost=3), 1)
+        full = yield registry.listWorkers()
+        bare = yield registry.listWorkers(sessions=False)
+        assert [w.sessions for w in full] == [("a",), ()]
+        assert bare == [dataclasses.replace(w, sessions=None) for w in full]
 
     @pytest_twisted.inlineCallbacks
     def test_unknownWorker(self, registry):

@@ -38,7 +38,7 @@ class LargestCapacity(TimerService):
         return self._largest
 
     def refresh(self):
-        d = self._registry.listWorkers()
+        d = self._registry.listWorkers(sessions=False)
         d.addCallback(self._learn)
         # A TimerService stops for good on an unhandled error.
         d.addErrback(lambda f: log.warn(

@@ -130,8 +130,12 @@ class IRegistry(Interface):
     def getWorker(worker_id):
         """Fire with the L{Worker}, or None."""
 
-    def listWorkers():
-        """Fire with a list of every L{Worker}, ordered by id."""
+    def listWorkers(sessions=True):
+        """
+        Fire with a list of every L{Worker}, ordered by id. With
+        ``sessions`` False their ``sessions`` is None: for periodic callers
+        that need none, since the lists grow with the sessions.
+        """
 
     def setWorkerState(worker_id, state, now, allowedFrom=None):
         """

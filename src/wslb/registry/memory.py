@@ -141,8 +141,8 @@ class MemoryRegistry:
         return None if record is None else self._worker(record)
 
     @_deferred
-    def listWorkers(self):
-        return [self._worker(self._workers[i]) for i in sorted(self._workers)]
+    def listWorkers(self, sessions=True):
+        return [self._worker(self._workers[i], listed=sessions) for i in sorted(self._workers)]
 
     @_deferred
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):

@@ -148,8 +148,8 @@ class RedisRegistry(Service):
     def getWorker(self, worker_id):
         return self._run(redis_ops.getWorker, worker_id)
 
-    def listWorkers(self):
-        return self._run(redis_ops.listWorkers)
+    def listWorkers(self, sessions=True):
+        return self._run(redis_ops.listWorkers, sessions)
 
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):
         return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom)

@@ -161,8 +161,8 @@ def getWorker(worker_id) -> Op:
     return Op("get_worker", (worker_id,), _decodeWorker)
 
 
-def listWorkers() -> Op:
-    return Op("list_workers", (), _decodeWorkers)
+def listWorkers(sessions=True) -> Op:
+    return Op("list_workers", ("1" if sessions else "0",), _decodeWorkers)
 
 
 def setWorkerState(worker_id, state, now, allowedFrom=None) -> Op:
