@@ -76,7 +76,7 @@ class Metrics:
     def refresh(self, registry, clock):
         """Fire when the registry-derived gauges are current."""
         d = defer.gatherResults([
-            registry.listWorkers(), registry.listSessions(),
+            registry.listWorkers(sessions=False), registry.listSessions(),
             registry.queueInfo(clock.seconds()),
         ], consumeErrors=True)
 

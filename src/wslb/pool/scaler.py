@@ -66,7 +66,7 @@ class Scaler:
         yield self._reconcile()
         if not self._provider.managed:
             return
-        workers = yield self._registry.listWorkers()
+        workers = yield self._registry.listWorkers(sessions=False)
         queue = yield self._registry.queueInfo(self._clock.seconds())
         ours = [worker for worker in workers if worker.provider == self._provider.name]
         dead = [worker.id for worker in ours if worker.state == DEAD]
@@ -84,7 +84,7 @@ class Scaler:
         removed at once, or health checks would revive them.
         """
         listed = yield self._provider.list()
-        workers = yield self._registry.listWorkers()
+        workers = yield self._registry.listWorkers(sessions=False)
         now = self._clock.seconds()
         known = {worker.id for worker in workers}
         adopted = [worker for worker in listed if worker.id not in known]
