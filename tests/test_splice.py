@@ -10,14 +10,14 @@ import weakref
 
 import pytest
 import pytest_twisted
-from _echo_helpers import closeAll, getJSON
+from _echo_helpers import EchoWorkerProcess, closeAll, getJSON, waitFor
 from _raw_ws import BINARY, CLOSE, PING, PONG, TEXT, connectRaw, frame, upgradeRequest
 from _wslb_helpers import staticWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from wslb.proxy.sessions import LiveSessions
-from wslb.proxy.splice import Splice
+from wslb.proxy.splice import CLOSE_TIMEOUT, Splice
 from wslb.proxy.user_leg import UserLeg
 from wslb.proxy.worker_leg import WorkerLeg
 
@@ -156,5 +156,112 @@ async def test_auto_ping_keeps_answering_users_and_drops_silent_ones(echo_worker
             opcode, payload = await polite.nextMessage()
         assert (opcode, payload) == (TEXT, b"still here")
         assert await protocolErrors(echo_workers[0]) == 0
+    finally:
+        await wslb.stop()
+
+
+async def workerCloses(worker, key):
+    """The close codes the worker saw for ``key``'s connections, once there is one."""
+    _, stats = await waitFor(
+        lambda: getJSON(worker.http + "/stats"),
+        lambda answer: any(c["session"] == key for c in answer[1]["closes"]),
+    )
+    return [c["code"] for c in stats["closes"] if c["session"] == key]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_vanishing_closes_the_worker_leg_with_1001(echo_workers, raws):
+    wslb = await openWslb(echo_workers)
+    try:
+        raw = await rawSession(wslb, "vanishing", raws)
+        raw.transport.write(frame(TEXT, b"hi"))
+        assert await raw.nextMessage() == (TEXT, b"hi")
+        raw.transport.abortConnection()  # no close frame, just gone
+        assert await workerCloses(echo_workers[0], "vanishing") == [1001]
+        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
+        assert sessions.legs() == []
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_ignoring_wslbs_close_is_still_dropped(echo_workers, raws):
+    wslb = await openWslb(echo_workers, "listen.idle_timeout=1s")
+    try:
+        raw = await rawSession(wslb, "deaf", raws)
+        opcode, payload = await raw.nextMessage()  # idle: wslb closes, the user never answers
+        assert (opcode, closeCode(payload)) == (CLOSE, 1008)
+        await raw.closed.addTimeout(CLOSE_TIMEOUT + 1, reactor)
+        assert await workerCloses(echo_workers[0], "deaf") == [1008]
+        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
+        assert sessions.legs() == []
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_after_a_close_frame_is_read(echo_workers, raws):
+    wslb = await openWslb(echo_workers)
+    try:
+        raw = await rawSession(wslb, "tidy", raws)
+        # A close and, in the same read, a frame that would be invalid UTF-8.
+        raw.transport.write(frame(CLOSE, struct.pack("!H", 1000)) + frame(TEXT, b"\xff"))
+        opcode, payload = await raw.nextMessage()
+        assert (opcode, closeCode(payload)) == (CLOSE, 1000)  # the worker's answer, not 1007
+        await raw.closed.addTimeout(5, reactor)
+        assert await workerCloses(echo_workers[0], "tidy") == [1000]
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_sending_is_alive_without_answering_pings(echo_workers, raws):
+    wslb = await openWslb(echo_workers, "listen.auto_ping=1s")
+    try:
+        busy = await rawSession(wslb, "busy", raws)
+        started = reactor.seconds()
+        while reactor.seconds() - started < 3.5:
+            busy.transport.write(frame(BINARY, b"data"))
+            await deferLater(reactor, 0.3)
+        assert not busy.closed.called
+    finally:
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_large_frame_is_activity(echo_workers, raws):
+    wslb = await openWslb(echo_workers, "listen.idle_timeout=2s")
+    try:
+        raw = await rawSession(wslb, "slow", raws)
+        payload = bytes(range(256)) * 160  # 40 KiB, trickled over about 4 s
+        data = frame(BINARY, payload)
+        for i in range(0, len(data), 2048):
+            raw.transport.write(data[i:i + 2048])
+            await deferLater(reactor, 0.2)
+        assert await raw.nextMessage() == (BINARY, payload)  # not closed as idle
+    finally:
+        await wslb.stop()
+
+
+@pytest.fixture
+def echoingWorker():
+    """An echo worker that answers a close with the peer's own code."""
+    worker = EchoWorkerProcess("--echo-close-code").waitHealthy()
+    yield worker
+    worker.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_closing_with_the_end_code_does_not_end_its_session(echoingWorker, raws):
+    wslb = await openWslb([echoingWorker])
+    try:
+        raw = await rawSession(wslb, "mine", raws)
+        raw.transport.write(frame(CLOSE, struct.pack("!H", 4000)))  # end_close_code
+        opcode, payload = await raw.nextMessage()
+        assert (opcode, closeCode(payload)) == (CLOSE, 4000)  # the worker's answer
+        await raw.closed.addTimeout(5, reactor)
+        await deferLater(reactor, 0.2)
+        status, session = await getJSON(wslb.admin + "/api/v1/sessions/mine")
+        assert status == 200, session  # only the worker's own close ends a session
     finally:
         await wslb.stop()

@@ -6,12 +6,10 @@ as a worker expects, the worker's are unmasked as a browser expects, and
 neither leg negotiated an extension. So each leg's transport is handed to one
 direction of a L{Splice}, which forwards what it reads in one write and parses
 only frame headers, to keep what the framed relay promised: close codes both
-ways, ``end_close_code``, ``max_message_size`` (1009), protocol errors (1002),
-byte and message counts, idle detection and ``auto_ping`` on both legs.
-
-What it leaves out, against the framed relay (``[listen] relay = "frames"``):
-wslb does not check that the user's text messages are valid UTF-8; the worker
-does (any conforming WebSocket server must) and closes with 1007 itself.
+ways, ``end_close_code``, ``max_message_size`` (1009), protocol errors (1002)
+and invalid UTF-8 in users' text messages (1007) refused before they reach
+the worker, byte and message counts, idle detection and ``auto_ping`` on both
+legs. The framed relay (``[listen] relay = "frames"``) stays as a fallback.
 
 The autobahn protocols that did the handshakes are dropped, so a relayed
 user costs two transports and this small object, not two protocol objects of
@@ -94,6 +92,12 @@ def _writesLandIn(transport):
     return transport
 
 
+def _close(transport):
+    """Close once written out: without a producer, which would hold it open."""
+    transport.unregisterProducer()
+    transport.loseConnection()
+
+
 def takeOver(protocol, new):
     """
     Make ``new`` receive what ``protocol``'s transport reads. The transport
@@ -170,6 +174,7 @@ class _Direction:
                     self._stop(data, sent, frameStart, CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
                     return
                 pos += take
+                self._splice.activity += take
                 self._remaining = remaining = remaining - take
                 if remaining:
                     break
@@ -211,12 +216,12 @@ class _Direction:
                         self._stop(data, sent, pos, *problem)
                         return
                     self._forward(data[sent:stop])
-                    sent = stop
+                    pos = sent = end  # nothing may follow a close frame
                     self._closeReceived(payload)
-                elif opcode == 10 and payload == PING_PAYLOAD:
-                    self._forward(data[sent:pos])  # the answer to wslb's own ping
+                    break
+                if opcode == 10 and payload == PING_PAYLOAD:
+                    self._forward(data[sent:pos])  # the answer to wslb's own ping: keep it
                     sent = stop
-                    self._splice.alive(self)
                 pos = stop
                 continue
             if opcode > 2 or (opcode == 0) is not self._inMessage:
@@ -242,7 +247,6 @@ class _Direction:
             traffic.bytes[self._direction] += length
             if fin:
                 traffic.messages[self._direction] += 1
-            self._splice.activity += length
             frameStart = pos
             pos += head
             self._remaining = length
@@ -314,17 +318,21 @@ class _Direction:
         self._splice.fail(self, code, reason, cut)
 
     def send(self, frame, last=False):
-        """Send a frame of wslb's own to the destination, between two relayed frames."""
+        """
+        Send a frame of wslb's own to the destination, between two relayed
+        frames: now (True) or after the frame being passed on (False).
+        """
         if not self.open:
-            return
+            return False
         if self._remaining:
             if self._pending is None:
                 self._pending = []
             self._pending.append((frame, last))
-        else:
-            self._write(frame)
-            if last:
-                self.open = False
+            return False
+        self._write(frame)
+        if last:
+            self.open = False
+        return True
 
     def _sendPending(self):
         pending, self._pending = self._pending, None
@@ -349,6 +357,7 @@ class Splice:
     __slots__ = (
         "key", "cost", "placement", "address", "activity", "maxMessageSize", "traffic",
         "_factory", "toWorker", "toUser", "_awaiting", "_closeTimer", "_reason",
+        "_workerEnded",
     )
 
     def __init__(self, user, worker, factory):
@@ -360,9 +369,10 @@ class Splice:
         self.maxMessageSize = user.maxMessagePayloadSize
         self.traffic = factory.traffic
         self._factory = factory
-        self._awaiting = ()  # directions that owe a pong to wslb's last ping
+        self._awaiting = ()  # (direction, its wireBytes) of each side wslb just pinged
         self._closeTimer = None
         self._reason = None  # why wslb closed, for the log
+        self._workerEnded = False  # the worker closed first, with end_close_code
         userTransport, workerTransport = user.transport, worker.transport
         self.toWorker = _Direction(self, userTransport, workerTransport, True, TO_WORKER)
         self.toUser = _Direction(self, workerTransport, userTransport, False, TO_USER)
@@ -401,6 +411,8 @@ class Splice:
 
     def closeWith(self, code, reason):
         """Close both sides with ``code`` (session ended, idle, shutdown, moved)."""
+        if self.toUser.transport is None and self.toWorker.transport is None:
+            return  # over already
         if self._reason is None:
             self._reason = (code, reason)
         self.toUser.send(closeFrame(code, reason, masked=False), last=True)
@@ -414,25 +426,30 @@ class Splice:
         """
         if self._closeTimer is not None:
             return  # closing anyway
-        for direction in self._awaiting:
-            if direction.transport is not None:
+        for direction, before in self._awaiting:
+            # Anything from that side since its ping counts, not just the pong
+            # (as autobahn's autoPingRestartOnAnyTraffic does).
+            if direction.wireBytes == before and direction.transport is not None:
                 self._factory.gate.limitHit("auto_ping")
                 direction.transport.abortConnection()
-        self._awaiting = (self.toWorker, self.toUser)
-        self.toUser.send(_PING_TO_USER)
-        self.toWorker.send(_pingToWorker())
+        awaiting = []
+        if self.toUser.send(_PING_TO_USER):  # not while a long frame is on its way
+            awaiting.append((self.toWorker, self.toWorker.wireBytes))
+        if self.toWorker.send(_pingToWorker()):
+            awaiting.append((self.toUser, self.toUser.wireBytes))
+        self._awaiting = tuple(awaiting)
 
     # What the directions call.
 
-    def alive(self, direction):
-        self._awaiting = tuple(d for d in self._awaiting if d is not direction)
-
     def closeReceived(self, direction):
+        if (direction is self.toUser and self.toWorker.open
+                and direction.closeCode == self._factory.endCloseCode):
+            self._workerEnded = True  # the worker's own close, not its answer to one
         self._closing()
         if self.toWorker.closeSeen and not self.toUser.open and self.toWorker.transport:
             # Both close frames crossed the user's connection: as its server,
             # wslb closes it. The worker, as ours, closes the other.
-            self.toWorker.transport.loseConnection()
+            _close(self.toWorker.transport)
 
     def fail(self, direction, code, reason, cut):
         """
@@ -448,7 +465,7 @@ class Splice:
             other.transport.abortConnection()
         self.closeWith(code, reason)
         if direction.transport is not None:
-            direction.transport.loseConnection()
+            _close(direction.transport)
 
     def sideLost(self, direction):
         """
@@ -456,8 +473,7 @@ class Splice:
         (1001 to a worker whose user left, 1012 to a user whose worker went
         away) unless one went already.
         """
-        if (direction is self.toUser and direction.closeSeen
-                and direction.closeCode == self._factory.endCloseCode):
+        if direction is self.toUser and self._workerEnded:
             # The worker ended the session. Its slot is free once the worker's
             # connection is gone, not at its close frame: a newcomer must not
             # reach a worker still closing the old session.
@@ -467,6 +483,9 @@ class Splice:
         if survivor is None:
             self._finished()
             return
+        # The lost side was the survivor's producer: a paused one would keep
+        # the survivor from ever closing (and TLS does not close with one).
+        survivor.unregisterProducer()
         # ``direction`` carried what the lost side sent; it writes to the survivor.
         if not direction.atBoundary():
             survivor.abortConnection()  # lost mid-frame: no close frame can follow
@@ -477,7 +496,7 @@ class Splice:
             direction.send(closeFrame(CLOSE_TRY_AGAIN, "the worker went away", masked=False),
                            last=True)
             if self.toWorker.closeSeen:
-                survivor.loseConnection()  # the user's closing handshake is complete
+                _close(survivor)  # the user's closing handshake is complete
         self._closing()
 
     def _closing(self):

@@ -207,14 +207,15 @@ class Root(Resource):
         return self._websocket
 
 
-def makeSite(worker, endCode=4000):
+def makeSite(worker, endCode=4000, echoCloseCode=False):
     """The worker's whole HTTP and WebSocket surface, as one Site."""
     factory = WebSocketServerFactory()
     factory.protocol = EchoProtocol
     factory.worker = worker
     factory.endCode = endCode
     factory.setProtocolOptions(
-        maxMessagePayloadSize=0, maxFramePayloadSize=0, allowNullOrigin=True
+        maxMessagePayloadSize=0, maxFramePayloadSize=0, allowNullOrigin=True,
+        echoCloseCodeReason=echoCloseCode,
     )
     return Site(Root(worker, WebSocketResource(factory)))
 
@@ -228,6 +229,8 @@ def parseArgs(argv):
     parser.add_argument("--id", help='worker id in replies (default "echo-<port>")')
     parser.add_argument("--end-code", type=int, default=4000,
                         help="close code that ends a session (wslb's end_close_code)")
+    parser.add_argument("--echo-close-code", action="store_true",
+                        help="answer a close with the peer's own code, as many servers do")
     parser.add_argument("--log", action="store_true", help="log every connection to stdout")
     return parser.parse_args(argv)
 
@@ -242,7 +245,8 @@ def main(argv=None):
         redirectStandardIO=False,
     )
     try:
-        reactor.listenTCP(args.port, makeSite(worker, args.end_code), interface=args.host)
+        site = makeSite(worker, args.end_code, args.echo_close_code)
+        reactor.listenTCP(args.port, site, interface=args.host)
     except CannotListenError as e:
         sys.exit(f"echo worker: {e}")
     reactor.run()  # SIGTERM and SIGINT stop it
