@@ -6,6 +6,8 @@ session that was ended anywhere.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.application.service import Service
 from twisted.logger import Logger
 
@@ -20,15 +22,20 @@ class LiveSessions(Service):
         self._grace = grace
         self._endCloseCode = endCloseCode
         self._legs = {}  # key -> set of open user legs
-        self._expiries = {}  # key -> DelayedCall ending its grace
+        # Reconnect graces, one timer for all: the grace is the same for
+        # every session, so deadlines arrive in order and a deque holds them.
+        self._graces = deque()  # (deadline, key), earliest first
+        self._deadlines = {}  # key -> its running grace's deadline
+        self._graceTimer = None
         registry.addSessionEndedListener(self.sessionEnded)
 
     def stopService(self):
         super().stopService()
-        for call in self._expiries.values():
-            if call.active():
-                call.cancel()
-        self._expiries.clear()
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        self._graceTimer = None
+        self._graces.clear()
+        self._deadlines.clear()
 
     def byKey(self):
         """(key, open user legs) for every session this instance relays now."""
@@ -39,9 +46,7 @@ class LiveSessions(Service):
 
     def opened(self, key, leg):
         self._legs.setdefault(key, set()).add(leg)
-        call = self._expiries.pop(key, None)
-        if call is not None and call.active():
-            call.cancel()
+        self._deadlines.pop(key, None)  # back before its grace ran out
 
     def closed(self, key, leg):
         legs = self._legs.get(key)
@@ -63,17 +68,27 @@ class LiveSessions(Service):
     def _released(self, session):
         if session is None or session.connected or not self.running:
             return
-        previous = self._expiries.pop(session.key, None)
-        if previous is not None and previous.active():
-            previous.cancel()
-        self._expiries[session.key] = self._clock.callLater(
-            self._grace, self._graceOver, session.key
-        )
+        deadline = self._clock.seconds() + self._grace
+        self._deadlines[session.key] = deadline
+        self._graces.append((deadline, session.key))
+        if self._graceTimer is None:
+            self._graceTimer = self._clock.callLater(self._grace, self._gracesOver)
 
-    def _graceOver(self, key):
-        self._expiries.pop(key, None)
-        d = self._registry.expireSessions(self._clock.seconds(), self._grace)
-        d.addErrback(lambda f: log.failure("expiring sessions", f))
+    def _gracesOver(self):
+        """Expire the sessions whose grace ran out; wait for the next one."""
+        self._graceTimer = None
+        now = self._clock.seconds()
+        due = False
+        while self._graces and self._graces[0][0] <= now:
+            deadline, key = self._graces.popleft()
+            if self._deadlines.get(key) == deadline:  # not reconnected, nor released again
+                del self._deadlines[key]
+                due = True
+        if due:
+            d = self._registry.expireSessions(now, self._grace)
+            d.addErrback(lambda f: log.failure("expiring sessions", f))
+        if self._graces:
+            self._graceTimer = self._clock.callLater(self._graces[0][0] - now, self._gracesOver)
 
     def sessionEnded(self, key):
         """The session was ended (anywhere): close its users here."""
