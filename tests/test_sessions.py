@@ -4,6 +4,7 @@ registry: one timer for every grace, sessions ended when theirs runs out,
 kept when their user came back.
 """
 
+import pytest
 import pytest_twisted
 from registry_contract import addHealthy, request
 from twisted.internet.task import Clock
@@ -14,13 +15,22 @@ from wslb.registry.memory import MemoryRegistry
 GRACE = 300.0
 
 
-@pytest_twisted.inlineCallbacks
-def test_one_timer_ends_every_grace_in_turn_and_spares_returning_users():
+@pytest.fixture
+def graces():
+    """(clock, registry with one large worker, running LiveSessions)."""
     clock = Clock()
     registry = MemoryRegistry(clock)
-    yield addHealthy(registry, "w1", capacity=1000)
+    addHealthy(registry, "w1", capacity=1000)  # the memory registry answers at once
     sessions = LiveSessions(registry, clock, "i1", GRACE, 4000)
     sessions.startService()
+    yield clock, registry, sessions
+    sessions.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_timer_ends_every_grace_in_turn_and_spares_returning_users(graces):
+    clock, registry, sessions = graces
     for i in range(100):  # released one second apart
         yield registry.assign(request(f"k{i}"), clock.seconds())
         yield sessions.release(f"k{i}")
@@ -36,16 +46,11 @@ def test_one_timer_ends_every_grace_in_turn_and_spares_returning_users():
     clock.advance(100)  # all of them
     assert {s.key for s in (yield registry.listSessions())} == {"k70"}
     assert clock.getDelayedCalls() == []
-    sessions.stopService()
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_session_released_again_gets_a_fresh_grace():
-    clock = Clock()
-    registry = MemoryRegistry(clock)
-    yield addHealthy(registry, "w1", capacity=10)
-    sessions = LiveSessions(registry, clock, "i1", GRACE, 4000)
-    sessions.startService()
+def test_a_session_released_again_gets_a_fresh_grace(graces):
+    clock, registry, sessions = graces
     yield registry.assign(request("k"), clock.seconds())
     yield sessions.release("k")
     clock.advance(GRACE / 2)
@@ -56,5 +61,3 @@ def test_a_session_released_again_gets_a_fresh_grace():
     assert [s.key for s in (yield registry.listSessions())] == ["k"]
     clock.advance(GRACE / 2)
     assert (yield registry.listSessions()) == []
-    sessions.stopService()
-    assert clock.getDelayedCalls() == []
