@@ -38,7 +38,7 @@ CLOSE_TRY_AGAIN = 1012
 # How long a closing handshake may take before both connections are aborted.
 CLOSE_TIMEOUT = 3.0
 
-# The payload of wslb's own pings: their pongs are answered here, not relayed.
+# The payload of wslb's own pings: their pongs stop here, they are not relayed.
 PING_PAYLOAD = os.urandom(8)
 _PING_TO_USER = b"\x89\x08" + PING_PAYLOAD
 
@@ -58,7 +58,11 @@ def _pingToWorker():
 
 
 def _unmask(payload, key):
-    return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+    """``payload`` XOR the 4-byte ``key`` repeated: masks and unmasks alike."""
+    n = len(payload)
+    mask = (key * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+        n, "little")
 
 
 _utf8Decoder = codecs.getincrementaldecoder("utf-8")
@@ -260,13 +264,9 @@ class _Direction:
 
     def _validText(self, data, start, stop):
         """Check the payload bytes data[start:stop] of a user's text message."""
-        n = stop - start
-        shift = self._offset & 3
-        key = self._key[shift:] + self._key[:shift]
-        self._offset += n
-        mask = (key * ((n >> 2) + 1))[:n]
-        plain = (int.from_bytes(data[start:stop], "little")
-                 ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+        shift = self._offset & 3  # the mask continues where the last read left it
+        plain = _unmask(data[start:stop], self._key[shift:] + self._key[:shift])
+        self._offset += stop - start
         final = self._fin and stop - start == self._remaining
         try:
             self._text.decode(plain, final)
