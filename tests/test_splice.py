@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.splice import CLOSE_TIMEOUT, Splice
 from wslb.proxy.user_leg import UserLeg
+from wslb.proxy.worker_handshake import WorkerHandshake
 from wslb.proxy.worker_leg import WorkerLeg
 
 pytestmark = pytest.mark.workers(1)
@@ -64,7 +65,8 @@ async def protocolErrors(worker):
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_workers, clients):
-    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, (UserLeg, WorkerLeg)))
+    handshakeProtocols = (UserLeg, WorkerLeg, WorkerHandshake)
+    earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, handshakeProtocols))
     wslb = await openWslb(echo_workers)
     try:
         client = await wslb.connect("spliced")
@@ -75,7 +77,7 @@ async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_worke
         assert [type(r) for r in relays] == [Splice]
         gc.collect()
         assert not [o for o in gc.get_objects()
-                    if isinstance(o, (UserLeg, WorkerLeg)) and o not in earlier]
+                    if isinstance(o, handshakeProtocols) and o not in earlier]
     finally:
         await wslb.stop()
 

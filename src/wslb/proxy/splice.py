@@ -102,22 +102,30 @@ def _close(transport):
     transport.loseConnection()
 
 
-def takeOver(protocol, new):
+def _holder(protocol):
     """
-    Make ``new`` receive what ``protocol``'s transport reads. The transport
-    is a TCP connection, or a wrapper (TLS, PROXY protocol) holding
-    ``protocol`` as ``wrappedProtocol``. False if neither: stay framed.
+    (object, attribute) through which ``protocol``'s transport hands it what
+    it reads: a TCP connection's ``protocol``, or a wrapper's (TLS, PROXY
+    protocol) ``wrappedProtocol``; None for anything else.
     """
-    holder = protocol.transport
-    if getattr(holder, "wrappedProtocol", None) is protocol:
-        holder.wrappedProtocol = new
-        return True
-    outer = getattr(holder, "protocol", None)
+    transport = protocol.transport
+    if getattr(transport, "wrappedProtocol", None) is protocol:
+        return transport, "wrappedProtocol"
+    outer = getattr(transport, "protocol", None)
     # A client endpoint's connection holds its own wrapper around ours.
     if outer is protocol or getattr(outer, "_wrappedProtocol", None) is protocol:
-        holder.protocol = new
-        return True
-    return False
+        return transport, "protocol"
+    return None
+
+
+def canTakeOver(protocol):
+    """Whether L{Splice.replace} can take ``protocol``'s connection over."""
+    return _holder(protocol) is not None
+
+
+def _takeOver(protocol, new):
+    holder, attribute = _holder(protocol)
+    setattr(holder, attribute, new)
 
 
 class _Direction:
@@ -380,23 +388,15 @@ class Splice:
     @classmethod
     def replace(cls, user, worker, factory):
         """
-        Take both open legs' connections over; None when they cannot be
-        (the worker is in the middle of a frame, or a transport is unknown).
+        Take over the connections of the open user leg (an autobahn
+        protocol that L{canTakeOver}) and of the L{WorkerHandshake}.
         """
-        if (worker.current_frame is not None or worker.websocket_extensions_in_use
-                or user.websocket_extensions_in_use or worker._parked):
-            return None
         splice = cls(user, worker, factory)
-        if not takeOver(user, splice.toWorker):
-            return None
-        if not takeOver(worker, splice.toUser):
-            takeOver(splice.toWorker, user)
-            return None
-        for leg in (user, worker):
-            if leg.autoPingPendingCall is not None:
-                leg.autoPingPendingCall.cancel()
-                leg.autoPingPendingCall = None
-        splice.toUser._inMessage = worker.inside_message
+        _takeOver(user, splice.toWorker)
+        _takeOver(worker, splice.toUser)
+        if user.autoPingPendingCall is not None:
+            user.autoPingPendingCall.cancel()
+            user.autoPingPendingCall = None
         userEarly, workerEarly = user.data, worker.data
         user.data = worker.data = b""  # autobahn must not parse these after us
         user.transport.registerProducer(worker.transport, True)

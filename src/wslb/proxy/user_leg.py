@@ -19,7 +19,7 @@ from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
 from wslb.proxy.relay import RelayMixin, closeWith
-from wslb.proxy.splice import Splice
+from wslb.proxy.splice import Splice, canTakeOver
 from wslb.proxy.worker_leg import WorkerUnavailable, withSettingsOnClass
 
 log = Logger()
@@ -51,6 +51,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
     worker = None  # the open WorkerLeg, until the user leg opens
     _counted = False  # assign() counted this connection: release() it once
     _assigned = None  # (fresh, seconds waited) for the log
+    _relayBytes = False  # this connection goes to the byte relay once open
     _opening = None  # the Deferred onConnect returned
     _handshakeTimer = None
     _refusalHeaders = ()
@@ -127,10 +128,11 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
         self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
+        self._relayBytes = factory.relayBytes and canTakeOver(self)
         try:
             self.worker = await factory.connectWorker(
                 assigned.worker.url, self.http_request_uri,
-                self._workerHeaders(request), request.protocols,
+                self._workerHeaders(request), request.protocols, self._relayBytes,
             )
         except WorkerUnavailable as e:
             log.info("worker {worker} unavailable for {key}: {why}",
@@ -171,8 +173,9 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         self._opening = None
         worker, self.worker = self.worker, None
         factory = self.factory
-        relay = Splice.replace(self, worker, factory) if factory.relayBytes else None
-        if relay is None:
+        if self._relayBytes:
+            relay = Splice.replace(self, worker, factory)
+        else:
             relay = self
             worker.attach(self, factory.traffic)
             self.attach(worker, factory.traffic)
@@ -181,10 +184,10 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         fresh, waited = self._assigned
         log.info(
             "{key} relaying to {worker}", event="opened", key=self.key,
-            worker=self.placement.id, worker_url=worker.factory.url, fresh=fresh,
+            worker=self.placement.id, worker_url=self.placement.url, fresh=fresh,
             cost=self.cost, waited=waited, peer=factory.gate.address(self),
             protocol=self.websocket_protocol_in_use,
-            mode="bytes" if relay is not self else "frames",
+            mode="bytes" if self._relayBytes else "frames",
         )
 
     # What the session bookkeeping calls (a L{Splice} offers the same).
@@ -221,7 +224,10 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
                 bytes_to_user=stats.outgoingOctetsWireLevel,
             )
         if worker is not None:
-            closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
+            if self._relayBytes:  # its handshake was done, no relay took it over
+                worker.transport.abortConnection()
+            else:
+                closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
         if self.key is not None:
             self.factory.sessions.closed(self.key, self)
         if self._counted:

@@ -18,6 +18,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 
 from wslb.metrics import TO_USER
 from wslb.proxy.relay import RelayMixin
+from wslb.proxy.worker_handshake import HandshakeFactory, HandshakeFailed, handshakeRequest
 
 # Worker endpoints kept at most (a pool's workers, plus some churn).
 MAX_KNOWN_WORKERS = 1024
@@ -140,22 +141,28 @@ class WorkerConnector:
             endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
         if len(self._endpoints) >= MAX_KNOWN_WORKERS:
             self._endpoints.clear()  # workers come and go: forget the old ones now and then
-        known = self._endpoints[workerUrl] = (f"{parts.scheme}://{parts.netloc}", endpoint)
+        known = self._endpoints[workerUrl] = (parts.scheme, parts.netloc, endpoint)
         return known
 
-    def connect(self, workerUrl, uri, headers, protocols):
+    def connect(self, workerUrl, uri, headers, protocols, relayBytes=False):
         """
         Open a leg to ``workerUrl`` (ws:// or wss://) for the request ``uri``
-        (path and query, as the user sent them). Fires with the open
-        L{WorkerLeg} or fails with L{WorkerUnavailable} within the timeout.
+        (path and query, as the user sent them). Fires within the timeout
+        with the open L{WorkerLeg}, or for the byte relay (``relayBytes``)
+        with a L{WorkerHandshake} whose connection the relay takes over;
+        else fails with L{WorkerUnavailable}.
         """
         reactor, timeout = self._reactor, self._timeout
-        origin, endpoint = self._endpoint(workerUrl)
-        factory = _OneLeg(
-            self._shared, origin + uri,
-            origin=headers.pop("Origin", None), protocols=protocols,
-            useragent=headers.pop("User-Agent", None), headers=headers,
-        )
+        scheme, netloc, endpoint = self._endpoint(workerUrl)
+        if relayBytes:
+            request, accept = handshakeRequest(netloc, uri, headers, protocols)
+            factory = HandshakeFactory(request, accept, protocols or [])
+        else:
+            factory = _OneLeg(
+                self._shared, f"{scheme}://{netloc}{uri}",
+                origin=headers.pop("Origin", None), protocols=protocols,
+                useragent=headers.pop("User-Agent", None), headers=headers,
+            )
         opened = factory.opened = defer.Deferred()
         connecting = endpoint.connect(factory)
 
@@ -166,7 +173,7 @@ class WorkerConnector:
 
         def abort(leg):
             if leg is not None:
-                leg.dropConnection(abort=True)
+                leg.transport.abortConnection()
 
         def giveUp(failure):
             # Timed out, or the user left: take the half-open leg down.
@@ -184,7 +191,12 @@ class WorkerConnector:
             connecting.addCallback(lambda _: None)
             return leg
 
+        def refused(failure):
+            failure.trap(HandshakeFailed)
+            raise WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}")
+
         connecting.addErrback(connectFailed)
         opened.addTimeout(timeout, reactor)
         opened.addCallbacks(forget, giveUp)
+        opened.addErrback(refused)
         return opened

@@ -1,0 +1,57 @@
+"""
+The byte relay's own opening handshake with workers: what answer it takes,
+and what it refuses (the user then gets 502, see test_proxy_e2e.py).
+"""
+
+import pytest
+
+from wslb.proxy.worker_handshake import (
+    HandshakeFailed,
+    acceptFor,
+    checkAnswer,
+    handshakeRequest,
+)
+
+
+def test_the_request_carries_what_the_worker_needs():
+    request, accept = handshakeRequest(
+        "10.0.0.7:9000", "/scene/7?q=1", {"X-WSLB-Session": "k", "Origin": "https://a.test"},
+        ["v2", "v1"])
+    head = request.decode()
+    assert head.startswith("GET /scene/7?q=1 HTTP/1.1\r\nHost: 10.0.0.7:9000\r\n")
+    assert head.endswith("\r\n\r\n")
+    fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if line)
+    assert fields["Upgrade"] == "websocket" and fields["Connection"] == "Upgrade"
+    assert fields["Sec-WebSocket-Version"] == "13"
+    assert fields["Sec-WebSocket-Protocol"] == "v2, v1"
+    assert fields["X-WSLB-Session"] == "k" and fields["Origin"] == "https://a.test"
+    assert accept == acceptFor(fields["Sec-WebSocket-Key"].encode())
+
+
+def test_rfc_6455_sample_accept():
+    assert acceptFor(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+ACCEPT = acceptFor(b"dGhlIHNhbXBsZSBub25jZQ==")
+GOOD = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: WebSocket",
+        b"Connection: Upgrade", b"Sec-WebSocket-Accept: " + ACCEPT]
+
+
+def test_a_good_answer_gives_the_chosen_subprotocol():
+    assert checkAnswer(b"\r\n".join(GOOD), ACCEPT, []) is None
+    chosen = b"\r\n".join([*GOOD, b"Sec-WebSocket-Protocol: v1"])
+    assert checkAnswer(chosen, ACCEPT, ["v2", "v1"]) == "v1"
+
+
+@pytest.mark.parametrize("head, why", [
+    ([b"HTTP/1.1 404 Not Found"], "answered"),
+    ([b"HTTP/1.1 101 Switching Protocols", *GOOD[2:]], "Upgrade"),
+    ([*GOOD[:2], b"Connection: close", GOOD[3]], "Connection"),
+    ([*GOOD[:3], b"Sec-WebSocket-Accept: bm9wZQ=="], "Accept"),
+    ([*GOOD, b"Sec-WebSocket-Extensions: permessage-deflate"], "extension"),
+    ([*GOOD, b"Sec-WebSocket-Protocol: v3"], "not offered"),
+    ([*GOOD, b"no colon here"], "malformed"),
+])
+def test_a_bad_answer_is_refused(head, why):
+    with pytest.raises(HandshakeFailed, match=why):
+        checkAnswer(b"\r\n".join(head), ACCEPT, ["v1"])
