@@ -54,6 +54,12 @@ async def rawSession(wslb, key, raws):
     return raw
 
 
+def relays(wslb):
+    """The relays wslb's LiveSessions holds now."""
+    sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
+    return sessions.legs()
+
+
 def closeCode(payload):
     return struct.unpack("!H", payload[:2])[0]
 
@@ -72,9 +78,7 @@ async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_worke
         client = await wslb.connect("spliced")
         clients.append(client)
         assert (await client.ask("whoami"))["session"] == "spliced"
-        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
-        relays = sessions.legs()
-        assert [type(r) for r in relays] == [Splice]
+        assert [type(r) for r in relays(wslb)] == [Splice]
         gc.collect()
         assert not [o for o in gc.get_objects()
                     if isinstance(o, handshakeProtocols) and o not in earlier]
@@ -180,8 +184,7 @@ async def test_a_user_vanishing_closes_the_worker_leg_with_1001(echo_workers, ra
         assert await raw.nextMessage() == (TEXT, b"hi")
         raw.transport.abortConnection()  # no close frame, just gone
         assert await workerCloses(echo_workers[0], "vanishing") == [1001]
-        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
-        assert sessions.legs() == []
+        assert relays(wslb) == []
     finally:
         await wslb.stop()
 
@@ -195,8 +198,7 @@ async def test_a_user_ignoring_wslbs_close_is_still_dropped(echo_workers, raws):
         assert (opcode, closeCode(payload)) == (CLOSE, 1008)
         await raw.closed.addTimeout(CLOSE_TIMEOUT + 1, reactor)
         assert await workerCloses(echo_workers[0], "deaf") == [1008]
-        sessions, = [s for s in wslb.service if isinstance(s, LiveSessions)]
-        assert sessions.legs() == []
+        assert relays(wslb) == []
     finally:
         await wslb.stop()
 
