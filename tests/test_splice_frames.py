@@ -67,7 +67,7 @@ def relay(stream, cuts, maxMessageSize=1 << 20):
     """Feed ``stream`` to a user-side direction in reads cut at ``cuts``."""
     splice = RecordingSplice(maxMessageSize)
     destination = StringTransport()
-    direction = _Direction(splice, StringTransport(), destination, True, TO_WORKER)
+    direction = _Direction(splice, StringTransport(), destination, fromUser=True)
     bounds = sorted(set(cuts) | {0, len(stream)})
     for a, b in zip(bounds, bounds[1:]):
         direction.dataReceived(stream[a:b])

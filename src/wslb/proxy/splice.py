@@ -142,13 +142,13 @@ class _Direction:
         "_fin", "wireBytes", "open", "_pending", "closeSeen", "closeCode", "closeReason",
     )
 
-    def __init__(self, splice, transport, destination, fromUser, direction):
+    def __init__(self, splice, transport, destination, fromUser):
         self._splice = splice
         self.transport = transport  # the sending side; None once it is gone
         self._destination = destination = _writesLandIn(destination)
         self._sendNow = isinstance(destination, tcp.Connection)
         self._masked = fromUser  # users mask their frames, workers do not
-        self._direction = direction
+        self._direction = TO_WORKER if fromUser else TO_USER
         self._remaining = 0  # payload bytes of the current frame still to pass
         self._held = b""
         self._inMessage = False
@@ -246,7 +246,16 @@ class _Direction:
             self._messageSize = size
             self._inMessage = not fin
             if self._masked:
-                if opcode:
+                start = pos + head
+                if opcode == 1 and fin and start + length <= end:
+                    # The usual text message: one frame, whole in this read.
+                    self._text = None
+                    try:
+                        _unmask(data[start : start + length], data[start - 4 : start]).decode()
+                    except UnicodeDecodeError:
+                        self._stop(data, sent, pos, CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
+                        return
+                elif opcode:
                     self._text = _utf8Decoder() if opcode == 1 else None
                 if self._text is not None:
                     self._key = data[pos + head - 4 : pos + head]
@@ -382,8 +391,8 @@ class Splice:
         self._reason = None  # why wslb closed, for the log
         self._workerEnded = False  # the worker closed first, with end_close_code
         userTransport, workerTransport = user.transport, worker.transport
-        self.toWorker = _Direction(self, userTransport, workerTransport, True, TO_WORKER)
-        self.toUser = _Direction(self, workerTransport, userTransport, False, TO_USER)
+        self.toWorker = _Direction(self, userTransport, workerTransport, fromUser=True)
+        self.toUser = _Direction(self, workerTransport, userTransport, fromUser=False)
 
     @classmethod
     def replace(cls, user, worker, factory):
