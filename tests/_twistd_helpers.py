@@ -14,14 +14,17 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
 class TwistdWslb:
-    """``twistd -n wslb`` on free loopback ports, with extra ``--set`` overrides."""
+    """
+    ``twistd -n wslb`` on free loopback ports, with extra ``--set`` overrides
+    (and options of twistd's own in ``twistdArgs``).
+    """
 
-    def __init__(self, tmp_path, *overrides, config=None, env=None):
+    def __init__(self, tmp_path, *overrides, config=None, env=None, twistdArgs=()):
         self.port = free_port()
         self.adminPort = free_port()
         self.admin = f"http://127.0.0.1:{self.adminPort}"
         self.log = tmp_path / f"twistd-{self.port}.log"
-        args = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), "wslb"]
+        args = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), *twistdArgs, "wslb"]
         if config is not None:
             args += ["--config", str(config)]
         for override in (

@@ -1,5 +1,7 @@
 """twistd's adapter: ``twistd wslb [--config FILE] [--set KEY=VALUE ...]``."""
 
+import sys
+
 from twisted.python import usage
 
 from wslb.config import ConfigError, load_config
@@ -20,6 +22,7 @@ class Options(usage.Options):
         self["set"].append(assignment)
 
     def postOptions(self):
+        _installReactor()  # before the config's endpoint checks import one
         try:
             self.config = load_config(self["config"], overrides=self["set"])
         except ConfigError as e:
@@ -29,6 +32,21 @@ class Options(usage.Options):
             # are parsed: setting it here is how a subcommand chooses it.
             if not self.parent.get("logger"):
                 self.parent["logger"] = "wslb.logs.json_stdout"
+
+
+def _installReactor():
+    """
+    wslb's epoll reactor (wslb.reactor), unless one is installed already:
+    twistd's ``--reactor`` installs its choice while parsing its own options,
+    before a subcommand's. Where there is no epoll, Twisted's default stays.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    try:
+        from wslb.reactor import install
+    except (ImportError, AttributeError):  # no epoll on this platform
+        return
+    install()
 
 
 def makeService(options):
