@@ -230,11 +230,12 @@ class Wslb:
         self.process = twistds[0]
 
     def _startTwistd(self, logDir, name, overrides):
-        args = [twistdPath(), "-n", "--pidfile=", "-l", str(logDir / f"{name}.log"), "wslb"]
+        # Its log goes to stdout, as under systemd or in a container.
+        args = [twistdPath(), "-n", "--pidfile=", "wslb"]
         for override in overrides:
             args += ["--set", override]
-        self.logs += [logDir / f"{name}.out", logDir / f"{name}.log"]
-        process = self._children.start(args, log=self.logs[-2], cwd=logDir)
+        self.logs.append(logDir / f"{name}.out")
+        process = self._children.start(args, log=self.logs[-1], cwd=logDir)
         self._processes.append(process)
         return process
 

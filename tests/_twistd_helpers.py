@@ -16,15 +16,18 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 class TwistdWslb:
     """
     ``twistd -n wslb`` on free loopback ports, with extra ``--set`` overrides
-    (and options of twistd's own in ``twistdArgs``).
+    (and options of twistd's own in ``twistdArgs``). It logs to a file, or
+    without ``logFile`` to its stdout, read once it has stopped.
     """
 
-    def __init__(self, tmp_path, *overrides, config=None, env=None, twistdArgs=()):
+    def __init__(self, tmp_path, *overrides, config=None, env=None, twistdArgs=(),
+                 logFile=True):
         self.port = free_port()
         self.adminPort = free_port()
         self.admin = f"http://127.0.0.1:{self.adminPort}"
         self.log = tmp_path / f"twistd-{self.port}.log"
-        args = [TWISTD, "-n", "--pidfile=", "-l", str(self.log), *twistdArgs, "wslb"]
+        args = [TWISTD, "-n", "--pidfile=", *(["-l", str(self.log)] if logFile else []),
+                *twistdArgs, "wslb"]
         if config is not None:
             args += ["--config", str(config)]
         for override in (

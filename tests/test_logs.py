@@ -4,9 +4,10 @@ import io
 import json
 
 import pytest
-from twisted.logger import Logger, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicLogText
+from twisted.python.failure import Failure
 
-from wslb.logs import jsonLineObserver
+from wslb.logs import _ClassicText, jsonLineObserver, textLineObserver
 
 
 def logged(emit):
@@ -37,3 +38,41 @@ def test_messagesReadAsTwistedFormatsThem(fmt, fields, message):
 
 def test_debugIsLeftOut():
     assert logged(lambda log: log.debug("quiet")) == []
+
+
+def _failure():
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        return Failure()
+
+
+@pytest.mark.parametrize("event", [
+    {"log_format": "{key} relaying to {worker}", "key": "k1", "worker": "w:1",
+     "log_namespace": "wslb.proxy.user_leg", "log_level": LogLevel.info},
+    {"log_format": "two\nlines {x!r}", "x": b"\xff", "log_system": "-",
+     "log_level": LogLevel.warn},
+    {"log_format": "{f()} calls", "f": lambda: 3, "log_namespace": "n"},
+    {"log_format": "{missing}", "log_level": LogLevel.error},
+    {"log_format": "boom", "log_failure": _failure(), "log_namespace": "n",
+     "log_level": LogLevel.critical},
+    {"log_format": None, "log_namespace": "n"},
+    {"log_namespace": "no format, no line"},
+    {"log_format": "no time, no namespace"},
+])
+@pytest.mark.parametrize("when", [1795772181.25, 1795772181.75, None])
+def test_textLinesAreTwistdsToTheLetter(event, when):
+    if when is not None:
+        event = {**event, "log_time": when}
+    ours = _ClassicText()
+    ours({"log_format": "an earlier second", "log_time": 1795772100.0})  # the stamp cache
+    assert ours(event) == formatEventAsClassicLogText(event)
+
+
+def test_textLineObserverWritesEveryLevel():
+    out = io.StringIO()
+    log = Logger(namespace="wslb.test", observer=LogPublisher(textLineObserver(out)))
+    log.debug("quiet {n}", n=1)
+    log.info("loud")
+    assert [line.split(" ", 1)[1] for line in out.getvalue().splitlines()] == [
+        "[wslb.test#debug] quiet 1", "[wslb.test#info] loud"]

@@ -1,5 +1,6 @@
 """wslb's epoll reactor: what twistd wslb runs on, and how it dispatches events."""
 
+import re
 import socket
 
 import pytest
@@ -100,9 +101,13 @@ def test_events_run_without_a_log_context(bare_reactor, socket_pairs):
     (("--reactor=poll",), "twisted.internet.pollreactor.PollReactor"),
 ])
 def test_twistd_wslb_runs_on_it_unless_told_otherwise(tmp_path, twistdArgs, reactorClass):
-    wslb = TwistdWslb(tmp_path, twistdArgs=twistdArgs)
+    # Logging to stdout, where wslb's own text observer writes twistd's lines.
+    wslb = TwistdWslb(tmp_path, twistdArgs=twistdArgs, logFile=False)
     try:
         wslb.waitListening()
     finally:
         wslb.stop()
-    assert f"reactor class: {reactorClass}." in wslb.output()
+    assert re.search(
+        rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{{4}} \[twisted.scripts._twistd_unix."
+        rf"UnixAppLogger#info\] reactor class: {re.escape(reactorClass)}\.$",
+        wslb.process_output, re.MULTILINE), wslb.process_output

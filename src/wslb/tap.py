@@ -27,11 +27,16 @@ class Options(usage.Options):
             self.config = load_config(self["config"], overrides=self["set"])
         except ConfigError as e:
             raise usage.UsageError("invalid configuration:\n" + str(e)) from None
-        if self.config.log.format == "json" and self.parent is not None:
+        twistd = self.parent
+        if twistd is not None and not twistd.get("logger"):
             # twistd picks its log observer from its own options once they
             # are parsed: setting it here is how a subcommand chooses it.
-            if not self.parent.get("logger"):
-                self.parent["logger"] = "wslb.logs.json_stdout"
+            # Text lines replace twistd's own only where those go (stdout).
+            toStdout = twistd.get("logfile") in (None, "", "-") and twistd.get("nodaemon")
+            if self.config.log.format == "json":
+                twistd["logger"] = "wslb.logs.json_stdout"
+            elif toStdout and not twistd.get("syslog"):
+                twistd["logger"] = "wslb.logs.text_stdout"
 
 
 def _installReactor():
