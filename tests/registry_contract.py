@@ -580,6 +580,19 @@ class RegistryContract:
         assert [s.key for s in (yield registry.listSessions())] == ["a", "b", "c"]
 
     @pytest_twisted.inlineCallbacks
+    def test_countSessionsCountsWhatListSessionsLists(self, registry):
+        assert (yield registry.countSessions()) == 0
+        yield addHealthy(registry, "w1", capacity=2)
+        yield addHealthy(registry, "w2", capacity=10)
+        for key in ["a", "b", "c"]:  # c finds w1 full: w2
+            yield registry.assign(request(key), 1)
+        yield registry.assign(request("c"), 2)  # a second connection: still one session
+        assert (yield registry.countSessions()) == 3
+        yield registry.endSession("a")
+        yield registry.setWorkerState("w2", DEAD, 3)
+        assert (yield registry.countSessions()) == len((yield registry.listSessions())) == 1
+
+    @pytest_twisted.inlineCallbacks
     def test_claimIdleWorkerOnlyWhenEmpty(self, registry):
         yield addHealthy(registry, "w1", capacity=2)
         yield registry.assign(request("a"), 1)
@@ -746,6 +759,7 @@ def randomTrafficKeepsTheBooks(self, harness, placement, allowOvertake, steps):
 def checkBooks(registry, sessions, tickets, now):
     """The registry's sessions, loads and queue agree with the model."""
     actual = yield registry.listSessions()
+    assert (yield registry.countSessions()) == len(actual)
     assert {s.key: (s.worker, s.cost, s.connections) for s in actual} == {
         key: (m["worker"], m["cost"], m["connections"]) for key, m in sessions.items()
     }

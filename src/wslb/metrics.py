@@ -76,14 +76,14 @@ class Metrics:
     def refresh(self, registry, clock):
         """Fire when the registry-derived gauges are current."""
         d = defer.gatherResults([
-            registry.listWorkers(sessions=False), registry.listSessions(),
+            registry.listWorkers(sessions=False), registry.countSessions(),
             registry.queueInfo(clock.seconds()),
         ], consumeErrors=True)
 
         def store(results):
             workers, sessions, queue = results
             self._snapshot = {
-                "workers": workers, "sessions": len(sessions), "queue": queue.length,
+                "workers": workers, "sessions": sessions, "queue": queue.length,
             }
 
         def failed(failure):

@@ -231,6 +231,12 @@ class IRegistry(Interface):
     def listSessions():
         """Fire with a list of every L{Session}, ordered by key."""
 
+    def countSessions():
+        """
+        Fire with the number of sessions, without reading them: for
+        periodic callers (the metrics scrape) that need only how many.
+        """
+
     # -- queue ----------------------------------------------------------
 
     def leaveQueue(ticket):

@@ -279,6 +279,10 @@ class MemoryRegistry:
     def listSessions(self):
         return [self._session(self._sessions[k]) for k in sorted(self._sessions)]
 
+    @_deferred
+    def countSessions(self):
+        return len(self._sessions)
+
     # -- queue ----------------------------------------------------------
 
     @_deferred

@@ -187,6 +187,9 @@ class RedisRegistry(Service):
     def listSessions(self):
         return self._run(redis_ops.listSessions)
 
+    def countSessions(self):
+        return self._run(redis_ops.countSessions)
+
     # -- queue ----------------------------------------------------------
 
     def leaveQueue(self, ticket):

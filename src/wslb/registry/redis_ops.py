@@ -224,6 +224,10 @@ def listSessions() -> Op:
     return Op("list_sessions", (), _decodeSessions)
 
 
+def countSessions() -> Op:
+    return Op("count_sessions", (), _decodePlain)
+
+
 # -- queue --------------------------------------------------------------
 
 

@@ -1,0 +1,134 @@
+"""
+Metrics.refresh, the registry reads behind each /metrics scrape: the
+sessions gauge is a count, and a scrape reads no session.
+"""
+
+import re
+import uuid
+
+import pytest
+import pytest_twisted
+from prometheus_client import generate_latest
+from registry_contract import addHealthy, request
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import Clock
+from twisted.protocols.basic import LineReceiver
+
+from wslb.metrics import Metrics
+from wslb.registry.memory import MemoryRegistry
+from wslb.registry.redis import RedisRegistry
+
+SESSIONS = 40
+
+
+class CountingRegistry:
+    """A real registry, passed through; it counts the calls made to it."""
+
+    def __init__(self, registry):
+        self._registry = registry
+        self.calls = []
+
+    def __getattr__(self, name):
+        method = getattr(self._registry, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return method(*args, **kwargs)
+
+        return counted
+
+
+@defer.inlineCallbacks
+def withSessions(registry, n, now=0):
+    yield addHealthy(registry, "w1", capacity=n, now=now)
+    for i in range(n):
+        yield registry.assign(request(f"k{i}"), now)
+
+
+def sessionsGauge(metrics):
+    text = generate_latest(metrics.registry).decode()
+    return float(re.search(r"^wslb_sessions (\S+)$", text, re.M).group(1))
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.inlineCallbacks
+def test_aScrapeCountsTheSessionsWithoutListingThem():
+    clock = Clock()
+    registry = CountingRegistry(MemoryRegistry(clock))
+    yield withSessions(registry, SESSIONS)
+    metrics = Metrics()
+    for _ in range(3):
+        registry.calls.clear()
+        yield metrics.refresh(registry, clock)
+        assert sorted(registry.calls) == ["countSessions", "listWorkers", "queueInfo"]
+        assert sessionsGauge(metrics) == SESSIONS
+
+
+class Monitor(LineReceiver):
+    """A MONITOR connection: every command the server runs, one line each."""
+
+    def __init__(self):
+        self.lines = []
+        self._waiting = {}  # text -> Deferred fired when a line holds it
+
+    def connectionMade(self):
+        self.sendLine(b"MONITOR")
+
+    def lineReceived(self, line):
+        line = line.decode("utf-8", "replace")
+        self.lines.append(line)
+        for text in [t for t in self._waiting if t in line]:
+            self._waiting.pop(text).callback(None)
+
+    def seen(self, text):
+        """Fire once a line holding ``text`` came (bounded)."""
+        if any(text in line for line in self.lines):
+            return defer.succeed(None)
+        d = self._waiting[text] = defer.Deferred()
+        return d.addTimeout(5, reactor)
+
+
+@defer.inlineCallbacks
+def between(monitor, registry, name, call, *args):
+    """The lines MONITOR showed while ``call(*args)`` ran, told apart by ECHO markers."""
+    before, after = (f"{name} {when} {uuid.uuid4().hex}" for when in ("before", "after"))
+    yield registry.connection.execute("ECHO", before)
+    yield call(*args)
+    yield registry.connection.execute("ECHO", after)
+    yield monitor.seen(after)
+    lines = monitor.lines
+    start = next(i for i, line in enumerate(lines) if before in line)
+    end = next(i for i, line in enumerate(lines) if after in line)
+    return lines[start + 1:end]
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_aScrapeReadsNoSessionFromRedis(redis_server):
+    """MONITOR shows what each scrape runs: one ZCARD of the sessions, nothing else of them."""
+    redis_server.flush()
+    namespace = uuid.uuid4().hex[:8]
+    registry = RedisRegistry(reactor, redis_server.url, namespace)
+    registry.startService()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", redis_server.port)
+    monitor = yield endpoint.connect(protocol.Factory.forProtocol(Monitor))
+    try:
+        yield monitor.seen("+OK")
+        yield withSessions(registry, SESSIONS, now=1)
+        metrics = Metrics()
+        prefix = "{" + namespace + "}:"
+        for scrape in range(3):
+            lines = yield between(monitor, registry, f"scrape {scrape}", metrics.refresh,
+                                  registry, reactor)
+            run = [line for line in lines if re.search(r"\[\d+ lua\]", line)]
+            touchingSessions = [
+                line for line in run
+                if f'"{prefix}sessions"' in line or f'"{prefix}session:' in line
+            ]
+            assert [line.split("] ", 1)[1] for line in touchingSessions] == [
+                f'"ZCARD" "{prefix}sessions"']
+            assert sessionsGauge(metrics) == SESSIONS
+    finally:
+        monitor.transport.loseConnection()
+        yield registry.stopService()
