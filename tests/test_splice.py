@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.splice import CLOSE_TIMEOUT, Splice
-from wslb.proxy.user_leg import UserLeg
+from wslb.proxy.user_handshake import UserHandshake
 from wslb.proxy.worker_handshake import WorkerHandshake
 from wslb.proxy.worker_leg import WorkerLeg
 
@@ -71,7 +71,7 @@ async def protocolErrors(worker):
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_workers, clients):
-    handshakeProtocols = (UserLeg, WorkerLeg, WorkerHandshake)
+    handshakeProtocols = (UserHandshake, WorkerLeg, WorkerHandshake)
     earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, handshakeProtocols))
     wslb = await openWslb(echo_workers)
     try:

@@ -11,9 +11,8 @@ and invalid UTF-8 in users' text messages (1007) refused before they reach
 the worker, byte and message counts, idle detection and ``auto_ping`` on both
 legs. The framed relay (``[listen] relay = "frames"``) stays as a fallback.
 
-The autobahn protocols that did the handshakes are dropped, so a relayed
-user costs two transports and this small object, not two protocol objects of
-some fifty attributes each.
+The protocols that did the handshakes (user_handshake, worker_handshake)
+are dropped, so a relayed user costs two transports and this small object.
 """
 
 from __future__ import annotations
@@ -118,14 +117,14 @@ def _holder(protocol):
     return None
 
 
-def canTakeOver(protocol):
-    """Whether L{Splice.replace} can take ``protocol``'s connection over."""
-    return _holder(protocol) is not None
-
-
 def _takeOver(protocol, new):
-    holder, attribute = _holder(protocol)
-    setattr(holder, attribute, new)
+    """Make ``new`` the protocol of ``protocol``'s transport."""
+    holder = _holder(protocol)
+    if holder is None:  # a transport of some other make: the old protocol passes all on
+        protocol.dataReceived = new.dataReceived
+        protocol.connectionLost = new.connectionLost
+    else:
+        setattr(*holder, new)
 
 
 class _Direction:
@@ -370,9 +369,9 @@ class _Direction:
 
 class Splice:
     """
-    One relayed session in byte mode. Offers what L{UserLeg} offers to the
-    session bookkeeping: ``key``, ``cost``, ``placement``, ``closeWith``,
-    ``activity`` and ``keepAlive``.
+    One relayed session in byte mode. Offers what a framed L{UserLeg} offers
+    to the session bookkeeping: ``key``, ``cost``, ``placement``,
+    ``closeWith``, ``activity`` and ``keepAlive``.
     """
 
     __slots__ = (
@@ -387,7 +386,7 @@ class Splice:
         self.placement = user.placement
         self.address = factory.gate.address(user)
         self.activity = 0  # payload bytes both ways, for the idle sweep
-        self.maxMessageSize = user.maxMessagePayloadSize
+        self.maxMessageSize = factory.maxMessageSize
         self.traffic = factory.traffic
         self._factory = factory
         self._awaiting = ()  # (direction, its wireBytes) of each side wslb just pinged
@@ -401,17 +400,15 @@ class Splice:
     @classmethod
     def replace(cls, user, worker, factory):
         """
-        Take over the connections of the open user leg (an autobahn
-        protocol that L{canTakeOver}) and of the L{WorkerHandshake}.
+        Take over the connections of a L{UserHandshake} and a
+        L{WorkerHandshake} whose handshakes are done; what each read beyond
+        its handshake (``data``) is relayed first.
         """
         splice = cls(user, worker, factory)
         _takeOver(user, splice.toWorker)
         _takeOver(worker, splice.toUser)
-        if user.autoPingPendingCall is not None:
-            user.autoPingPendingCall.cancel()
-            user.autoPingPendingCall = None
         userEarly, workerEarly = user.data, worker.data
-        user.data = worker.data = b""  # autobahn must not parse these after us
+        user.data = worker.data = b""
         user.transport.registerProducer(worker.transport, True)
         worker.transport.registerProducer(user.transport, True)
         if workerEarly:

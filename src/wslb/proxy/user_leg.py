@@ -1,57 +1,31 @@
 """
-The user leg: the WebSocket server side that users connect to.
-
-The user's handshake is held in ``onConnect`` until this instance knows the
-session, has a worker for it (perhaps after queueing) and the worker accepted
-its own handshake; the 101 then carries the worker's subprotocol.
+The framed user leg (``[listen] relay = "frames"``): autobahn's WebSocket
+server protocol, re-framing every message to and from its L{WorkerLeg}.
+The byte relay's users are served by L{UserHandshake} instead.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
-from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
-from wslb.proxy.identity import HandshakeFields
+from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
 from wslb.proxy.relay import RelayMixin, closeWith
-from wslb.proxy.splice import Splice, canTakeOver
-from wslb.proxy.worker_leg import WorkerUnavailable, withSettingsOnClass
+from wslb.proxy.user_handshake import UserHandshake
+from wslb.proxy.worker_leg import withSettingsOnClass
 
 log = Logger()
-
-
-class WorkerRef(NamedTuple):
-    id: str
-    url: str
-    provider: str
-    capacity: int
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_ABNORMAL = 1006
 CLOSE_TRY_AGAIN = 1012
 
-# The most a client may send before its handshake is answered: request line,
-# headers, and anything it sends early while the handshake is held.
-MAX_REQUEST_HEAD = 16 * 1024
 
-# Request headers the worker sees as the user sent them.
-PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
-
-
-class UserLeg(RelayMixin, WebSocketServerProtocol):
+class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
     direction = TO_WORKER
-    key = None
-    cost = None
-    placement = None  # WorkerRef: the worker this session is bound to
-    worker = None  # the open WorkerLeg, until the user leg opens
-    _counted = False  # assign() counted this connection: release() it once
-    _assigned = None  # (fresh, seconds waited) for the log
-    _relayBytes = False  # this connection goes to the byte relay once open
     _opening = None  # the Deferred onConnect returned
     _handshakeTimer = None
     _refusalHeaders = ()
@@ -83,7 +57,7 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
         # and lose the answer: answer, half-close, and read until it leaves.
         self._stopHandshakeTimer()
         self._discarding = True
-        self.factory.gate.refused(431)
+        self._refusing(431, "Request Header Fields Too Large")
         self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
         self.transport.loseWriteConnection()
         self._handshakeTimer = self.factory.clock.callLater(
@@ -102,7 +76,10 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
 
     def onConnect(self, request):
         self._stopHandshakeTimer()
-        self._opening = defer.ensureDeferred(self._open(request))
+        opening = Request(self.http_request_uri, request.headers, request.protocols)
+        self._opening = defer.ensureDeferred(self._open(opening, relayBytes=False))
+        self._opening.addCallback(
+            lambda headers: (self.worker.websocket_protocol_in_use, headers))
         return self._opening.addErrback(self._refused)
 
     def _refused(self, failure):
@@ -113,57 +90,8 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             self._refusalHeaders = failure.value.headers
         return failure
 
-    async def _open(self, request):
-        factory = self.factory
-        factory.gate.admit(self, request)
-        fields = HandshakeFields(request.headers, _query(self.http_request_uri))
-        identity = factory.identifier.identify(fields)
-        self.key = identity.key
-        asked = factory.clock.seconds()
-        self.cost = identity.cost
-        assigned = await factory.router.route(identity.key, identity.cost)
-        worker = assigned.worker
-        # Only what re-asserting the session needs: a Worker snapshot would
-        # keep the whole list of its sessions alive with every connection.
-        self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
-        self._counted = True
-        self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
-        self._relayBytes = factory.relayBytes and canTakeOver(self)
-        try:
-            self.worker = await factory.connectWorker(
-                assigned.worker.url, self.http_request_uri,
-                self._workerHeaders(request), request.protocols, self._relayBytes,
-            )
-        except WorkerUnavailable as e:
-            log.info("worker {worker} unavailable for {key}: {why}",
-                     worker=assigned.worker.id, key=self.key, why=str(e))
-            if assigned.fresh:
-                factory.registry.endSession(self.key)
-            raise HandshakeRefused(502, "the worker is unavailable") from e
-        headers = {}
-        if identity.setCookie:
-            headers["Set-Cookie"] = identity.setCookie
-        return (self.worker.websocket_protocol_in_use, headers)
-
-    def _workerHeaders(self, request):
-        headers = {
-            name: request.headers[name.lower()]
-            for name in PASSED_HEADERS if name.lower() in request.headers
-        }
-        peer = self.transport.getPeer()
-        headers["X-WSLB-Session"] = self.key
-        headers["X-Forwarded-For"] = getattr(peer, "host", "unix")
-        headers["X-Forwarded-Proto"] = (
-            "https" if ISSLTransport.providedBy(self.transport) else "http"
-        )
-        if request.host:
-            headers["X-Forwarded-Host"] = request.headers.get("host", request.host)
-        return headers
-
     def failHandshake(self, reason, code=400, responseHeaders=None):
-        self.factory.gate.refused(code)
-        log.info("handshake refused: {status} {reason}", event="refused", status=code,
-                 reason=reason, key=self.key, peer=self.factory.gate.address(self))
+        self._refusing(code, reason)
         super().failHandshake(reason, code, list(responseHeaders or []) + self._refusalHeaders)
 
     def onOpen(self):
@@ -172,23 +100,9 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             return
         self._opening = None
         worker, self.worker = self.worker, None
-        factory = self.factory
-        if self._relayBytes:
-            relay = Splice.replace(self, worker, factory)
-        else:
-            relay = self
-            worker.attach(self, factory.traffic)
-            self.attach(worker, factory.traffic)
-        factory.gate.accepted()
-        factory.sessions.opened(self.key, relay)
-        fresh, waited = self._assigned
-        log.info(
-            "{key} relaying to {worker}", event="opened", key=self.key,
-            worker=self.placement.id, worker_url=self.placement.url, fresh=fresh,
-            cost=self.cost, waited=waited, peer=factory.gate.address(self),
-            protocol=self.websocket_protocol_in_use,
-            mode="bytes" if self._relayBytes else "frames",
-        )
+        worker.attach(self, self.factory.traffic)
+        self.attach(worker, self.factory.traffic)
+        self._relaying(self, self.websocket_protocol_in_use, "frames")
 
     # What the session bookkeeping calls (a L{Splice} offers the same).
 
@@ -224,15 +138,10 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
                 bytes_to_user=stats.outgoingOctetsWireLevel,
             )
         if worker is not None:
-            if self._relayBytes:  # its handshake was done, no relay took it over
-                worker.transport.abortConnection()
-            else:
-                closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
+            closeWith(worker, code if wasClean else CLOSE_GOING_AWAY, reason)
         if self.key is not None:
             self.factory.sessions.closed(self.key, self)
-        if self._counted:
-            self._counted = False
-            self.factory.sessions.release(self.key)
+        self._release()
 
     def workerClosed(self, wasClean, code, reason):
         """The worker leg closed: pass it on, ending the session if it says so."""
@@ -244,12 +153,11 @@ class UserLeg(RelayMixin, WebSocketServerProtocol):
             closeWith(self, code, reason)
 
 
-def _query(uri):
-    return uri.partition("?")[2]
-
-
 class UserLegFactory(WebSocketServerFactory):
-    """Holds what every user leg of one listener shares."""
+    """
+    Holds what the user connections of one listener share; builds a
+    L{UserHandshake} for each with the byte relay, a L{UserLeg} with frames.
+    """
 
     protocol = UserLeg
     noisy = False
@@ -274,6 +182,14 @@ class UserLegFactory(WebSocketServerFactory):
             failByDrop=False, **options,
         )
         self.protocol = withSettingsOnClass(UserLeg, self)
+        self.maxMessageSize = options["maxMessagePayloadSize"]
+
+    def buildProtocol(self, addr):
+        if not self.relayBytes:
+            return super().buildProtocol(addr)
+        handshake = UserHandshake()
+        handshake.factory = self
+        return handshake
 
     def goingAway(self):
         """Close every open user leg with 1001 (shutdown)."""

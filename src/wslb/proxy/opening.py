@@ -1,0 +1,123 @@
+"""
+From a user's request to an open connection with its worker: what the two
+user-side protocols share (L{UserHandshake} for the byte relay, autobahn's
+L{UserLeg} for the framed one).
+
+The handshake is held until this instance knows the session, has a worker
+for it (perhaps after queueing) and the worker accepted wslb's own
+handshake; the 101 then carries the worker's subprotocol.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+from wslb.proxy.errors import HandshakeRefused
+from wslb.proxy.identity import HandshakeFields
+from wslb.proxy.worker_leg import WorkerUnavailable
+
+log = Logger(namespace="wslb.proxy.user_leg")
+
+# The most a client may send before its handshake is answered: request line,
+# headers, and anything it sends early while the handshake is held.
+MAX_REQUEST_HEAD = 16 * 1024
+
+# Request headers the worker sees as the user sent them.
+PASSED_HEADERS = ("Origin", "Cookie", "Authorization", "User-Agent")
+
+
+class Request(NamedTuple):
+    uri: str  # path and query, as the user sent them
+    headers: dict  # lower-cased name -> value (a repeated header's values joined by ", ")
+    protocols: list  # the subprotocols the user offers
+
+
+class WorkerRef(NamedTuple):
+    id: str
+    url: str
+    provider: str
+    capacity: int
+
+
+class OpensSessions:
+    """
+    A user-side protocol's session: ``_open`` routes a request to a worker
+    and connects to it; the rest is the bookkeeping around that.
+    """
+
+    key = None
+    cost = None
+    placement = None  # WorkerRef: the worker this session is bound to
+    worker = None  # the worker's connection (or framed leg), until relayed
+    _counted = False  # assign() counted this connection: release() it once
+    _assigned = None  # (fresh, seconds waited) for the log
+
+    async def _open(self, request, relayBytes):
+        """The response headers of the 101; sets ``self.worker``. Or HandshakeRefused."""
+        factory = self.factory
+        factory.gate.admit(self, request)
+        identity = factory.identifier.identify(
+            HandshakeFields(request.headers, request.uri.partition("?")[2]))
+        self.key = identity.key
+        self.cost = identity.cost
+        asked = factory.clock.seconds()
+        assigned = await factory.router.route(identity.key, identity.cost)
+        worker = assigned.worker
+        # Only what re-asserting the session needs: a Worker snapshot would
+        # keep the whole list of its sessions alive with every connection.
+        self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
+        self._counted = True
+        self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
+        try:
+            self.worker = await factory.connectWorker(
+                worker.url, request.uri, self._workerHeaders(request), request.protocols,
+                relayBytes,
+            )
+        except WorkerUnavailable as e:
+            log.info("worker {worker} unavailable for {key}: {why}",
+                     worker=worker.id, key=self.key, why=str(e))
+            if assigned.fresh:
+                factory.registry.endSession(self.key)
+            raise HandshakeRefused(502, "the worker is unavailable") from e
+        return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
+
+    def _workerHeaders(self, request):
+        headers = {
+            name: request.headers[name.lower()]
+            for name in PASSED_HEADERS if name.lower() in request.headers
+        }
+        peer = self.transport.getPeer()
+        headers["X-WSLB-Session"] = self.key
+        headers["X-Forwarded-For"] = getattr(peer, "host", "unix")
+        headers["X-Forwarded-Proto"] = (
+            "https" if ISSLTransport.providedBy(self.transport) else "http"
+        )
+        if "host" in request.headers:
+            headers["X-Forwarded-Host"] = request.headers["host"]
+        return headers
+
+    def _refusing(self, code, reason):
+        self.factory.gate.refused(code)
+        log.info("handshake refused: {status} {reason}", event="refused", status=code,
+                 reason=reason, key=self.key, peer=self.factory.gate.address(self))
+
+    def _relaying(self, relay, protocol, mode):
+        factory = self.factory
+        factory.gate.accepted()
+        factory.sessions.opened(self.key, relay)
+        fresh, waited = self._assigned
+        log.info(
+            "{key} relaying to {worker}", event="opened", key=self.key,
+            worker=self.placement.id, worker_url=self.placement.url, fresh=fresh,
+            cost=self.cost, waited=waited, peer=factory.gate.address(self),
+            protocol=protocol, mode=mode,
+        )
+
+    def _release(self):
+        """The connection is over before a relay took it: count it out of its session."""
+        if self._counted:
+            self._counted = False
+            self.factory.sessions.release(self.key)

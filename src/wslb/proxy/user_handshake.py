@@ -1,0 +1,199 @@
+"""
+The user's opening handshake read and answered by hand (RFC 6455 §4.2), for
+the byte relay: a relayed user needs its request checked, a 101 and its
+connection, not an autobahn server protocol of some fifty attributes that
+the relay drops the moment the handshake is done (a tenth of a short
+connection's CPU went to it). The framed relay keeps autobahn's (UserLeg).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from wslb.proxy.errors import HandshakeRefused, badRequest
+from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
+from wslb.proxy.splice import Splice
+from wslb.proxy.worker_handshake import acceptFor
+
+log = Logger()
+
+# Headers a request may carry once only: which value would count is unclear.
+_SINGLE = ("host", "sec-websocket-key", "sec-websocket-version")
+
+
+def _tokens(value):
+    return [token.strip().lower() for token in value.split(",")]
+
+
+def readRequest(head):
+    """
+    The L{Request} and its Sec-WebSocket-Key from a request's head (up to
+    the blank line); or the L{HandshakeRefused} to answer it with.
+    """
+    lines = head.decode("iso-8859-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise badRequest("malformed request line")
+    method, uri, version = parts
+    if method != "GET":
+        raise HandshakeRefused(405, f"method {method[:16]} not allowed", [("Allow", "GET")])
+    if version != "HTTP/1.1":
+        raise HandshakeRefused(505, "only HTTP/1.1 upgrades to a WebSocket")
+    if not uri.startswith("/") or "#" in uri:
+        raise badRequest("the request target must be a path, without a fragment")
+    headers = {}
+    repeated = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise badRequest("malformed header line")
+        name = name.lower()
+        value = value.strip()
+        if name in headers:
+            headers[name] += ", " + value
+            repeated.add(name)
+        else:
+            headers[name] = value
+    for name in _SINGLE:
+        if name in repeated:
+            raise badRequest(f"{name} header appears more than once")
+    if "host" not in headers:
+        raise badRequest("no Host header")
+    if "websocket" not in _tokens(headers.get("upgrade", "")):
+        raise HandshakeRefused(426, "a WebSocket upgrade is required",
+                               [("Upgrade", "websocket"), ("Connection", "Upgrade")])
+    if "upgrade" not in _tokens(headers.get("connection", "")):
+        raise badRequest("no Connection: Upgrade header")
+    if headers.get("sec-websocket-version") != "13":
+        raise HandshakeRefused(426, "unsupported WebSocket version",
+                               [("Sec-WebSocket-Version", "13")])
+    key = headers.get("sec-websocket-key", "")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise badRequest("Sec-WebSocket-Key must be 16 bytes in base64")
+    protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    protocols = [p for p in protocols if p]
+    if len(set(protocols)) != len(protocols):
+        raise badRequest("a subprotocol is offered twice")
+    return Request(uri, headers, protocols), key.encode("ascii")
+
+
+def switchingProtocols(key, protocol, headers):
+    """The 101 for a request with ``key``, choosing ``protocol`` (or none)."""
+    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+             "Sec-WebSocket-Accept: " + acceptFor(key).decode("ascii")]
+    if protocol is not None:
+        lines.append("Sec-WebSocket-Protocol: " + protocol)
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def refusal(code, reason, headers=()):
+    """An error answer; the reason goes in the status line, as autobahn puts it."""
+    lines = [f"HTTP/1.1 {code} {' '.join(reason.split())}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+class UserHandshake(OpensSessions, Protocol):
+    """
+    Reads the request, holds it while the session opens, answers, and hands
+    the connection to a L{Splice}. Bytes the user sends early (frames after
+    its request, before the 101) go to the relay.
+    """
+
+    data = b""  # read and not yet handled: the head, or frames sent early
+    _opening = None  # the Deferred of _open, while the handshake is held
+    _requestTimer = None
+    _discarding = False  # refused as too large: reading only to close cleanly
+
+    def connectionMade(self):
+        factory = self.factory
+        factory.gate.connectionMade(factory.gate.address(self))
+        self._requestTimer = factory.clock.callLater(factory.requestTimeout, self._tooSlow)
+
+    def dataReceived(self, data):
+        if self._discarding:
+            return
+        data = self.data = self.data + data
+        if self._opening is not None:
+            if len(data) > MAX_REQUEST_HEAD:  # talking while its handshake is held
+                self.factory.gate.limitHit("request_head_size")
+                self.transport.abortConnection()
+            return
+        end = data.find(b"\r\n\r\n", 0, MAX_REQUEST_HEAD)
+        if end < 0:
+            if len(data) >= MAX_REQUEST_HEAD:
+                self._refuseTooLarge()
+            return
+        head, self.data = data[:end], data[end + 4:]
+        self._stopRequestTimer()
+        try:
+            request, key = readRequest(head)
+        except HandshakeRefused as refused:
+            self._refuse(refused)
+            return
+        self._opening = defer.ensureDeferred(self._open(request, relayBytes=True))
+        self._opening.addCallbacks(self._accept, self._refused, callbackArgs=(key,))
+
+    def _accept(self, headers, key):
+        self._opening = None
+        worker, self.worker = self.worker, None
+        self.transport.write(switchingProtocols(key, worker.websocket_protocol_in_use, headers))
+        relay = Splice.replace(self, worker, self.factory)
+        self._relaying(relay, worker.websocket_protocol_in_use, "bytes")
+
+    def _refused(self, failure):
+        self._opening = None
+        if failure.check(defer.CancelledError):
+            return  # the user left: no answer is needed
+        if failure.check(HandshakeRefused):
+            self._refuse(failure.value)
+            return
+        log.failure("opening a session for {key}", failure, key=self.key)
+        self._refuse(HandshakeRefused(500, "internal server error"))
+
+    def _refuse(self, refused):
+        self._refusing(refused.code, refused.reason)
+        self.transport.write(refusal(refused.code, refused.reason, refused.headers))
+        self.transport.loseConnection()  # and reads no more
+
+    def _refuseTooLarge(self):
+        # Closing with the client's bytes unread would reset the connection
+        # and lose the answer: answer, half-close, and read until it leaves.
+        self._stopRequestTimer()
+        self._discarding = True
+        self.factory.gate.limitHit("request_head_size")
+        self._refusing(431, "Request Header Fields Too Large")
+        self.transport.write(refusal(431, "Request Header Fields Too Large"))
+        self.transport.loseWriteConnection()
+        self._requestTimer = self.factory.clock.callLater(
+            self.factory.requestTimeout, self.transport.abortConnection)
+
+    def _tooSlow(self):
+        self._requestTimer = None
+        self.factory.gate.limitHit("open_handshake_timeout")
+        self.transport.abortConnection()
+
+    def _stopRequestTimer(self):
+        if self._requestTimer is not None and self._requestTimer.active():
+            self._requestTimer.cancel()
+        self._requestTimer = None
+
+    def connectionLost(self, reason):
+        self._stopRequestTimer()
+        if self._opening is not None:
+            self._opening.cancel()
+        if self.worker is not None:  # connected to the worker, never relayed
+            self.worker.transport.abortConnection()
+            self.worker = None
+        self.factory.gate.connectionLost(self.factory.gate.address(self))
+        self._release()

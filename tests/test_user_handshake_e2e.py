@@ -1,0 +1,79 @@
+"""
+The byte relay's hand-written handshake with users, through a running wslb
+and a real echo worker: what arrives in pieces or early, and what is refused.
+"""
+
+import pytest
+import pytest_twisted
+from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
+from _wslb_helpers import staticWslb
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+pytestmark = pytest.mark.workers(1)
+
+
+@pytest.fixture
+def raws():
+    opened = []
+    yield opened
+    for raw in opened:
+        raw.transport.abortConnection()
+
+
+@pytest_twisted.async_yield_fixture()
+async def wslb(echo_workers):
+    wslb = staticWslb(echo_workers, "pool.capacity=10")
+    await wslb.start()
+    await wslb.waitHealthy(1)
+    yield wslb
+    await wslb.stop()
+
+
+async def raw(wslb, raws):
+    client = await connectRaw(wslb.port)
+    raws.append(client)
+    return client
+
+
+def statusLine(client):
+    return client.received.partition(b"\r\n")[0].decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_in_pieces_and_frames_sent_before_the_101_are_relayed(wslb, raws):
+    client = await raw(wslb, raws)
+    request = upgradeRequest(wslb.port, headers={"X-WSLB-Session": "eager"})
+    for i in range(0, len(request), 7):  # the head split at every 7th byte
+        client.transport.write(request[i:i + 7])
+        await deferLater(reactor, 0.002)
+    # The client does not wait for the 101 (its handshake is held meanwhile).
+    client.transport.write(frame(TEXT, b"first") + frame(TEXT, b"whoami"))
+    head, _, client.received = (await client.waitFor(lambda d: b"\r\n\r\n" in d)).partition(
+        b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert await client.nextMessage() == (TEXT, b"first")
+    opcode, payload = await client.nextMessage()
+    assert b'"session": "eager"' in payload
+
+
+@pytest.mark.parametrize("request_, status, header", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "426", b"Upgrade: websocket"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+     "426", b"Sec-WebSocket-Version: 13"),
+    (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", "405", b"Allow: GET"),
+])
+@pytest_twisted.ensureDeferred
+async def test_what_is_not_a_websocket_upgrade_gets_a_status_and_nothing_more(
+        wslb, raws, request_, status, header):
+    client = await raw(wslb, raws)
+    # A second request right behind the first: nothing answers it.
+    client.transport.write(request_ + upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
+    await client.closed.addTimeout(5, reactor)
+    assert statusLine(client).startswith(f"HTTP/1.1 {status} ")
+    assert header in client.received
+    assert client.received.count(b"HTTP/1.1") == 1
+    # The listener serves the next client as ever.
+    other = await raw(wslb, raws)
+    assert await other.handshake(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"})) == 101
