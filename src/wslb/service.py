@@ -133,12 +133,35 @@ def registryReady(registry, clock):
     """
     if not IRedisRegistryExtras.providedBy(registry):
         return None
+    return RegistrySettling(registry, clock).ready
 
-    def ready():
-        d = registry.epochAge(clock.seconds())
-        return d.addCallback(lambda age: age >= REGISTRY_SETTLE)
 
-    return ready
+class RegistrySettling:
+    """
+    Whether the registry's epoch is REGISTRY_SETTLE old, asked of Redis on
+    each pool tick only until it is: an old epoch only grows older, until
+    the registry's ``disruptions`` move (Redis may have lost its data; the
+    upkeep heartbeat's epochChanged sees a flush within a beat), and then
+    it is asked again.
+    """
+
+    def __init__(self, registry, clock):
+        self._registry = registry
+        self._clock = clock
+        self._settledAt = None  # the registry's disruptions when the epoch was old enough
+
+    def ready(self):
+        disruptions = self._registry.disruptions
+        if disruptions == self._settledAt:
+            return True
+
+        def settled(age):
+            if age >= REGISTRY_SETTLE:
+                # As of the ask: a disruption while it was out asks again.
+                self._settledAt = disruptions
+            return age >= REGISTRY_SETTLE
+
+        return self._registry.epochAge(self._clock.seconds()).addCallback(settled)
 
 
 def makeSigner(session, clock):

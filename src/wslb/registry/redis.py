@@ -18,7 +18,7 @@ from collections import deque
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from wslb.registry import redis_ops
 from wslb.registry._interfaces import IRegistry
@@ -87,6 +87,15 @@ class IRedisRegistryExtras(Interface):
         first call only learns the epoch (False).
         """
 
+    disruptions = Attribute(
+        """
+        A count that grows whenever Redis may have lost its data: the
+        command connection dropped (a restart, a failover), or epochChanged
+        found a new epoch (a flush). What was learnt from Redis while it
+        stayed the same (the epoch's age) still holds.
+        """
+    )
+
     def whenNoticesDelivered():
         """
         Fire once every notice published before this call has been handed
@@ -114,6 +123,7 @@ class RedisRegistry(Service):
         self._subscribedOnce = defer.Deferred()
         self._barriers = {}  # sync token -> Deferred
         self._epoch = None
+        self._newEpochs = 0  # times epochChanged found a new epoch
 
     def startService(self):
         super().startService()
@@ -224,9 +234,15 @@ class RedisRegistry(Service):
         def compare(epoch):
             changed = self._epoch is not None and epoch != self._epoch
             self._epoch = epoch
+            if changed:
+                self._newEpochs += 1
             return changed
 
         return self._run(redis_ops.epoch, self._clock.seconds()).addCallback(compare)
+
+    @property
+    def disruptions(self):
+        return self.connection.losses + self._newEpochs
 
     def epochAge(self, now):
         """

@@ -83,6 +83,7 @@ class RedisConnection:
         self._tls = tlsOptions(address)
         self._commands = None
         self._subscriber = None
+        self.losses = 0  # command connections dropped: Redis may have restarted
 
     def _connect(self, factory):
         from twisted.internet import reactor
@@ -96,7 +97,10 @@ class RedisConnection:
 
     def connect(self):
         """Start connecting; commands wait (bounded) until connected."""
-        self._commands = self._connect(_CommandFactory(self.address))
+        self._commands = self._connect(_CommandFactory(self.address, self._lost))
+
+    def _lost(self):
+        self.losses += 1
 
     def subscribe(self, channel, received, subscribed):
         """
@@ -207,14 +211,19 @@ class _CommandProtocol(_RepliesAtOnce, _Authenticating, txredisapi.RedisProtocol
             parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
         return b"".join(parts)
 
+    def connectionLost(self, why):
+        self.factory.lost()
+        return super().connectionLost(why)
+
 
 class _CommandFactory(txredisapi.RedisFactory):
     protocol = _CommandProtocol
 
-    def __init__(self, address):
+    def __init__(self, address, lost):
         super().__init__(f"{address.host}:{address.port}", None, POOL_SIZE, isLazy=True,
                          convertNumbers=False)
         self.address = address
+        self.lost = lost  # called when a command connection drops
 
 
 class _SubscriberProtocol(_RepliesAtOnce, _Authenticating, txredisapi.SubscriberProtocol):
