@@ -45,8 +45,11 @@ REGISTRY_PROBE_TIMEOUT = 1.0
 # Every Redis call is bounded by this: a new user gets 503 within it when
 # Redis is unreachable.
 REGISTRY_TIMEOUT = 1.0
-# After Redis starts empty: instances re-assert within a heartbeat or two.
-REGISTRY_SETTLE = 3 * HEARTBEAT_INTERVAL
+# After Redis starts empty, the pool hands out no worker for this long:
+# instances notice within a reconnect delay (redis_connection) and re-assert
+# their sessions at the next heartbeat, about 2.2 s at worst; the rest is
+# margin for a loaded host.
+REGISTRY_SETTLE = 5 * HEARTBEAT_INTERVAL
 
 
 class Drain(service.Service):

@@ -15,8 +15,12 @@ Three txredisapi behaviours shape this module (DESIGN §9):
     protocols send AUTH and SELECT first thing on each connection, and only
     the server refusing them stops the reconnecting.
 
-The factories are txredisapi's (ClientService inside: backoff 1 s .. 10 s),
-built like ``lazyConnectionPool`` builds its own but with these protocols.
+The factories are txredisapi's (ClientService inside), built like
+``lazyConnectionPool`` builds its own but with these protocols, and retry
+every second or so instead of backing off to 10 s: after Redis comes back
+empty, every instance must re-assert its sessions before the pool hands
+their workers out again (``REGISTRY_SETTLE`` in L{wslb.service}), so no
+instance may notice Redis is back much later than the others.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ log = Logger()
 # One connection runs commands in the order they were issued, as the memory
 # registry does; Redis serves one command at a time anyway.
 POOL_SIZE = 1
+
+# The longest wait between two connection attempts (txredisapi adds 12 %
+# jitter): an instance notices that Redis is back within about this long.
+RECONNECT_DELAY = 1.0
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -218,6 +226,7 @@ class _CommandProtocol(_RepliesAtOnce, _Authenticating, txredisapi.RedisProtocol
 
 class _CommandFactory(txredisapi.RedisFactory):
     protocol = _CommandProtocol
+    maxDelay = RECONNECT_DELAY
 
     def __init__(self, address, lost):
         super().__init__(f"{address.host}:{address.port}", None, POOL_SIZE, isLazy=True,
@@ -239,6 +248,7 @@ class _SubscriberFactory(txredisapi.RedisFactory):
     """One connection that subscribes to ``channel`` whenever it is ready."""
 
     protocol = _SubscriberProtocol
+    maxDelay = RECONNECT_DELAY
 
     def __init__(self, address, channel, received, subscribed, connection):
         super().__init__(f"{address.host}:{address.port}", None, 1, isLazy=True,
