@@ -8,6 +8,7 @@ import json
 import pytest
 import pytest_twisted
 from _echo_helpers import closeAll, getJSON, waitFor
+from _raw_ws import connectRaw, upgradeRequest
 from _wslb_helpers import rawHandshake, staticWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -229,6 +230,19 @@ async def test_client_giving_up_leaves_queue(echo_workers, clients, relay):
         _, queue = await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
                                  lambda r: r[1]["length"] == 0)
         assert queue["length"] == 0
+    finally:
+        await wslb.stop()
+
+
+@pytest.mark.workers(1)
+@pytest_twisted.ensureDeferred
+async def test_what_is_not_a_get_is_answered_405(echo_workers, relay):
+    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 1)
+    try:
+        client = await connectRaw(wslb.port)
+        client.transport.write(upgradeRequest(wslb.port).replace(b"GET", b"PUT", 1))
+        await client.closed.addTimeout(5, reactor)
+        assert client.received.startswith(b"HTTP/1.1 405 ")
     finally:
         await wslb.stop()
 

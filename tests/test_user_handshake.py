@@ -45,7 +45,6 @@ def test_a_good_request_gives_its_fields_and_key():
     (["GET /  HTTP/1.1"] + GOOD[1:], 400, "malformed request line"),
     (["POST / HTTP/1.1"] + GOOD[1:], 405, "method POST not allowed"),
     (["GET / HTTP/1.0"] + GOOD[1:], 505, "HTTP/1.1"),
-    (["GET http://x/ HTTP/1.1"] + GOOD[1:], 400, "must be a path"),
     (["GET /#frag HTTP/1.1"] + GOOD[1:], 400, "fragment"),
     (GOOD + ["No colon here"], 400, "malformed header line"),
     (GOOD + [" folded: value"], 400, "malformed header line"),
@@ -61,12 +60,33 @@ def test_a_good_request_gives_its_fields_and_key():
     (replaced(GOOD, "Sec-WebSocket-Key", "c2hvcnQ="), 400, "Sec-WebSocket-Key"),
     (replaced(GOOD, "Sec-WebSocket-Key", "!!not base64!!!!!!!!!!=="), 400, "Sec-WebSocket-Key"),
     (GOOD + ["Sec-WebSocket-Protocol: a, b, a"], 400, "offered twice"),
+    # What would let a user write lines of its own into wslb's request to the worker:
+    (GOOD + ["User-Agent: ua\nX-WSLB-Session: forged"], 400, "malformed header line"),
+    (GOOD + ["User-Agent: ua\rX-Forwarded-For: 6.6.6.6"], 400, "malformed header line"),
+    (GOOD + ["Cookie: a=\x00"], 400, "malformed header line"),
+    (GOOD + ["Bad Name: x"], 400, "malformed header line"),
+    (GOOD + ["Sec-WebSocket-Protocol: v1, v/2"], 400, "subprotocol must be a token"),
+    (["GET /a\x7fb HTTP/1.1"] + GOOD[1:], 400, "must be a path"),
+    (["GET /caf\xe9 HTTP/1.1"] + GOOD[1:], 400, "must be a path"),
+    (["G\x1bT / HTTP/1.1"] + GOOD[1:], 400, "malformed request line"),
+    (["GET ftp://h/p HTTP/1.1"] + GOOD[1:], 400, "must be a path"),
+    (["GET ws:/p HTTP/1.1"] + GOOD[1:], 400, "must be a path"),
 ])
 def test_a_bad_request_is_refused_with_a_status_that_says_why(lines, code, says):
     with pytest.raises(HandshakeRefused) as refused:
         readRequest(head(lines))
     assert refused.value.code == code
     assert says in refused.value.reason
+
+
+@pytest.mark.parametrize("target, uri", [
+    ("/p?q=1", "/p?q=1"),
+    ("ws://wslb.example:8080/p?q=1", "/p?q=1"),  # absolute form (RFC 9112 §3.2.2)
+    ("HTTPS://wslb.example", "/"),
+])
+def test_the_request_target_gives_the_path_and_query_passed_on(target, uri):
+    request, _ = readRequest(head([f"GET {target} HTTP/1.1"] + GOOD[1:]))
+    assert request.uri == uri
 
 
 def test_refusals_name_what_the_client_should_do():

@@ -3,11 +3,17 @@ The byte relay's hand-written handshake with users, through a running wslb
 and a real echo worker: what arrives in pieces or early, and what is refused.
 """
 
+import socket
+import ssl
+import time
+
 import pytest
 import pytest_twisted
+from _certs import makeCertificates
+from _echo_helpers import getJSON
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _wslb_helpers import staticWslb
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 pytestmark = pytest.mark.workers(1)
@@ -77,3 +83,60 @@ async def test_what_is_not_a_websocket_upgrade_gets_a_status_and_nothing_more(
     # The listener serves the next client as ever.
     other = await raw(wslb, raws)
     assert await other.handshake(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"})) == 101
+
+
+def tlsClientRefusedThenPipelining(port, ca, second):
+    """
+    Over TLS: a refused request, then an upgrade, never answering wslb's
+    close_notify; the bytes the client read, and when wslb dropped it.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context(cafile=str(ca)).wrap_bio(
+        incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        def flush():
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+
+        def until(step):
+            while True:
+                try:
+                    return step()
+                except ssl.SSLWantReadError:
+                    flush()
+                    incoming.write(sock.recv(65536))
+
+        until(tls.do_handshake)
+        tls.write(b"DELETE / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        flush()
+        answer = until(lambda: tls.read(4096))
+        tls.write(second)
+        flush()
+        started = time.monotonic()
+        try:
+            while sock.recv(4096):  # wslb's close_notify, then the TCP close
+                pass
+        except OSError:
+            pass
+        return answer, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_tls_client_gets_no_second_answer_and_is_dropped(echo_workers, tmp_path):
+    certs = makeCertificates(tmp_path)
+    wslb = staticWslb(
+        echo_workers, "pool.capacity=10", "listen.open_handshake_timeout=1s",
+        f"listen.endpoint=ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}"
+        f":certKey={certs['server']}")
+    await wslb.start()
+    try:
+        await wslb.waitHealthy(1)
+        second = upgradeRequest(wslb.port, headers={"X-WSLB-Session": "second"})
+        answer, dropped = await threads.deferToThread(
+            tlsClientRefusedThenPipelining, wslb.port, certs["ca"], second)
+        assert answer.startswith(b"HTTP/1.1 405 ")
+        assert dropped < 3  # by the request timeout, not by the client
+        _, sessions = await getJSON(wslb.admin + "/api/v1/sessions")
+        assert sessions["sessions"] == []  # the second request opened nothing
+    finally:
+        await wslb.stop()

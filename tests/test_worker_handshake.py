@@ -28,6 +28,13 @@ def test_the_request_carries_what_the_worker_needs():
     assert accept == acceptFor(fields["Sec-WebSocket-Key"].encode())
 
 
+def test_header_bytes_pass_as_sent_and_line_breaks_never():
+    request, _ = handshakeRequest("h:1", "/", {"Cookie": "name=caf\xe9"}, [])
+    assert b"\r\nCookie: name=caf\xe9\r\n" in request  # the user's byte, not UTF-8
+    with pytest.raises(ValueError):
+        handshakeRequest("h:1", "/", {"User-Agent": "ua\nX-WSLB-Session: forged"}, [])
+
+
 def test_rfc_6455_sample_accept():
     assert acceptFor(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 

@@ -302,7 +302,8 @@ class _Direction:
         """
         destination = self._destination
         if (self._sendNow and not destination.dataBuffer and not destination._tempDataLen
-                and destination.connected and not destination.disconnecting):
+                and destination.connected and not destination.disconnecting
+                and not destination._aborting):
             try:
                 sent = destination.socket.send(data)
             except OSError:  # it would block, or it broke: Twisted's write finds out which

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -24,6 +26,15 @@ log = Logger()
 
 # Headers a request may carry once only: which value would count is unclear.
 _SINGLE = ("host", "sec-websocket-key", "sec-websocket-version")
+
+# RFC 9110 §5.6.2 tokens (methods, header names, subprotocols); header values
+# without control characters but tab (a lone CR or LF would let a user write
+# headers of its own into wslb's request to the worker); request targets of
+# visible ASCII only (§4.1).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET = re.compile(r"[\x21-\x7e]+\Z")
+_ABSOLUTE_SCHEMES = ("ws", "wss", "http", "https")
 
 
 def _tokens(value):
@@ -40,17 +51,18 @@ def readRequest(head):
     if len(parts) != 3:
         raise badRequest("malformed request line")
     method, uri, version = parts
+    if not _TOKEN.match(method):
+        raise badRequest("malformed request line")
     if method != "GET":
         raise HandshakeRefused(405, f"method {method[:16]} not allowed", [("Allow", "GET")])
     if version != "HTTP/1.1":
         raise HandshakeRefused(505, "only HTTP/1.1 upgrades to a WebSocket")
-    if not uri.startswith("/") or "#" in uri:
-        raise badRequest("the request target must be a path, without a fragment")
+    uri = _target(uri)
     headers = {}
     repeated = set()
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
+        if not colon or not _TOKEN.match(name) or _CONTROL.search(value):
             raise badRequest("malformed header line")
         name = name.lower()
         value = value.strip()
@@ -81,9 +93,26 @@ def readRequest(head):
         raise badRequest("Sec-WebSocket-Key must be 16 bytes in base64")
     protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
     protocols = [p for p in protocols if p]
+    if not all(_TOKEN.match(p) for p in protocols):
+        raise badRequest("a subprotocol must be a token")
     if len(set(protocols)) != len(protocols):
         raise badRequest("a subprotocol is offered twice")
     return Request(uri, headers, protocols), key.encode("ascii")
+
+
+def _target(uri):
+    """
+    The path and query a request target names: origin form as browsers
+    send it, or absolute form (RFC 9112 §3.2.2), whose path is taken.
+    """
+    if not _TARGET.match(uri) or "#" in uri:
+        raise badRequest("the request target must be a path, without a fragment")
+    if uri.startswith("/"):
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in _ABSOLUTE_SCHEMES or not parts.netloc:
+        raise badRequest("the request target must be a path, without a fragment")
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def switchingProtocols(key, protocol, headers):
@@ -113,7 +142,7 @@ class UserHandshake(OpensSessions, Protocol):
     data = b""  # read and not yet handled: the head, or frames sent early
     _opening = None  # the Deferred of _open, while the handshake is held
     _requestTimer = None
-    _discarding = False  # refused as too large: reading only to close cleanly
+    _discarding = False  # refused: reading only until it is closed
 
     def connectionMade(self):
         factory = self.factory
@@ -162,9 +191,11 @@ class UserHandshake(OpensSessions, Protocol):
         self._refuse(HandshakeRefused(500, "internal server error"))
 
     def _refuse(self, refused):
+        self._discarding = True  # TLS reads on until the client answers its close
         self._refusing(refused.code, refused.reason)
         self.transport.write(refusal(refused.code, refused.reason, refused.headers))
-        self.transport.loseConnection()  # and reads no more
+        self.transport.loseConnection()
+        self._abortLater()
 
     def _refuseTooLarge(self):
         # Closing with the client's bytes unread would reset the connection
@@ -175,6 +206,10 @@ class UserHandshake(OpensSessions, Protocol):
         self._refusing(431, "Request Header Fields Too Large")
         self.transport.write(refusal(431, "Request Header Fields Too Large"))
         self.transport.loseWriteConnection()
+        self._abortLater()
+
+    def _abortLater(self):
+        """A refused client that will not leave is dropped after the request timeout."""
         self._requestTimer = self.factory.clock.callLater(
             self.factory.requestTimeout, self.transport.abortConnection)
 

@@ -92,7 +92,7 @@ class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         self._refusing(code, reason)
-        super().failHandshake(reason, code, list(responseHeaders or []) + self._refusalHeaders)
+        super().failHandshake(reason, code, [*(responseHeaders or ()), *self._refusalHeaders])
 
     def onOpen(self):
         # The user may have left while the handshake was held (DESIGN §9).

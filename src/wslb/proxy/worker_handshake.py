@@ -34,7 +34,11 @@ def handshakeRequest(netloc, uri, headers, protocols):
     if protocols:
         lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"), acceptFor(key)
+    if any("\r" in line or "\n" in line for line in lines):
+        # A line break would let the user write headers of its own.
+        raise ValueError("a line break in a request line or header")
+    # Header values pass as the user sent their bytes (read as latin-1).
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), acceptFor(key)
 
 
 class HandshakeFailed(Exception):
