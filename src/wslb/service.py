@@ -47,9 +47,9 @@ REGISTRY_PROBE_TIMEOUT = 1.0
 REGISTRY_TIMEOUT = 1.0
 # After Redis starts empty, the pool hands out no worker for this long:
 # instances notice within a reconnect delay (redis_connection) and re-assert
-# their sessions at the next heartbeat, about 2.2 s at worst; the rest is
-# margin for a loaded host.
-REGISTRY_SETTLE = 5 * HEARTBEAT_INTERVAL
+# their sessions at the next heartbeat, about 2.2 s at worst. (Every new
+# Redis starts this wait too, so longer delays each first start.)
+REGISTRY_SETTLE = 3 * HEARTBEAT_INTERVAL
 
 
 class Drain(service.Service):
