@@ -16,6 +16,8 @@ from _wslb_helpers import staticWslb
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
+from wslb.proxy.sessions import LiveSessions
+
 pytestmark = pytest.mark.workers(1)
 
 
@@ -140,3 +142,14 @@ async def test_a_refused_tls_client_gets_no_second_answer_and_is_dropped(echo_wo
         assert sessions["sessions"] == []  # the second request opened nothing
     finally:
         await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayed_frames_do_not_wait_for_acks(wslb, raws):
+    client = await raw(wslb, raws)
+    assert await client.handshake(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "n"})) == 101
+    sessions = next(s for s in wslb.service if isinstance(s, LiveSessions))
+    [relay] = sessions.legs()
+    for direction in (relay.toWorker, relay.toUser):  # the user's socket and the worker's
+        sock = direction.transport.getHandle()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -146,6 +146,12 @@ class UserHandshake(OpensSessions, Protocol):
 
     def connectionMade(self):
         factory = self.factory
+        # No Nagle: a relayed frame must not wait for the ACK of the last
+        # (autobahn set this too). Unix sockets have no such option.
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
         factory.gate.connectionMade(factory.gate.address(self))
         self._requestTimer = factory.clock.callLater(factory.requestTimeout, self._tooSlow)
 
