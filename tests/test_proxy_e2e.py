@@ -10,7 +10,7 @@ import pytest_twisted
 from _echo_helpers import closeAll, getJSON, waitFor
 from _raw_ws import connectRaw, upgradeRequest
 from _wslb_helpers import rawHandshake, staticWslb
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 
@@ -226,6 +226,7 @@ async def test_client_giving_up_leaves_queue(echo_workers, clients, relay):
         waiter = wslb.connect("gives-up")
         await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
                       lambda r: r[1]["length"] == 1)
+        waiter.addErrback(lambda failure: failure.trap(defer.CancelledError))
         waiter.cancel()  # drops the TCP connection mid-handshake
         _, queue = await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
                                  lambda r: r[1]["length"] == 0)
