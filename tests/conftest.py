@@ -39,6 +39,9 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:  # e.g. its port was taken meanwhile
+                raise RuntimeError(
+                    f"redis-server on port {self.port} exited with {self.process.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                     s.sendall(b"PING\r\n")
