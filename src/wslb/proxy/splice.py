@@ -95,6 +95,35 @@ def _writesLandIn(transport):
     return transport
 
 
+def _sendNow(destination, data):
+    """
+    Write to ``destination``, a TCP connection. Twisted queues every write
+    for the next reactor turn (a turn and two epoll_ctl calls each); when
+    nothing is queued before them, the bytes go to the socket now, by the
+    socket's own send (writeSomeData's slicing and retry wrapper cost a
+    tenth of a relayed read).
+    """
+    if (not destination.dataBuffer and not destination._tempDataLen and destination.connected
+            and not destination.disconnecting and not destination._aborting):
+        try:
+            sent = destination.socket.send(data)
+        except OSError:  # it would block, or it broke: Twisted's write finds out which
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    destination.write(data)
+
+
+def writeNow(transport, data):
+    """Write ``data`` on ``transport``, at once where TCP is under it (see L{_sendNow})."""
+    destination = _writesLandIn(transport)
+    if isinstance(destination, tcp.Connection):
+        _sendNow(destination, data)
+    else:
+        transport.write(data)
+
+
 def _close(transport):
     """Close once written out: without a producer, which would hold it open."""
     transport.unregisterProducer()
@@ -136,7 +165,7 @@ class _Direction:
     """
 
     __slots__ = (
-        "_splice", "transport", "_destination", "_sendNow", "_masked", "_direction",
+        "_splice", "transport", "_destination", "_toSocket", "_masked", "_direction",
         "_remaining", "_held", "_inMessage", "_messageSize", "_text", "_key", "_offset",
         "_fin", "wireBytes", "open", "_pending", "closeSeen", "closeCode", "closeReason",
     )
@@ -145,7 +174,7 @@ class _Direction:
         self._splice = splice
         self.transport = transport  # the sending side; None once it is gone
         self._destination = destination = _writesLandIn(destination)
-        self._sendNow = isinstance(destination, tcp.Connection)
+        self._toSocket = isinstance(destination, tcp.Connection)
         self._masked = fromUser  # users mask their frames, workers do not
         self._direction = TO_WORKER if fromUser else TO_USER
         self._remaining = 0  # payload bytes of the current frame still to pass
@@ -293,25 +322,10 @@ class _Direction:
         return True
 
     def _write(self, data):
-        """
-        Write to the destination. Twisted queues every write for the next
-        reactor turn (a turn and two epoll_ctl calls for each relayed read);
-        when nothing is queued before them, the bytes go to the socket now,
-        by the socket's own send (writeSomeData's slicing and retry wrapper
-        cost a tenth of a relayed read).
-        """
-        destination = self._destination
-        if (self._sendNow and not destination.dataBuffer and not destination._tempDataLen
-                and destination.connected and not destination.disconnecting
-                and not destination._aborting):
-            try:
-                sent = destination.socket.send(data)
-            except OSError:  # it would block, or it broke: Twisted's write finds out which
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        destination.write(data)
+        if self._toSocket:
+            _sendNow(self._destination, data)
+        else:
+            self._destination.write(data)
 
     def _forward(self, chunk):
         if self.open and chunk:

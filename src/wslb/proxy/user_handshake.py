@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
-from wslb.proxy.splice import Splice
+from wslb.proxy.splice import Splice, writeNow
 from wslb.proxy.worker_handshake import acceptFor
 
 log = Logger()
@@ -182,7 +182,7 @@ class UserHandshake(OpensSessions, Protocol):
     def _accept(self, headers, key):
         self._opening = None
         worker, self.worker = self.worker, None
-        self.transport.write(switchingProtocols(key, worker.websocket_protocol_in_use, headers))
+        writeNow(self.transport, switchingProtocols(key, worker.websocket_protocol_in_use, headers))
         relay = Splice.replace(self, worker, self.factory)
         self._relaying(relay, worker.websocket_protocol_in_use, "bytes")
 

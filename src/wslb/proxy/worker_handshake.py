@@ -12,6 +12,8 @@ import os
 
 from twisted.internet.protocol import Factory, Protocol
 
+from wslb.proxy.splice import writeNow
+
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -88,7 +90,7 @@ class WorkerHandshake(Protocol):
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
-        self.transport.write(self.factory.request)
+        writeNow(self.transport, self.factory.request)
 
     def dataReceived(self, data):
         self.data += data
