@@ -115,6 +115,15 @@ def _echoWorkers(count):
 
 
 @pytest.fixture
+def raws():
+    """Hand-made WebSocket connections (_raw_ws.RawClient) the test opens: dropped after it."""
+    opened = []
+    yield opened
+    for raw in opened:
+        raw.transport.abortConnection()
+
+
+@pytest.fixture
 def echo_workers(request):
     """Real echo worker processes: two, or as many as ``@pytest.mark.workers(n)`` says."""
     marker = request.node.get_closest_marker("workers")

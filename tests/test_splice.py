@@ -32,14 +32,6 @@ def clients():
     closeAll(opened)
 
 
-@pytest.fixture
-def raws():
-    opened = []
-    yield opened
-    for raw in opened:
-        raw.transport.abortConnection()
-
-
 async def openWslb(workers, *overrides):
     wslb = staticWslb(workers, "pool.capacity=10", *overrides)
     await wslb.start()

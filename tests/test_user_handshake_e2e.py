@@ -21,14 +21,6 @@ from wslb.proxy.sessions import LiveSessions
 pytestmark = pytest.mark.workers(1)
 
 
-@pytest.fixture
-def raws():
-    opened = []
-    yield opened
-    for raw in opened:
-        raw.transport.abortConnection()
-
-
 @pytest_twisted.async_yield_fixture()
 async def wslb(echo_workers):
     wslb = staticWslb(echo_workers, "pool.capacity=10")

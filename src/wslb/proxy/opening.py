@@ -54,6 +54,15 @@ class OpensSessions:
     worker = None  # the worker's connection (or framed leg), until relayed
     _counted = False  # assign() counted this connection: release() it once
     _assigned = None  # (fresh, seconds waited) for the log
+    _requestTimer = None  # bounds reading the request, or a refused client's stay
+
+    def _startRequestTimer(self, then):
+        self._requestTimer = self.factory.clock.callLater(self.factory.requestTimeout, then)
+
+    def _stopRequestTimer(self):
+        if self._requestTimer is not None and self._requestTimer.active():
+            self._requestTimer.cancel()
+        self._requestTimer = None
 
     async def _open(self, request, relayBytes):
         """The response headers of the 101; sets ``self.worker``. Or HandshakeRefused."""

@@ -141,7 +141,6 @@ class UserHandshake(OpensSessions, Protocol):
 
     data = b""  # read and not yet handled: the head, or frames sent early
     _opening = None  # the Deferred of _open, while the handshake is held
-    _requestTimer = None
     _discarding = False  # refused: reading only until it is closed
 
     def connectionMade(self):
@@ -153,7 +152,7 @@ class UserHandshake(OpensSessions, Protocol):
         except (AttributeError, OSError):
             pass
         factory.gate.connectionMade(factory.gate.address(self))
-        self._requestTimer = factory.clock.callLater(factory.requestTimeout, self._tooSlow)
+        self._startRequestTimer(self._tooSlow)
 
     def dataReceived(self, data):
         if self._discarding:
@@ -216,18 +215,12 @@ class UserHandshake(OpensSessions, Protocol):
 
     def _abortLater(self):
         """A refused client that will not leave is dropped after the request timeout."""
-        self._requestTimer = self.factory.clock.callLater(
-            self.factory.requestTimeout, self.transport.abortConnection)
+        self._startRequestTimer(self.transport.abortConnection)
 
     def _tooSlow(self):
         self._requestTimer = None
         self.factory.gate.limitHit("open_handshake_timeout")
         self.transport.abortConnection()
-
-    def _stopRequestTimer(self):
-        if self._requestTimer is not None and self._requestTimer.active():
-            self._requestTimer.cancel()
-        self._requestTimer = None
 
     def connectionLost(self, reason):
         self._stopRequestTimer()

@@ -27,7 +27,6 @@ CLOSE_TRY_AGAIN = 1012
 class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
     direction = TO_WORKER
     _opening = None  # the Deferred onConnect returned
-    _handshakeTimer = None
     _refusalHeaders = ()
     _discarding = False  # refused as too large: reading only to close cleanly
 
@@ -36,9 +35,7 @@ class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
         self.factory.gate.connectionMade(self.factory.gate.address(self))
         # Autobahn's openHandshakeTimeout would also count the time spent
         # queued; this one only bounds reading the request (slow clients).
-        self._handshakeTimer = self.factory.clock.callLater(
-            self.factory.requestTimeout, self._requestTooSlow
-        )
+        self._startRequestTimer(self._requestTooSlow)
 
     def dataReceived(self, data):
         if self._discarding:
@@ -55,27 +52,20 @@ class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
     def _refuseTooLarge(self):
         # Closing with the client's bytes unread would reset the connection
         # and lose the answer: answer, half-close, and read until it leaves.
-        self._stopHandshakeTimer()
+        self._stopRequestTimer()
         self._discarding = True
         self._refusing(431, "Request Header Fields Too Large")
         self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
         self.transport.loseWriteConnection()
-        self._handshakeTimer = self.factory.clock.callLater(
-            self.factory.requestTimeout, self.transport.abortConnection
-        )
+        self._startRequestTimer(self.transport.abortConnection)
 
     def _requestTooSlow(self):
-        self._handshakeTimer = None
+        self._requestTimer = None
         self.factory.gate.limitHit("open_handshake_timeout")
         self.dropConnection(abort=True)
 
-    def _stopHandshakeTimer(self):
-        if self._handshakeTimer is not None and self._handshakeTimer.active():
-            self._handshakeTimer.cancel()
-        self._handshakeTimer = None
-
     def onConnect(self, request):
-        self._stopHandshakeTimer()
+        self._stopRequestTimer()
         opening = Request(self.http_request_uri, request.headers, request.protocols)
         self._opening = defer.ensureDeferred(self._open(opening, relayBytes=False))
         self._opening.addCallback(
@@ -123,7 +113,7 @@ class UserLeg(OpensSessions, RelayMixin, WebSocketServerProtocol):
         self.factory.gate.connectionLost(self.factory.gate.address(self))
 
     def onClose(self, wasClean, code, reason):
-        self._stopHandshakeTimer()
+        self._stopRequestTimer()
         if self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded:
             self.factory.gate.limitHit("max_message_size")
         if self._opening is not None and not self._opening.called:
