@@ -124,6 +124,17 @@ def writeNow(transport, data):
         transport.write(data)
 
 
+def noDelay(transport):
+    """
+    TCP_NODELAY, where there is TCP under ``transport``: a relayed frame must
+    not wait for the ACK of the one before (autobahn set this on its own).
+    """
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):  # a Unix socket, or no socket at all
+        pass
+
+
 def _close(transport):
     """Close once written out: without a producer, which would hold it open."""
     transport.unregisterProducer()

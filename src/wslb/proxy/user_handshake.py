@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
-from wslb.proxy.splice import Splice, writeNow
+from wslb.proxy.splice import Splice, noDelay, writeNow
 from wslb.proxy.worker_handshake import acceptFor
 
 log = Logger()
@@ -145,12 +145,7 @@ class UserHandshake(OpensSessions, Protocol):
 
     def connectionMade(self):
         factory = self.factory
-        # No Nagle: a relayed frame must not wait for the ACK of the last
-        # (autobahn set this too). Unix sockets have no such option.
-        try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
+        noDelay(self.transport)
         factory.gate.connectionMade(factory.gate.address(self))
         self._startRequestTimer(self._tooSlow)
 

@@ -12,7 +12,7 @@ import os
 
 from twisted.internet.protocol import Factory, Protocol
 
-from wslb.proxy.splice import writeNow
+from wslb.proxy.splice import noDelay, writeNow
 
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -87,9 +87,7 @@ class WorkerHandshake(Protocol):
     data = b""
 
     def connectionMade(self):
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
-            noDelay(True)
+        noDelay(self.transport)
         writeNow(self.transport, self.factory.request)
 
     def dataReceived(self, data):
