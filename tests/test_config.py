@@ -3,10 +3,13 @@
 import dataclasses
 import functools
 import json
+import subprocess
+import sys
 
 import pytest
 
-from wslb.config import ConfigError, Source, describe, load_config
+from wslb.config import PLACEMENTS, ConfigError, Source, describe, load_config, parseEndpoints
+from wslb.registry import PACK, SPREAD
 
 NO_ENV = {}
 
@@ -335,10 +338,6 @@ MISTAKES = [
     (["log.format=xml"], "log.format", 'one of "text", "json", got "xml"'),
     (["session.cookie_samesite=lax"], "session.cookie_samesite", 'one of "Strict", "Lax", "None", got "lax"'),
     (['session.jwt_algorithms=["none"]'], "session.jwt_algorithms[0]", 'got "none"'),
-    # endpoints
-    (["listen.endpoint=bogus:1"], "listen.endpoint", "Unknown endpoint type"),
-    (["admin.endpoint=tcp:notaport"], "admin.endpoint", 'got "tcp:notaport"'),
-    (["listen.endpoint=ssl:8443:privateKey=/nonexistent/k.pem"], "listen.endpoint", "No such file"),
     # relations between keys
     (["pool.min_spare=6"], "pool.min_spare", "at most pool.max_spare (5), got 6"),
     (["pool.min_workers=5", "pool.max_workers=4"], "pool.min_workers", "at most pool.max_workers (4), got 5"),
@@ -385,6 +384,53 @@ def test_mistake_is_one_line_naming_the_key(overrides, key, text):
     [line] = problems_for(overrides)
     assert line.startswith(key + ":"), line
     assert text in line, line
+
+
+ENDPOINT_MISTAKES = [
+    (["listen.endpoint=bogus:1"], "listen.endpoint", "Unknown endpoint type"),
+    (["admin.endpoint=tcp:notaport"], "admin.endpoint", 'got "tcp:notaport"'),
+    (["listen.endpoint=ssl:8443:privateKey=/nonexistent/k.pem"], "listen.endpoint", "No such file"),
+]
+
+
+@pytest.mark.parametrize("overrides, key, text", ENDPOINT_MISTAKES)
+def test_a_bad_endpoint_is_one_line_naming_the_key_once_parsed(overrides, key, text):
+    """Endpoints are parsed with the reactor (when the service is built), not while loading."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    config = load_config(environ=NO_ENV, overrides=overrides)
+    with pytest.raises(ConfigError) as info:
+        parseEndpoints(config, functools.partial(serverFromString, reactor))
+    [line] = info.value.problems
+    assert line.startswith(key + ":"), line
+    assert text in line, line
+
+
+def test_endpoints_parse_to_the_listener_and_the_admin_api():
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+
+    endpoints = parseEndpoints(load_config(environ=NO_ENV), functools.partial(serverFromString, reactor))
+    assert set(endpoints) == {"listen", "admin"}
+    assert all(isinstance(e, TCP4ServerEndpoint) for e in endpoints.values())
+
+
+def test_loading_imports_neither_a_reactor_nor_the_registry():
+    """config.py is plain parsing: twistd installs its reactor after reading it."""
+    code = (
+        "import sys; from wslb.config import load_config; "
+        "load_config(environ={}, overrides=['listen.endpoint=tcp:0', 'admin.endpoint=tcp:0']); "
+        "print(sorted(m for m in sys.modules if m == 'twisted.internet.reactor'"
+        " or m.startswith('wslb.registry')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # reactor-safe: test
+                         timeout=30, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_placements_are_the_registrys():
+    assert set(PLACEMENTS) == {PACK, SPREAD}
 
 
 def test_every_problem_is_reported_at_once(tmp_path):

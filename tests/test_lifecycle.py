@@ -8,8 +8,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from wslb.pool import lifecycle
-from wslb.pool.lifecycle import (
+from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY, WORKER_STATES, lifecycle
+from wslb.registry.lifecycle import (
     CHECK_PASSED,
     FAILURES_REACHED,
     INSTANCE_GONE,
@@ -22,7 +22,6 @@ from wslb.pool.lifecycle import (
     START_TIMEOUT,
     UNHEALTHY_TIMEOUT,
 )
-from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY, WORKER_STATES
 from wslb.registry.memory import MemoryRegistry
 
 # The specification, written out once more as a matrix: the next state from

@@ -35,7 +35,7 @@ from wslb.pool.health import HealthChecker
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.scaler import Scaler
 from wslb.pool.service import PoolService, makeProvider
-from wslb.registry._interfaces import DEAD, HEALTHY, STARTING
+from wslb.registry import DEAD, HEALTHY, STARTING
 from wslb.registry.memory import MemoryRegistry
 
 NAMESPACE = "ec2test"

@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from wslb.pool.health import HealthChecker
-from wslb.registry._interfaces import DEAD, HEALTHY, STARTING, UNHEALTHY
+from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY
 from wslb.registry.memory import MemoryRegistry
 
 START = 1000.0

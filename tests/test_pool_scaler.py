@@ -9,7 +9,7 @@ from wslb.pool._interfaces import ILeader, IProvider
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.scaler import Scaler
 from wslb.pool.static import StaticProvider
-from wslb.registry._interfaces import (
+from wslb.registry import (
     DEAD,
     HEALTHY,
     STARTING,

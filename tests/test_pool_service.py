@@ -18,7 +18,7 @@ from wslb.pool.leader import AlwaysLeader
 from wslb.pool.local import LocalProvider
 from wslb.pool.service import PoolService, makeProvider
 from wslb.pool.static import StaticProvider
-from wslb.registry._interfaces import HEALTHY
+from wslb.registry import HEALTHY
 from wslb.registry.memory import MemoryRegistry
 
 

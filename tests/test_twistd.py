@@ -65,23 +65,29 @@ async def test_embedded_default_serves_an_echo_within_seconds(default_wslb):
     assert not [pid for pid in pids if alive(pid)], "local workers outlived wslb"
 
 
-@pytest.mark.parametrize("toml, key", [
-    ("[listen]\nmax_connections = -1\n", "listen.max_connections"),
-    ("[pool]\nmin_spare = 9\nmax_spare = 2\n", "pool.min_spare"),
-    ("[admin]\nendpoint = \"tcpp:80\"\n", "admin.endpoint"),
-    ("[pool]\nscale_intervall = \"5s\"\n", "pool.scale_intervall"),
+@pytest.mark.parametrize("toml, sets, key", [
+    ("[listen]\nmax_connections = -1\n", [], "listen.max_connections"),
+    ("[pool]\nmin_spare = 9\nmax_spare = 2\n", [], "pool.min_spare"),
+    ("[admin]\nendpoint = \"tcpp:80\"\n", [], "admin.endpoint"),
+    ("[pool]\nscale_intervall = \"5s\"\n", [], "pool.scale_intervall"),
+    # parsed once the reactor is installed, with the listener's port kept free
+    ("", ["admin.endpoint=ssl:{port}:privateKey=/nonexistent/k.pem"], "admin.endpoint"),
+    ("", ["listen.endpoint=ssl:{port}:privateKey=/nonexistent/k.pem"], "listen.endpoint"),
 ])
-def test_bad_config_exits_before_listening(tmp_path, toml, key):
+def test_bad_config_exits_before_listening(tmp_path, toml, sets, key):
     path = tmp_path / "wslb.toml"
     path.write_text(toml)
     port = free_port()
+    sets = [f"listen.endpoint=tcp:{port}:interface=127.0.0.1", *sets]
     result = subprocess.run(  # reactor-safe: test
         [TWISTD, "-n", "--pidfile=", "wslb", "--config", str(path),
-         "--set", f"listen.endpoint=tcp:{port}:interface=127.0.0.1"],
+         *(arg for s in sets for arg in ("--set", s.format(port=port)))],
         capture_output=True, text=True, timeout=30, cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert key in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert key in output
+    assert "Traceback" not in output
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), 0.2).close()
 

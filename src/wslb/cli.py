@@ -13,10 +13,11 @@ import os
 import re
 import sys
 import urllib.error
+from functools import partial
 from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener  # reactor-safe: CLI process
 
-from wslb.config import ConfigError, describe, load_config
+from wslb.config import ConfigError, describe, load_config, parseEndpoints
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 TIMEOUT = 10.0  # seconds for one admin request
@@ -102,8 +103,12 @@ def toml(tree, prefix=()):
 
 
 def checkConfig(args):
+    from twisted.internet import reactor  # parses endpoints; never runs
+    from twisted.internet.endpoints import serverFromString
+
     try:
         config = load_config(args.file)
+        parseEndpoints(config, partial(serverFromString, reactor))
     except ConfigError as e:
         print("\n".join(e.problems), file=sys.stderr)
         return USAGE

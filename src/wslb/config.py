@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from wslb._units import parse_duration, parse_size
-from wslb.registry._interfaces import PACK, SPREAD
 
 __all__ = [
     "AdminConfig",
@@ -41,6 +40,7 @@ __all__ = [
     "StaticConfig",
     "describe",
     "load_config",
+    "parseEndpoints",
 ]
 
 # Secrets that may come from the environment; they win over the file.
@@ -50,6 +50,10 @@ _ENVIRONMENT = {
     "WSLB_SESSION_SECRET": ("session", "secret"),
 }
 _REGION = ("pool", "ec2", "region")
+# [pool] placement: the registry's PACK and SPREAD (tests/test_config.py checks they agree).
+PLACEMENTS = ("pack", "spread")
+_ENDPOINT = ('a Twisted server endpoint such as "tcp:8080", "reuseport:8080"'
+             ' or "unix:/run/wslb.sock"')
 _MASK = "***"
 
 
@@ -227,19 +231,6 @@ def _source(*kinds):
     return _list_of(parse, f"a list of {expected}")
 
 
-def _server_endpoint(value):
-    """Twisted parses the string (and loads TLS files) without listening."""
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    try:
-        serverFromString(reactor, value)
-    except Exception as e:
-        expected = ('a Twisted server endpoint such as "tcp:8080", "reuseport:8080"'
-                    ' or "unix:/run/wslb.sock"')
-        raise _bad(expected, value, reason=str(e) or type(e).__name__) from None
-
-
 def _origin(value):
     split = _url(value)
     if split and split.scheme and split.netloc and not (
@@ -352,15 +343,11 @@ class _Key:
     """How one key is read from TOML, and how it is shown back."""
 
     parse: Callable
-    check: Callable | None = None  # validation with side effects, never run on defaults
     dump: Callable = _plain
     mask: Callable = _unmasked
 
     def read(self, raw):
-        value = self.parse(raw)
-        if self.check:
-            self.check(value)
-        return value
+        return self.parse(raw)
 
     def show(self, value):
         return self.mask(self.dump(value))
@@ -386,7 +373,7 @@ def _section(cls):
 
 @dataclass(frozen=True)
 class ListenConfig:
-    endpoint: str = _key("tcp:8080", _nonempty, check=_server_endpoint)
+    endpoint: str = _key("tcp:8080", _nonempty)
     allowed_origins: tuple[str, ...] = _key([], _list_of(_origin, "a list of origins"))
     max_connections: int = _key(10000, _integer(1))
     open_handshake_timeout: float = _key("10s", _duration(positive=True))
@@ -401,7 +388,7 @@ class ListenConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    endpoint: str = _key("tcp:8081:interface=127.0.0.1", _nonempty, check=_server_endpoint)
+    endpoint: str = _key("tcp:8081:interface=127.0.0.1", _nonempty)
     token: str = _key("", _string, mask=_mask_secret)
 
 
@@ -485,7 +472,7 @@ class PoolConfig:
     provider: str = _key("local", _one_of("local", "static", "ec2"))
     capacity: int = _key(1, _integer(1))
     default_cost: int = _key(1, _integer(1))
-    placement: str = _key(PACK, _one_of(PACK, SPREAD))
+    placement: str = _key("pack", _one_of(*PLACEMENTS))
     min_spare: int = _key(2, _integer(0))
     max_spare: int = _key(5, _integer(0))
     min_workers: int = _key(0, _integer(0))
@@ -683,6 +670,27 @@ def load_config(path=None, environ=None, overrides=()) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def parseEndpoints(config, parse):
+    """
+    The server endpoints the config names, by section ("listen", "admin"),
+    each parsed with ``parse`` (Twisted's ``serverFromString`` bound to the
+    reactor; it also loads TLS files). Parsing needs the reactor twistd
+    installs, so it runs when the service is built rather than while the
+    config is read. Raises ConfigError with a line for each bad endpoint.
+    """
+    endpoints, problems = {}, []
+    for section in ("listen", "admin"):
+        value = getattr(config, section).endpoint
+        try:
+            endpoints[section] = parse(value)
+        except Exception as e:
+            problems.append(f"{section}.endpoint: expected {_ENDPOINT}, got {_show(value)}"
+                            f" ({str(e) or type(e).__name__})")
+    if problems:
+        raise ConfigError(problems)
+    return endpoints
 
 
 def describe(config) -> dict:

@@ -9,14 +9,17 @@ any local worker processes) goes last.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 from twisted.application import service, strports
 from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from wslb.admin.api import makeAdminSite
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
+from wslb.config import parseEndpoints
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.redis_leader import RedisLeader
@@ -108,10 +111,8 @@ class ListenerService(strports.StreamServerEndpointService):
         return d
 
 
-def listener(description, factory):
-    from twisted.internet import reactor
-
-    svc = ListenerService(strports.endpoints.serverFromString(reactor, description), factory)
+def listener(endpoint, factory):
+    svc = ListenerService(endpoint, factory)
     svc._raiseSynchronously = True  # twistd fails fast on a bind error
     return svc
 
@@ -185,9 +186,13 @@ def makeSigner(session, clock):
 
 
 def makeService(config, reactor=None):
-    """Build a wslb instance from a L{wslb.config.Config}."""
+    """
+    Build a wslb instance from a L{wslb.config.Config}. Raises
+    L{wslb.config.ConfigError} for an endpoint Twisted cannot parse.
+    """
     if reactor is None:
         from twisted.internet import reactor
+    endpoints = parseEndpoints(config, partial(serverFromString, reactor))
     instance = uuid.uuid4().hex[:12]
     top = OrderedServices()
 
@@ -279,11 +284,11 @@ def makeService(config, reactor=None):
         lambda: {"leader": leader.isLeader(), "fencing_token": leader.fencingToken},
         lambda: pool.scaler.recentActions,
     ).route())
-    admin = listener(config.admin.endpoint, site)
+    admin = listener(endpoints["admin"], site)
     admin.setName("admin")
     admin.setServiceParent(top)
     drain.setServiceParent(top)
-    users = listener(listen.endpoint, factory)
+    users = listener(endpoints["listen"], factory)
     users.setName("listener")
     users.setServiceParent(top)
     return top

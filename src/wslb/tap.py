@@ -22,7 +22,7 @@ class Options(usage.Options):
         self["set"].append(assignment)
 
     def postOptions(self):
-        _installReactor()  # before the config's endpoint checks import one
+        _installReactor()  # before anything imports the default one
         try:
             self.config = load_config(self["config"], overrides=self["set"])
         except ConfigError as e:
@@ -57,4 +57,9 @@ def _installReactor():
 def makeService(options):
     from wslb.service import makeService
 
-    return makeService(options.config)
+    try:
+        return makeService(options.config)
+    except ConfigError as e:
+        # Endpoints are parsed here, once the reactor is installed: a bad
+        # one stops twistd before it listens, as a bad key does.
+        raise SystemExit("invalid configuration:\n" + str(e)) from None

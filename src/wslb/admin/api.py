@@ -23,9 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from wslb.admin.auth import MutationAuth, isLoopback
-from wslb.pool import lifecycle
 from wslb.pool.urls import hostPort
-from wslb.registry import DEAD
+from wslb.registry import DEAD, lifecycle
 
 log = Logger()
 

@@ -7,7 +7,7 @@ extra). Configured by ``WSLB_REDIS_URL`` and ``WSLB_NAMESPACE`` (default
 
 AWS delivers events at least once and in no promised order, so each state
 change is one script call guarded by the lifecycle table
-(L{wslb.pool.lifecycle}): a duplicate finds the worker where the event
+(L{wslb.registry.lifecycle}): a duplicate finds the worker where the event
 leads already, a late one finds it in a state the event does not apply to,
 and neither changes anything ("running" after "terminated" does not revive).
 A bad event raises ValueError, which Lambda reports.
@@ -19,8 +19,7 @@ import os
 
 import redis
 
-from wslb.pool import lifecycle
-from wslb.registry import redis_ops
+from wslb.registry import lifecycle, redis_ops
 from wslb.registry.keys import Keys
 
 EC2_STATE_CHANGE = "EC2 Instance State-change Notification"

@@ -5,10 +5,9 @@ from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from wslb.pool import lifecycle
-from wslb.pool.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
 from wslb.pool.urls import healthUrl
-from wslb.registry._interfaces import DEAD, STARTING
+from wslb.registry import DEAD, STARTING, lifecycle
+from wslb.registry.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
 
 STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
 
@@ -23,7 +22,7 @@ class HealthChecker:
     C{GET http://host:port<path>} on every worker; 2xx passes. What a check
     found (a pass, C{failures} consecutive failures, C{start_timeout} or
     C{unhealthy_timeout} spent in the state) is an input of the lifecycle
-    table (L{wslb.pool.lifecycle}), which decides the move. Dead workers are
+    table (L{wslb.registry.lifecycle}), which decides the move. Dead workers are
     checked only when a pass could bring them back (static ones).
 
     Each L{check} is one round over the workers that are due: one it has not

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from wslb.pool import lifecycle
-from wslb.pool.lifecycle import INSTANCE_GONE
-from wslb.registry._interfaces import DEAD, STARTING
+from wslb.registry import DEAD, STARTING, lifecycle
+from wslb.registry.lifecycle import INSTANCE_GONE
 
 RECENT_ACTIONS = 50  # kept for the status page
 

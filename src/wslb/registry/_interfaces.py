@@ -150,7 +150,7 @@ class IRegistry(Interface):
         at that moment, checked and done in one atomic step, so that racing
         callers (a health check, a provider's death notice, a late event)
         cannot undo each other. A worker in another state is left exactly as
-        it was. See L{wslb.pool.lifecycle} for the table that picks them.
+        it was. See L{wslb.registry.lifecycle} for the table that picks them.
 
         Fires with the L{Worker} as it is afterwards (unchanged when the
         guard refused), or None when unknown.

@@ -12,7 +12,7 @@ for two doors: a re-registered worker starts over, and a static worker
 (configured, so nobody replaces it) that passes a check comes back.
 """
 
-from wslb.registry._interfaces import DEAD, HEALTHY, STARTING, UNHEALTHY
+from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY
 
 # -- inputs ------------------------------------------------------------
 CHECK_PASSED = "check passed"
