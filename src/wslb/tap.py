@@ -55,11 +55,17 @@ def _installReactor():
 
 
 def makeService(options):
+    from twisted.internet import reactor
+
     from wslb.service import makeService
+    from wslb.stopsignals import RepeatedStopSignals
 
     try:
-        return makeService(options.config)
+        service = makeService(options.config)
     except ConfigError as e:
         # Endpoints are parsed here, once the reactor is installed: a bad
         # one stops twistd before it listens, as a bad key does.
         raise SystemExit("invalid configuration:\n" + str(e)) from None
+    # twistd owns the process's signals; an embedding application keeps its own.
+    RepeatedStopSignals(reactor).watch()
+    return service
