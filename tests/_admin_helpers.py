@@ -7,7 +7,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.web.client import HTTPConnectionPool
 
-from wslb.admin.api import makeAdminSite
+from wslb.admin.api import makeAdminRoutes, makeAdminSite
 from wslb.admin.auth import isLoopback
 from wslb.registry import HEALTHY
 from wslb.registry.memory import MemoryRegistry
@@ -29,8 +29,9 @@ class AdminServer:
         self.registry = MemoryRegistry(self.clock)
         self.ended = []
         self.registry.addSessionEndedListener(self.ended.append)
-        self.site = makeAdminSite(self.registry, self.clock, lambda: defer.succeed(True),
-                                  token, timeout=3.0, isLocal=isLocal)
+        self.routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True),
+                                      token, timeout=3.0, isLocal=isLocal)
+        self.site = makeAdminSite(self.routes, self.clock)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)

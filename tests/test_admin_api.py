@@ -11,7 +11,8 @@ from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from wslb.admin.api import Response, Route, makeAdminSite
+from wslb.admin.api import makeAdminRoutes, makeAdminSite
+from wslb.admin.web import Response
 from wslb.registry import HEALTHY, Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
 
@@ -27,7 +28,8 @@ class Admin:
         self.clock.advance(T0)
         self.registry = makeRegistry(self.clock)
         self.serving = True
-        self.site = makeAdminSite(self.registry, self.clock, self.isServing, timeout=TIMEOUT)
+        self.routes = makeAdminRoutes(self.registry, self.clock, self.isServing, timeout=TIMEOUT)
+        self.site = makeAdminSite(self.routes, self.clock)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -198,7 +200,7 @@ async def test_an_answer_for_a_client_that_left_is_dropped(admin):
         reached.callback(None)
         return await answer
 
-    admin.site.resource.api.routes.append(Route("GET", "/slow", slow))
+    admin.routes.add("GET", "/slow", slow)
     errors = []
 
     def observer(event):
@@ -224,14 +226,14 @@ async def test_an_answer_for_a_client_that_left_is_dropped(admin):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pages_mounted_on_the_root_take_precedence(admin):
+async def test_pages_are_mounted_beside_the_api(admin):
     class Metrics(Resource):
         isLeaf = True
 
         def render_GET(self, request):
             return b"wslb_connections 0\n"
 
-    admin.site.resource.putChild(b"metrics", Metrics())
+    admin.routes.mount("metrics", Metrics())
     response = await treq.get(admin.base + "/metrics", pool=admin.pool, timeout=5)
     assert await response.text() == "wslb_connections 0\n"
     assert await admin.get("/healthz") == (200, {"ok": True})

@@ -15,8 +15,8 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from wslb.admin.api import MAX_BODY, Response, Route
 from wslb.admin.auth import isLoopback
+from wslb.admin.web import MAX_BODY, Response
 from wslb.registry import Assigned, AssignRequest
 
 TOKEN = "s3cret-token-value"
@@ -154,7 +154,7 @@ async def test_the_site_keeps_no_more_of_a_body_than_the_limit(admin):
     async def kept(request):
         return Response(200, {"kept": len(request.content.getvalue())})
 
-    admin.site.resource.api.routes.append(Route("POST", "/kept", kept))
+    admin.routes.add("POST", "/kept", kept)
     for size in (10, 2 * 1024 * 1024):
         code, answer, _ = await admin.request("POST", "/kept", data=b"x" * size)
         assert (code, answer) == (200, {"kept": min(size, MAX_BODY + 1)})

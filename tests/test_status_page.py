@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from wslb.admin.api import makeAdminSite
+from wslb.admin.api import makeAdminRoutes, makeAdminSite
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.pool.scaler import ScalerAction
 from wslb.registry import DEAD, HEALTHY, UNHEALTHY, Assigned, AssignRequest, Queued
@@ -40,13 +40,14 @@ class StatusSite:
         self.clock = Clock()
         self.clock.advance(T0)
         self.registry = MemoryRegistry(self.clock)
-        self.site = makeAdminSite(self.registry, self.clock, lambda: defer.succeed(True))
-        self.site.resource.putChild(b"status", StatusPage())
-        self.site.resource.api.routes.append(StatusAPI(
+        routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True))
+        routes.mount("status", StatusPage())
+        StatusAPI(
             INSTANCE, self.clock,
             lambda: {"leader": True, "fencing_token": 7},
             lambda: ACTIONS,
-        ).route())
+        ).addRoutes(routes)
+        self.site = makeAdminSite(routes, self.clock)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -149,7 +150,7 @@ async def test_the_page_shows_workers_sessions_queue_leader_and_scaler_actions(s
 @pytest_twisted.ensureDeferred
 async def test_a_failing_poll_shows_the_unreachable_banner_over_the_last_data(status, tmp_path):
     """The first poll's four requests are answered; then every connection to the API is cut."""
-    status.site.resource.api = CutAfter(status.site.resource.api, answered=4)
+    status.site.resource = CutAfter(status.site.resource, answered=4)
     html, _ = await render(status.url + "/status", tmp_path)
     dom = parse(html)
 
@@ -163,7 +164,7 @@ async def test_a_failing_poll_shows_the_unreachable_banner_over_the_last_data(st
 
 @pytest_twisted.ensureDeferred
 async def test_the_banner_says_when_the_api_never_answered(status, tmp_path):
-    status.site.resource.api = CutAfter(status.site.resource.api, answered=0)
+    status.site.resource = CutAfter(status.site.resource, answered=0)
     html, _ = await render(status.url + "/status", tmp_path, budget_ms=1000)
     dom = parse(html)
 
@@ -173,13 +174,13 @@ async def test_the_banner_says_when_the_api_never_answered(status, tmp_path):
 
 
 class CutAfter(Resource):
-    """Answers the first ``answered`` API requests through ``api``, then cuts connections."""
+    """Answers the first ``answered`` API requests through ``root``, then cuts connections."""
 
     isLeaf = True
 
-    def __init__(self, api, answered):
+    def __init__(self, root, answered):
         super().__init__()
-        self._api = api
+        self._root = root
         self._left = answered
 
     def render(self, request):
@@ -188,7 +189,7 @@ class CutAfter(Resource):
                 request.transport.abortConnection()
                 return NOT_DONE_YET
             self._left -= 1
-        return self._api.render(request)
+        return self._root.render(request)
 
 
 @pytest_twisted.ensureDeferred

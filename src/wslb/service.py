@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from wslb.admin.api import makeAdminSite
+from wslb.admin.api import makeAdminRoutes, makeAdminSite
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.config import parseEndpoints
@@ -275,16 +275,15 @@ def makeService(config, reactor=None):
         "wslb_scaler_actions", "Workers launched or terminated by the scaler.", "action",
         lambda: {a: pool.scaler.actionCounts[a] for a in ("launch", "terminate")},
     )
-    site = makeAdminSite(registry, reactor, isServing, config.admin.token)
-    site.resource.putChild(b"metrics", MetricsPage(
-        metrics, lambda: metrics.refresh(registry, reactor)))
-    site.resource.putChild(b"status", StatusPage())
-    site.resource.api.routes.append(StatusAPI(
+    routes = makeAdminRoutes(registry, reactor, isServing, config.admin.token)
+    routes.mount("metrics", MetricsPage(metrics, lambda: metrics.refresh(registry, reactor)))
+    routes.mount("status", StatusPage())
+    StatusAPI(
         instance, reactor,
         lambda: {"leader": leader.isLeader(), "fencing_token": leader.fencingToken},
         lambda: pool.scaler.recentActions,
-    ).route())
-    admin = listener(endpoints["admin"], site)
+    ).addRoutes(routes)
+    admin = listener(endpoints["admin"], makeAdminSite(routes, reactor))
     admin.setName("admin")
     admin.setServiceParent(top)
     drain.setServiceParent(top)

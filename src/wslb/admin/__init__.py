@@ -1,5 +1,5 @@
-"""The admin HTTP side: health, the JSON API, (later) metrics and status."""
+"""The admin HTTP side: health, the JSON API, metrics and the status page, on klein."""
 
-from wslb.admin.api import makeAdminResource, makeAdminSite
+from wslb.admin.api import makeAdminRoutes, makeAdminSite
 
-__all__ = ["makeAdminResource", "makeAdminSite"]
+__all__ = ["makeAdminRoutes", "makeAdminSite"]

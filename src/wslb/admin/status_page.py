@@ -12,7 +12,8 @@ from importlib import resources
 
 from twisted.web.resource import Resource
 
-from wslb.admin.api import Response, Route, isoTime
+from wslb.admin.api import isoTime
+from wslb.admin.web import Response
 
 _STATIC = resources.files("wslb.admin") / "static"
 PAGE = "status.html"
@@ -83,9 +84,9 @@ def actionRecord(action):
 
 class StatusAPI:
     """
-    ``GET /api/v1/status``, a row for the admin API's routing table (see
-    L{route}), so that it answers like every other API path: JSON errors,
-    C{HEAD}, C{405}, no caching.
+    ``GET /api/v1/status``, a route of the admin API (see L{addRoutes}),
+    so that it answers like every other API path: JSON errors, C{HEAD},
+    C{405}, no caching.
 
     ``leaderInfo()`` returns ``{"leader": bool, "fencing_token": int}``;
     ``recentActions()`` the scaler's recent actions, oldest first. ``now``
@@ -99,8 +100,8 @@ class StatusAPI:
         self._leaderInfo = leaderInfo
         self._recentActions = recentActions
 
-    def route(self):
-        return Route("GET", "/api/v1/status", self.status)
+    def addRoutes(self, routes):
+        routes.add("GET", "/api/v1/status", self.status)
 
     async def status(self, request):
         leader = self._leaderInfo()
