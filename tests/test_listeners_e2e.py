@@ -4,6 +4,7 @@ import json
 import socket
 import struct
 
+import _guide as guide
 import pytest
 import pytest_twisted
 from _certs import makeCertificates
@@ -15,8 +16,9 @@ from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 
-async def startedWslb(worker, endpoint):
-    wslb = await staticWslb([worker], "pool.capacity=10", f"listen.endpoint={endpoint}").start()
+async def startedWslb(worker, endpoint, *overrides):
+    wslb = await staticWslb(
+        [worker], "pool.capacity=10", f"listen.endpoint={endpoint}", *overrides).start()
     await wslb.waitHealthy(1)
     return wslb
 
@@ -98,4 +100,125 @@ async def test_proxy_listener_drops_a_connection_without_the_header(echo_worker)
         await client.closed.addTimeout(TIMEOUT, reactor)
         assert b"101" not in client.received
     finally:
+        await wslb.stop()
+
+
+# --- PROXY header, then TLS: what an NLB (proxy protocol v2) and HAProxy's send-proxy send ---
+
+V1_HEADER = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 8443\r\n"
+
+
+def guideEndpoint(certs):
+    """docs/aws.md's TLS listener behind an NLB, on a free loopback port with the test's files."""
+    endpoint = guide.toml("listen-tls-behind-nlb")["listen"]["endpoint"]
+    mapping = {":8443:": ":0:interface=127.0.0.1:", "/etc/wslb/key.pem": str(certs["server-key"]),
+               "/etc/wslb/cert.pem": str(certs["server"])}
+    for written, tested in mapping.items():
+        assert written in endpoint, (written, endpoint)
+        endpoint = endpoint.replace(written, tested)
+    return endpoint
+
+
+async def connectAs(port, *, clear=b"", certs=None, inside=b""):
+    """
+    A raw connection that sends ``clear``, then (with ``certs``) speaks TLS
+    verifying localhost and sends ``inside`` through it.
+    """
+    client = await connectRaw(port)
+    client.transport.write(clear)
+    if certs is not None:
+        trust = ssl.Certificate.loadPEM(certs["ca"].read_bytes())
+        client.transport.startTLS(ssl.optionsForClientTLS("localhost", trustRoot=trust))
+    client.transport.write(inside)
+    return client
+
+
+async def upgrade(client, port):
+    """Upgrade without a session key: the status and the Set-Cookie values of the answer."""
+    client.transport.write(upgradeRequest(port))
+    raw = await client.waitFor(lambda data: b"\r\n\r\n" in data)
+    head, _, client.received = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    cookies = [line.split(":", 1)[1].strip() for line in lines
+               if line.lower().startswith("set-cookie:")]
+    return int(status.split()[1]), cookies
+
+
+async def whatTheWorkerSees(client):
+    client.transport.write(frame(TEXT, b"whoami"))
+    opcode, payload = await client.nextMessage()
+    return json.loads(payload)["headers"]
+
+
+@pytest.mark.parametrize("header, address", [
+    (V1_HEADER, "203.0.113.7"), (proxyV2("198.51.100.9", 40001, "127.0.0.1", 8443), "198.51.100.9"),
+], ids=["v1", "v2"])
+@pytest_twisted.ensureDeferred
+async def test_proxy_header_then_tls_serves_with_a_secure_cookie(
+        echo_worker, tmp_path, header, address):
+    certs = makeCertificates(tmp_path)
+    wslb = await startedWslb(echo_worker, guideEndpoint(certs))
+    client = None
+    try:
+        client = await connectAs(wslb.port, clear=header, certs=certs)
+        status, cookies = await upgrade(client, wslb.port)
+        assert status == 101
+        assert len(cookies) == 1 and cookies[0].startswith("wslb_session="), cookies
+        assert "; Secure" in cookies[0], cookies
+        seen = await whatTheWorkerSees(client)
+        assert seen["x-forwarded-for"] == address
+        assert seen["x-forwarded-proto"] == "https"
+    finally:
+        if client is not None:
+            client.transport.abortConnection()
+        await wslb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_header_then_tls_drops_a_connection_without_the_header(echo_worker, tmp_path):
+    certs = makeCertificates(tmp_path)
+    wslb = await startedWslb(echo_worker, guideEndpoint(certs))
+    try:
+        client = await connectAs(  # the TLS handshake comes first
+            wslb.port, certs=certs,
+            inside=upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
+        await client.closed.addTimeout(TIMEOUT, reactor)
+        assert client.received == b""
+    finally:
+        await wslb.stop()
+
+
+# --- How the client connected: X-Forwarded-Proto and minted cookies' Secure, decided once ---
+
+
+@pytest.mark.parametrize("listener, forwardedProto, scheme", [
+    ("tcp", "auto", "http"),
+    ("ssl", "auto", "https"),
+    ("haproxy:ssl", "auto", "https"),  # Twisted's order: the PROXY header inside TLS
+    # TLS ended in front of wslb (an NLB's TLS listener, a TCP target group):
+    ("haproxy:tcp", "https", "https"),
+    ("tcp", "http", "http"),
+])
+@pytest_twisted.ensureDeferred
+async def test_the_scheme_the_worker_sees_decides_the_cookie(
+        echo_worker, tmp_path, listener, forwardedProto, scheme):
+    certs = makeCertificates(tmp_path)
+    tls = listener.endswith("ssl")
+    files = f":privateKey={certs['server-key']}:certKey={certs['server']}" if tls else ""
+    wslb = await startedWslb(
+        echo_worker, f"{listener}:0:interface=127.0.0.1{files}",
+        f"listen.forwarded_proto={forwardedProto}")
+    header = V1_HEADER if listener.startswith("haproxy:") else b""
+    client = None
+    try:
+        client = await connectAs(wslb.port, clear=b"" if tls else header,
+                                 certs=certs if tls else None, inside=header if tls else b"")
+        status, cookies = await upgrade(client, wslb.port)
+        assert status == 101
+        assert ("; Secure" in cookies[0]) == (scheme == "https"), cookies
+        seen = await whatTheWorkerSees(client)
+        assert seen["x-forwarded-proto"] == scheme
+    finally:
+        if client is not None:
+            client.transport.abortConnection()
         await wslb.stop()

@@ -384,6 +384,7 @@ class ListenConfig:
     per_ip_connections: int = _key(0, _integer(0))
     per_ip_rate: float = _key(0, _number(0))
     drain_period: float = _key("10s", _duration())
+    forwarded_proto: str = _key("auto", _one_of("auto", "https", "http"))
 
 
 @dataclass(frozen=True)

@@ -227,10 +227,9 @@ def makeService(config, reactor=None):
 
     largestCapacity = LargestCapacity(registry, reactor, config.pool.capacity)
     largestCapacity.setServiceParent(top)
-    secure = config.listen.endpoint.startswith(("ssl:", "tls:"))
     identifier = Identifier(
         config.session, config.cost, config.pool.default_cost,
-        largestCapacity, secure, makeSigner(config.session, reactor),
+        largestCapacity, makeSigner(config.session, reactor),
     )
     listen = config.listen
 
@@ -251,7 +250,7 @@ def makeService(config, reactor=None):
         connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect,
         requestTimeout=listen.open_handshake_timeout,
         endCloseCode=config.session.end_close_code, options=legOptions,
-        relayBytes=listen.relay == "bytes",
+        relayBytes=listen.relay == "bytes", forwardedProto=listen.forwarded_proto,
     )
     if listen.auto_ping > 0 and listen.relay == "bytes":
         KeepAlive(reactor, sessions, listen.auto_ping).setServiceParent(top)

@@ -64,27 +64,26 @@ class Identifier:
     L{Signer} is configured.
     """
 
-    def __init__(self, session, cost, defaultCost, maxCapacity, secure, signer=None):
+    def __init__(self, session, cost, defaultCost, maxCapacity, signer=None):
         self._sources = session.sources
         self._issueCookie = session.issue_cookie
         self._cookieName = next(
             (s.name for s in session.sources if s.kind == "cookie"), None
         )
-        secureCookie = secure if session.cookie_secure == "auto" else session.cookie_secure
+        self._cookieSecure = session.cookie_secure  # "auto": as the client connected
         self._cookieAttributes = "; Path=/; HttpOnly; SameSite=" + session.cookie_samesite
-        if secureCookie:
-            self._cookieAttributes += "; Secure"
         self._costSources = cost.sources
         self._costClasses = cost.classes
         self._defaultCost = defaultCost
         self._maxCapacity = maxCapacity  # callable: capacity can grow at run time
         self._signer = signer
 
-    def identify(self, fields):
-        key, claims, setCookie = self._key(fields)
+    def identify(self, fields, secure=False):
+        """``secure``: the client connected over TLS (its cookie gets Secure under "auto")."""
+        key, claims, setCookie = self._key(fields, secure)
         return Identity(key, self._cost(fields, claims), setCookie)
 
-    def _key(self, fields):
+    def _key(self, fields, secure):
         for source in self._sources:
             value = fields.read(source)
             if value is None:
@@ -106,7 +105,10 @@ class Identifier:
         if self._issueCookie and self._cookieName:
             key = secrets.token_urlsafe(24)
             value = key if self._signer is None else self._signer.mintCookie(key)
-            return key, {}, f"{self._cookieName}={value}{self._cookieAttributes}"
+            if self._cookieSecure != "auto":
+                secure = self._cookieSecure
+            attributes = self._cookieAttributes + ("; Secure" if secure else "")
+            return key, {}, f"{self._cookieName}={value}{attributes}"
         if self._signer is not None:
             raise HandshakeRefused(401, "no signed session key in the request")
         raise badRequest("no session key in the request")

@@ -42,6 +42,19 @@ class WorkerRef(NamedTuple):
     capacity: int
 
 
+def clientScheme(transport, forwardedProto="auto"):
+    """
+    How the client reached wslb, "https" or "http": the one place that
+    decides, for X-Forwarded-Proto and for minted cookies' Secure. "auto"
+    asks the connection itself (TLS on any listener: ssl:, proxyssl:,
+    haproxy:ssl:, a plugin's); ``[listen] forwarded_proto`` overrides it where
+    TLS ends in front of wslb, as on an NLB's TLS listener.
+    """
+    if forwardedProto != "auto":
+        return forwardedProto
+    return "https" if ISSLTransport.providedBy(transport) else "http"
+
+
 class OpensSessions:
     """
     A user-side protocol's session: ``_open`` routes a request to a worker
@@ -68,8 +81,10 @@ class OpensSessions:
         """The response headers of the 101; sets ``self.worker``. Or HandshakeRefused."""
         factory = self.factory
         factory.gate.admit(self, request)
+        scheme = clientScheme(self.transport, factory.forwardedProto)
         identity = factory.identifier.identify(
-            HandshakeFields(request.headers, request.uri.partition("?")[2]))
+            HandshakeFields(request.headers, request.uri.partition("?")[2]),
+            secure=scheme == "https")
         self.key = identity.key
         self.cost = identity.cost
         asked = factory.clock.seconds()
@@ -82,7 +97,7 @@ class OpensSessions:
         self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
         try:
             self.worker = await factory.connectWorker(
-                worker.url, request.uri, self._workerHeaders(request), request.protocols,
+                worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols,
                 relayBytes,
             )
         except WorkerUnavailable as e:
@@ -93,7 +108,7 @@ class OpensSessions:
             raise HandshakeRefused(502, "the worker is unavailable") from e
         return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
 
-    def _workerHeaders(self, request):
+    def _workerHeaders(self, request, scheme):
         headers = {
             name: request.headers[name.lower()]
             for name in PASSED_HEADERS if name.lower() in request.headers
@@ -101,9 +116,7 @@ class OpensSessions:
         peer = self.transport.getPeer()
         headers["X-WSLB-Session"] = self.key
         headers["X-Forwarded-For"] = getattr(peer, "host", "unix")
-        headers["X-Forwarded-Proto"] = (
-            "https" if ISSLTransport.providedBy(self.transport) else "http"
-        )
+        headers["X-Forwarded-Proto"] = scheme
         if "host" in request.headers:
             headers["X-Forwarded-Host"] = request.headers["host"]
         return headers

@@ -154,9 +154,10 @@ class UserLegFactory(WebSocketServerFactory):
 
     def __init__(self, *, clock, registry, router, sessions, identifier, gate,
                  traffic, connectWorker, requestTimeout, endCloseCode, options,
-                 relayBytes=True):
+                 relayBytes=True, forwardedProto="auto"):
         super().__init__()
         self.relayBytes = relayBytes
+        self.forwardedProto = forwardedProto
         self.traffic = traffic
         self.clock = clock
         self.registry = registry
