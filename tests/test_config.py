@@ -60,6 +60,7 @@ DESIGN_DEFAULTS = [
     ("listen.per_ip_connections", 0),
     ("listen.per_ip_rate", 0.0),
     ("listen.drain_period", 10.0),
+    ("listen.forwarded_proto", "auto"),
     ("admin.endpoint", "tcp:8081:interface=127.0.0.1"),
     ("admin.token", ""),
     ("registry.backend", "memory"),
@@ -311,6 +312,7 @@ MISTAKES = [
     (["listen.max_connections=many"], "listen.max_connections", 'got "many"'),
     (["queue.allow_overtake=1"], "queue.allow_overtake", "expected true or false, got 1"),
     (["session.cookie_secure=1"], "session.cookie_secure", 'one of "auto", true, false, got 1'),
+    (["listen.forwarded_proto=tls"], "listen.forwarded_proto", 'one of "auto", "https", "http", got "tls"'),
     (["listen.allowed_origins=https://a.example"], "listen.allowed_origins", "expected a list"),
     (["pool.local.host=5"], "pool.local.host", "got 5"),
     # out of range

@@ -13,7 +13,9 @@ from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _wslb_helpers import staticWslb
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor, ssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
+
+from wslb.config import ConfigError, load_config, parseEndpoints
 
 
 async def startedWslb(worker, endpoint, *overrides):
@@ -222,3 +224,11 @@ async def test_the_scheme_the_worker_sees_decides_the_cookie(
         if client is not None:
             client.transport.abortConnection()
         await wslb.stop()
+
+
+@pytest.mark.timeout(10)
+def test_a_proxyssl_listener_without_its_key_file_is_a_config_error_naming_the_key(tmp_path):
+    missing = tmp_path / "key.pem"
+    config = load_config(overrides=[f"listen.endpoint=proxyssl:8443:privateKey={missing}"])
+    with pytest.raises(ConfigError, match=r"listen\.endpoint.*key\.pem"):
+        parseEndpoints(config, lambda description: serverFromString(reactor, description))

@@ -13,14 +13,14 @@ dropped, as on ``haproxy:``.
 
 The name reads as the wire carries it (PROXY header, then SSL/TLS) and is
 deliberately not ``haproxy-ssl``, a typo away from ``haproxy:ssl:``. The
-plugin in twisted/plugins/wslb_proxyssl.py makes Twisted's
+plugin in twisted/plugins/wslb_endpoints.py makes Twisted's
 ``serverFromString`` (and so ``listen.endpoint``) accept the prefix.
 """
 
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 
 # Twisted's own PROXY-protocol wrapper (the one ``haproxy:`` uses); the module
-# is private, and tests/test_proxyssl.py pins what we rely on.
+# is private; tests/test_listeners_e2e.py pins what we rely on.
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 

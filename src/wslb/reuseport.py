@@ -5,7 +5,7 @@ SO_REUSEPORT, so that several wslb processes on one host listen on one port.
 The kernel keeps one accept queue per process and hands each new connection
 to one of them by a hash of its addresses and ports. The processes must share
 the registry (``registry.backend = "redis"``); wslb.config refuses otherwise.
-The plugin in twisted/plugins/wslb_reuseport.py makes Twisted's
+The plugin in twisted/plugins/wslb_endpoints.py makes Twisted's
 ``serverFromString`` (and so ``listen.endpoint``) accept the prefix.
 """
 
