@@ -9,6 +9,8 @@ from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -47,6 +49,24 @@ class HealthEndpoint(Resource):
         return b"{}"
 
 
+class WorkerHost(WrappingFactory):
+    """A worker's HTTP side: counts the connections it accepts, and can go away."""
+
+    def __init__(self, site):
+        super().__init__(site)
+        self.accepted = 0
+
+    def registerProtocol(self, p):
+        self.accepted += 1
+        super().registerProtocol(p)
+
+    def die(self):
+        """Stop listening and drop every connection, as a killed worker's host does."""
+        self.port.stopListening()
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+
+
 @pytest.fixture
 def serve():
     """serve() -> (ws:// url, HealthEndpoint) of a real HTTP server on loopback."""
@@ -56,13 +76,28 @@ def serve():
         endpoint = HealthEndpoint()
         root = Resource()
         root.putChild(b"health", endpoint)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        ports.append(port)
-        return f"ws://127.0.0.1:{port.getHost().port}", endpoint
+        endpoint.host = WorkerHost(Site(root))
+        endpoint.host.port = reactor.listenTCP(0, endpoint.host, interface="127.0.0.1")
+        ports.append(endpoint.host.port)
+        return f"ws://127.0.0.1:{endpoint.host.port.getHost().port}", endpoint
 
     yield start
     for port in ports:
         port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture()
+async def checked():
+    """checked(failures=3) -> a L{Checked}; their kept-alive connections are closed after."""
+    made = []
+
+    def make(failures=3):
+        made.append(Checked(failures))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.checker.close()
 
 
 class Checked:
@@ -99,11 +134,11 @@ class Checked:
 
 
 @pytest_twisted.inlineCallbacks
-def test_starting_workers_pass_or_die_after_start_timeout(serve):
+def test_starting_workers_pass_or_die_after_start_timeout(serve, checked):
     ok_url, ok = serve()
     bad_url, bad = serve()
     bad.code = 500
-    c = Checked()
+    c = checked()
     yield c.add("ok", ok_url)
     yield c.add("bad", bad_url)
     yield c.add("closed", f"ws://127.0.0.1:{free_port()}")
@@ -118,9 +153,9 @@ def test_starting_workers_pass_or_die_after_start_timeout(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_healthy_unhealthy_healthy_then_dead(serve):
+def test_healthy_unhealthy_healthy_then_dead(serve, checked):
     url, endpoint = serve()
-    c = Checked(failures=3)
+    c = checked(failures=3)
     yield c.add("w", url)
     yield c.checker.check()
     assert (yield c.worker("w")).state == HEALTHY
@@ -152,11 +187,11 @@ def test_healthy_unhealthy_healthy_then_dead(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_new_and_starting_workers_are_checked_every_round_others_each_interval(serve):
+def test_new_and_starting_workers_are_checked_every_round_others_each_interval(serve, checked):
     healthy_url, healthy = serve()
     starting_url, starting = serve()
     starting.code = 500
-    c = Checked()
+    c = checked()
     assert c.checker.pollInterval == 1.0
     yield c.add("healthy", healthy_url)
     yield c.checker.check()
@@ -171,10 +206,10 @@ def test_new_and_starting_workers_are_checked_every_round_others_each_interval(s
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_check_that_hangs_fails_after_the_timeout(serve):
+def test_a_check_that_hangs_fails_after_the_timeout(serve, checked):
     url, endpoint = serve()
     endpoint.hang = True
-    c = Checked(failures=1)
+    c = checked(failures=1)
     yield c.add("w", url)
     yield c.set("w", HEALTHY)
     done = []
@@ -190,9 +225,9 @@ def test_a_check_that_hangs_fails_after_the_timeout(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_dead_static_workers_come_back_on_a_pass(serve):
+def test_dead_static_workers_come_back_on_a_pass(serve, checked):
     url, _ = serve()
-    c = Checked()
+    c = checked()
     yield c.add("127.0.0.1:1", url, provider="static")
     yield c.set("127.0.0.1:1", DEAD)
     yield c.checker.check()
@@ -200,10 +235,10 @@ def test_dead_static_workers_come_back_on_a_pass(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_dead_registered_workers_stay_dead_until_registered_again(serve):
+def test_dead_registered_workers_stay_dead_until_registered_again(serve, checked):
     """Only static workers come back on a pass (the lifecycle table)."""
     url, endpoint = serve()
-    c = Checked()
+    c = checked()
     yield c.add("127.0.0.1:2", url, provider="registered")
     yield c.set("127.0.0.1:2", DEAD)
     yield c.checker.check()
@@ -213,9 +248,9 @@ def test_dead_registered_workers_stay_dead_until_registered_again(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_worker_that_died_during_its_check_stays_dead(serve):
+def test_a_worker_that_died_during_its_check_stays_dead(serve, checked):
     url, endpoint = serve()
-    c = Checked()
+    c = checked()
     yield c.add("w", url)
     endpoint.onRequest = lambda: c.set("w", DEAD)  # e.g. the provider saw it exit
     yield c.checker.check()
@@ -224,10 +259,10 @@ def test_a_worker_that_died_during_its_check_stays_dead(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve):
+def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve, checked):
     """The move is guarded in the registry: no window between reading and setting."""
     url, _ = serve()
-    c = Checked()
+    c = checked()
     yield c.add("w", url)
     read = c.registry.getWorker
 
@@ -243,12 +278,53 @@ def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_worker_removed_during_its_check_is_forgotten(serve):
+def test_a_worker_removed_during_its_check_is_forgotten(serve, checked):
     url, endpoint = serve()
-    c = Checked()
+    c = checked()
     yield c.add("w", url)
     endpoint.onRequest = lambda: c.registry.removeWorker("w")
     yield c.checker.check()
     assert (yield c.registry.listWorkers()) == []
     yield c.round()
     assert endpoint.hits == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_check_is_counted_by_its_outcome(serve, checked):
+    passing_url, _ = serve()
+    failing_url, failing = serve()
+    failing.code = 500
+    hanging_url, hanging = serve()
+    hanging.hang = True
+    c = checked()
+    for worker, url in (("passing", passing_url), ("failing", failing_url),
+                        ("closed", f"ws://127.0.0.1:{free_port()}"), ("hanging", hanging_url)):
+        yield c.add(worker, url)
+    done = c.checker.check()
+    yield hanging.arrived
+    while sum(c.checker.outcomes.values()) < 3:  # the others are answered (or refused)
+        yield deferLater(reactor, 0.01, lambda: None)
+    c.clock.advance(TIMEOUT)
+    yield done
+    assert c.checker.outcomes == {"passed": 1, "failed": 1, "unreachable": 1, "timeout": 1}
+
+
+@pytest_twisted.inlineCallbacks
+def test_checks_reuse_one_kept_alive_connection_that_a_dead_worker_breaks(serve, checked):
+    url, endpoint = serve()
+    c = checked(failures=1)
+    yield c.add("w", url)
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        for _ in range(4):
+            yield c.round()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert (endpoint.hits, endpoint.host.accepted) == (4, 1)
+    # The pool's connection factory (Twisted's, made quiet) says nothing.
+    assert not [e for e in logged if "factory" in e.get("log_format", "")]
+    endpoint.host.die()
+    yield c.round()
+    assert (yield c.worker("w")).state == UNHEALTHY  # the kept connection did not hide it
+    assert c.checker.outcomes["unreachable"] == 1

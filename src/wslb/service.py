@@ -274,6 +274,10 @@ def makeService(config, reactor=None):
         "wslb_scaler_actions", "Workers launched or terminated by the scaler.", "action",
         lambda: {a: pool.scaler.actionCounts[a] for a in ("launch", "terminate")},
     )
+    metrics.watchCounts(
+        "wslb_health_checks", "Worker health checks this instance made, by outcome.", "outcome",
+        lambda: pool.health.outcomes,
+    )
     routes = makeAdminRoutes(registry, reactor, isServing, config.admin.token)
     routes.mount("metrics", MetricsPage(metrics, lambda: metrics.refresh(registry, reactor)))
     routes.mount("status", StatusPage())

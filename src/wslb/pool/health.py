@@ -1,9 +1,11 @@
 """HTTP health checks that move workers between states (leader only)."""
 
+from collections import Counter
+
 from treq.client import HTTPClient
-from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from wslb.pool.urls import healthUrl
 from wslb.registry import DEAD, STARTING, lifecycle
@@ -12,9 +14,30 @@ from wslb.registry.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOU
 STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
 
 
-def nonPersistentClient(reactor):
-    """A treq client opening a fresh connection per check: a check proves a worker accepts."""
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+# What one check found: the outcomes of wslb_health_checks_total.
+PASSED = "passed"  # a 2xx answer
+FAILED = "failed"  # another answer
+UNREACHABLE = "unreachable"  # no answer: refused, reset, unresolvable
+TIMED_OUT = "timeout"  # no answer within pool.health.timeout
+OUTCOMES = (PASSED, FAILED, UNREACHABLE, TIMED_OUT)
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    """Twisted's factory for one pooled connection, without its Starting/Stopping lines."""
+
+    noisy = False
+
+
+class QuietPool(HTTPConnectionPool):
+    """
+    One kept-alive connection per worker, reused check after check. Each new
+    connection's factory would log two info lines (with 100 workers checked
+    every 5 s, 40 lines a second); a worker that died closes its connection,
+    and the next check connects afresh, and fails.
+    """
+
+    _factory = _QuietHTTP11ClientFactory
+    maxPersistentPerHost = 1  # one check at a time per worker
 
 
 class HealthChecker:
@@ -42,13 +65,20 @@ class HealthChecker:
         self._failuresAllowed = failures
         self._startTimeout = start_timeout
         self._unhealthyTimeout = unhealthy_timeout
+        self._pool = None
         if http is None:
             from twisted.internet import reactor
 
-            http = nonPersistentClient(reactor)
+            self._pool = QuietPool(reactor)
+            http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http  # treq-like: get(url) -> Deferred[response with .code, .content()]
         self._failures = {}  # worker id -> consecutive failed checks
         self._lastCheck = {}  # worker id -> clock time its last check started
+        self.outcomes = Counter({outcome: 0 for outcome in OUTCOMES})  # checks since start
+
+    def close(self):
+        """Close the kept-alive connections; fires when they are closed."""
+        return self._pool.closeCachedConnections() if self._pool else succeed(None)
 
     @property
     def pollInterval(self):
@@ -87,19 +117,25 @@ class HealthChecker:
 
     def _checkOne(self, worker):
         d = maybeDeferred(self._probe, worker.url)
+        d.addCallback(self._counted)
         d.addCallback(self._record, worker.id)
         d.addErrback(lambda failure: self.log.failure(
             "health check of {worker} failed", failure, worker=worker.id))
         return d
 
     def _probe(self, url):
-        """Fires with True (2xx) or False (anything else, refused, timed out)."""
+        """Fires with the check's outcome (one of L{OUTCOMES}); never fails."""
         d = self._http.get(healthUrl(url, self._path))
         d.addCallback(lambda response: response.content().addCallback(
-            lambda _: 200 <= response.code < 300))
-        d.addTimeout(self._timeout, self._clock)
-        d.addErrback(lambda _: False)
+            lambda _: PASSED if 200 <= response.code < 300 else FAILED))
+        # Cancelled requests fail in several ways: the timeout says which was ours.
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=lambda _, __: TIMED_OUT)
+        d.addErrback(lambda _: UNREACHABLE)
         return d
+
+    def _counted(self, outcome):
+        self.outcomes[outcome] += 1
+        return outcome == PASSED
 
     @inlineCallbacks
     def _record(self, passed, worker_id):

@@ -33,8 +33,9 @@ class PoolService(MultiService):
     Every C{scale_interval} a scaler tick, every health poll a health round,
     both only while C{leader.isLeader()}. An error inside a tick is logged
     and the timer goes on (a TimerService stops for good on an unhandled
-    one). Stopping waits for a tick in progress, then stops the provider
-    when it is a service (local workers end with wslb).
+    one). Stopping waits for a tick in progress, closes the health checks'
+    connections, then stops the provider when it is a service (local
+    workers end with wslb).
     """
 
     log = Logger()
@@ -90,6 +91,7 @@ class PoolService(MultiService):
 
     def stopService(self):
         d = super().stopService()
+        d.addCallback(lambda _: self.health.close())
         if IService.providedBy(self.provider):
             d.addCallback(lambda _: self.provider.stopService())
         return d
