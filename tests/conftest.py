@@ -19,9 +19,10 @@ def free_port():
 class RedisServer:
     """A real redis-server on a free loopback port, killable and restartable."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, *options):
         self.port = free_port()
         self.dir = tmp_path
+        self.options = options  # more redis-server options, e.g. ("--requirepass", "...")
         self.process = None
 
     @property
@@ -34,7 +35,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (.ci/run installs it)")
         self.process = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -45,7 +46,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with a password)
                         return
             except OSError:
                 time.sleep(0.05)

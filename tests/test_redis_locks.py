@@ -9,11 +9,11 @@ from zope.interface.verify import verifyObject
 
 from wslb.pool._interfaces import ILeader
 from wslb.pool.redis_leader import RedisLeader
+from wslb.redis_url import parseRedisURL
 from wslb.registry.keys import Keys
 from wslb.registry.locks import RedisLock
 from wslb.registry.redis import RedisRegistry
 from wslb.registry.redis_connection import RedisConnection
-from wslb.registry.redis_url import parseRedisURL
 
 
 def sleep(seconds):

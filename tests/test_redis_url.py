@@ -2,7 +2,7 @@
 
 import pytest
 
-from wslb.registry.redis_url import RedisAddress, parseRedisURL
+from wslb.redis_url import RedisAddress, parseRedisURL
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -32,16 +32,16 @@ def test_caFileArgumentStandsInForTheParameter():
     ("http://h:6379", "scheme must be redis:// or rediss://"),
     ("h:6379", "scheme must be redis:// or rediss://"),
     ("redis://:6379/0", "no host"),
-    ("redis://h:port/0", "Port could not be cast"),
-    ("redis://h:99999/0", "Port out of range"),
-    ("redis://h/zero", "database number like /0, not '/zero'"),
+    ("redis://h:port/0", "the port is not a number from 0 to 65535"),
+    ("redis://h:99999/0", "the port is not a number from 0 to 65535"),
+    ("redis://h/zero", "database number like /0"),
     ("redis://h/1/2", "database number"),
     ("redis://h/-1", "database number"),
     ("redis://alice@h", "a user name needs a password"),
     ("redis://h?timeout=3", "unknown parameter 'timeout'"),
     ("redis://h?ssl_ca_certs=/ca.pem", "ssl_ca_certs needs rediss://"),
     ("rediss://h?ssl_ca_certs=", "ssl_ca_certs must name one CA file"),
-    ("redis://h#frag", "fragment"),
+    ("redis://h#frag", 'a "#" ends the address part'),
 ])
 def test_errorsNameTheProblem(url, problem):
     with pytest.raises(ValueError, match="Redis URL") as raised:

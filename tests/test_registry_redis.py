@@ -15,11 +15,11 @@ from registry_contract import Calls, RegistryContract, addHealthy, request
 from twisted.internet import defer, protocol, reactor, task
 from zope.interface.verify import verifyObject
 
+from wslb.redis_url import parseRedisURL
 from wslb.registry import DEAD, HEALTHY, Assigned, IRegistry, Queued, redis_ops
 from wslb.registry.keys import Keys
 from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
 from wslb.registry.redis_connection import NotConnected, RedisConnection, _CommandProtocol
-from wslb.registry.redis_url import parseRedisURL
 
 
 @defer.inlineCallbacks

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from wslb._units import parse_duration, parse_size
+from wslb.redis_url import RedisURLError, parseRedisURL
 
 __all__ = [
     "AdminConfig",
@@ -240,11 +241,14 @@ def _origin(value):
 
 
 def _redis_url(value):
-    split = _url(value)
-    if (split and split.scheme in ("redis", "rediss") and split.hostname
-            and re.fullmatch(r"(/\d*)?", split.path)):
-        return value
-    raise _bad('"redis://[user:password@]host[:port][/db]" or "rediss://..." for TLS', value)
+    expected = '"redis://[user:password@]host[:port][/db]" or "rediss://..." for TLS'
+    if not isinstance(value, str):
+        raise _bad(expected, value)
+    try:
+        parseRedisURL(value)  # the registry's and the Lambda handlers' own parser
+    except RedisURLError as e:
+        raise _bad(expected, value, reason=e.reason) from None
+    return value
 
 
 def _worker_url(value):

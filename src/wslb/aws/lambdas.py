@@ -2,8 +2,12 @@
 AWS Lambda handlers (DESIGN §7): EC2 state changes and the events workers
 send, applied to the Redis registry by the very Lua scripts wslb runs
 (L{wslb.registry.redis_ops}), synchronously with redis-py (the ``aws``
-extra). Configured by ``WSLB_REDIS_URL`` and ``WSLB_NAMESPACE`` (default
-"wslb"); one client per cold start.
+extra). Configured by ``WSLB_NAMESPACE`` (default "wslb") and the registry
+URL: ``WSLB_REDIS_URL``, or ``WSLB_REDIS_URL_SECRET_ARN`` naming a Secrets
+Manager secret whose value is the URL (read once per cold start, and again
+after Redis refuses the password, e.g. once the secret was rotated). One
+client per cold start; a ``rediss://`` server's certificate is verified,
+its host name included.
 
 AWS delivers events at least once and in no promised order, so each state
 change is one script call guarded by the lifecycle table
@@ -19,6 +23,7 @@ import os
 
 import redis
 
+from wslb.redis_url import parseRedisURL
 from wslb.registry import lifecycle, redis_ops
 from wslb.registry.keys import Keys
 
@@ -32,6 +37,8 @@ EC2_INPUTS = {
 SESSION_ENDED = "session-ended"
 WORKER_EVENTS = (*lifecycle.REPORTED, "drain", "heartbeat", SESSION_ENDED)
 REDIS_TIMEOUT = 5.0  # seconds to connect to Redis, and for each reply
+SECRETS_TIMEOUT = 5.0  # seconds to connect to Secrets Manager, and for its answer
+URL_VARIABLE, SECRET_VARIABLE = "WSLB_REDIS_URL", "WSLB_REDIS_URL_SECRET_ARN"
 
 # Outcomes: the worker is where the event leads (now or already); the event
 # does not apply to its state (late, or not for this state); no such record.
@@ -101,15 +108,55 @@ def handlers():
     """The cold start's L{Handlers}, made on first use from the environment."""
     global _handlers
     if _handlers is None:
-        url = os.environ.get("WSLB_REDIS_URL")
-        if not url:
-            raise RuntimeError("WSLB_REDIS_URL is not set (redis://... or rediss://...)")
+        url, origin = redisURL(os.environ)
+        try:
+            address = parseRedisURL(url)
+        except ValueError as e:  # it never shows the password
+            raise ValueError(f"{origin}: {e}") from None
+        tls = {"ssl_check_hostname": True} if address.tls else {}  # redis-py < 6 did not
+        client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
+                                      socket_connect_timeout=REDIS_TIMEOUT, **tls)
         from twisted.internet import reactor  # only as the clock: it never runs here
 
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
-                                      socket_connect_timeout=REDIS_TIMEOUT)
         _handlers = Handlers(client, os.environ.get("WSLB_NAMESPACE") or "wslb", reactor)
     return _handlers
+
+
+def redisURL(environ, secrets=None):
+    """
+    The registry URL and where it came from: ``WSLB_REDIS_URL``, or the value
+    of the Secrets Manager secret ``WSLB_REDIS_URL_SECRET_ARN`` names (read
+    with ``secrets``, a boto3 ``secretsmanager`` client, made here if None).
+    """
+    url, arn = environ.get(URL_VARIABLE), environ.get(SECRET_VARIABLE)
+    if url and arn:
+        raise RuntimeError(f"set one of {URL_VARIABLE} and {SECRET_VARIABLE}, not both")
+    if url:
+        return url, URL_VARIABLE
+    if not arn:
+        raise RuntimeError(f"{URL_VARIABLE} (redis://... or rediss://...) or "
+                           f"{SECRET_VARIABLE} (a secret holding that URL) must be set")
+    if secrets is None:
+        import boto3
+        from botocore.config import Config
+
+        secrets = boto3.client("secretsmanager", config=Config(
+            connect_timeout=SECRETS_TIMEOUT, read_timeout=SECRETS_TIMEOUT,
+            retries={"max_attempts": 3, "mode": "standard"}))
+    value = secrets.get_secret_value(SecretId=arn).get("SecretString")
+    if not value:
+        raise RuntimeError(f"the secret {SECRET_VARIABLE} names holds no string")
+    return value.strip(), f"the secret {SECRET_VARIABLE} names"
+
+
+def _handle(work):
+    """``work(handlers())``; a refused password makes the next event read the URL again."""
+    global _handlers
+    try:
+        return work(handlers())
+    except redis.AuthenticationError:
+        _handlers = None
+        raise
 
 
 def ec2_state_change(event, context):
@@ -124,7 +171,7 @@ def ec2_state_change(event, context):
     state = _text(detail, "state", "detail.state")
     _need(state in EC2_INPUTS,
           f"detail.state {state!r} is none of {', '.join(EC2_INPUTS)}")
-    return handlers().ec2StateChange(worker_id, state)
+    return _handle(lambda h: h.ec2StateChange(worker_id, state))
 
 
 def worker_event(event, context):
@@ -140,7 +187,7 @@ def worker_event(event, context):
         session = _text(event, "session")
     else:
         _need("session" not in event, f"session goes only with {SESSION_ENDED}, not {name}")
-    return handlers().workerEvent(worker_id, name, session)
+    return _handle(lambda h: h.workerEvent(worker_id, name, session))
 
 
 def _need(condition, problem):

@@ -20,11 +20,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from wslb.redis_url import parseRedisURL
 from wslb.registry import redis_ops
 from wslb.registry._interfaces import IRegistry
 from wslb.registry.keys import Keys
 from wslb.registry.redis_connection import RedisConnection
-from wslb.registry.redis_url import parseRedisURL
 
 log = Logger()
 

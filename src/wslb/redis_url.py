@@ -38,32 +38,50 @@ class RedisAddress:
         return f"{scheme}://{credentials}{host}:{self.port}/{self.db}"
 
 
+class RedisURLError(ValueError):
+    """A Redis URL that cannot be used; ``reason`` says why, never showing the password."""
+
+    def __init__(self, url, reason):
+        self.reason = reason
+        super().__init__(f"Redis URL {_hidePassword(url)!r}: {reason}")
+
+
+# A password may hold any character, but "/", "?" and "#" end a URL's address
+# part, and "%" starts an escape (ElastiCache AUTH tokens may hold "#").
+ENCODE_THE_PASSWORD = 'percent-encode the password ("#" as %23, "/" as %2F, "?" as %3F, "%" as %25)'
+
+
 def parseRedisURL(url: str, ca_file: str | None = None) -> RedisAddress:
     """
     Parse a Redis URL; ``ca_file`` (e.g. from a constructor argument) stands
-    in for a missing ``ssl_ca_certs``. Raises ValueError naming the problem
-    (never echoing the password).
+    in for a missing ``ssl_ca_certs``. Raises L{RedisURLError} naming the
+    problem (never echoing the password, nor a port part that may be one).
     """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"Redis URL {_hidePassword(url)!r}: {e}") from None
 
     def problem(what):
-        return ValueError(f"Redis URL {_hidePassword(url)!r}: {what}")
+        return RedisURLError(url, what)
 
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # e.g. "Invalid IPv6 URL": it shows no part of the URL
+        raise problem(str(e)) from None
+    if parts.fragment or url.endswith("#"):
+        raise problem(f'a "#" ends the address part of a URL; {ENCODE_THE_PASSWORD}')
+    try:
+        port = parts.port
+    except ValueError:
+        raise problem("the port is not a number from 0 to 65535; if what follows ':' is "
+                      f"a password, {ENCODE_THE_PASSWORD}") from None
     if parts.scheme not in ("redis", "rediss"):
         raise problem("the scheme must be redis:// or rediss:// (TLS)")
     if not parts.hostname:
         raise problem("no host")
     if parts.username and not parts.password:
         raise problem("a user name needs a password (user:password@host)")
-    if parts.fragment:
-        raise problem("a URL fragment (#...) means nothing here")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
-        raise problem(f"the path must be a database number like /0, not {parts.path!r}")
+        raise problem("the path must be a database number like /0; if a password holds "
+                      f"the '/', {ENCODE_THE_PASSWORD}")
 
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - {CA_PARAMETER})
