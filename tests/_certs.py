@@ -42,3 +42,14 @@ def makeCertificates(directory, ca_name="wslb test CA"):
     paths["server"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
     paths["server-key"].write_bytes(_pem(key))
     return paths
+
+
+def makeJwtKey(directory):
+    """An RSA key for RS256 tokens: (the private key, the path of its public PEM)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = directory / "jwt-public.pem"
+    path.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, path

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _certs import makeJwtKey
 
 from wslb.config import PLACEMENTS, ConfigError, Source, describe, load_config, parseEndpoints
 from wslb.registry import PACK, SPREAD
@@ -75,6 +76,8 @@ DESIGN_DEFAULTS = [
     ("session.previous_secrets", ()),
     ("session.jwt_algorithms", ("HS256",)),
     ("session.jwt_public_key_file", ""),
+    ("session.jwt_require_exp", True),
+    ("session.max_age", 30 * 86400.0),
     ("session.jwt_audience", ""),
     ("session.jwt_issuer", ""),
     ("session.cookie_secure", "auto"),
@@ -147,8 +150,9 @@ url = "rediss://cache.internal:6380/2"
 [session]
 sources = ["header:Authorization", "cookie:sid"]
 cookie_secure = true
-jwt_algorithms = ["HS256", "RS256"]
-jwt_public_key_file = "/etc/wslb/jwt.pem"
+issue_cookie = false
+jwt_algorithms = ["RS256", "ES256"]
+jwt_public_key_file = "{key}"
 reconnect_grace = 90
 
 [pool]
@@ -180,7 +184,7 @@ FILE_VALUES = [
     ("registry.url", "rediss://cache.internal:6380/2"),
     ("session.sources", (Source("header", "Authorization"), Source("cookie", "sid"))),
     ("session.cookie_secure", True),
-    ("session.jwt_algorithms", ("HS256", "RS256")),
+    ("session.jwt_algorithms", ("RS256", "ES256")),
     ("session.reconnect_grace", 90.0),
     ("pool.placement", "spread"),
     ("pool.local.ports", (10000, 10009)),
@@ -191,13 +195,17 @@ FILE_VALUES = [
 ]
 
 
+def writeFile(tmp_path):
+    return write(tmp_path, FILE.replace("{key}", str(makeJwtKey(tmp_path)[1])))
+
+
 def test_file_values_are_read(tmp_path):
-    config = load_config(write(tmp_path, FILE), environ=NO_ENV)
+    config = load_config(writeFile(tmp_path), environ=NO_ENV)
     assert {d: value_at(config, d) for d, _ in FILE_VALUES} == dict(FILE_VALUES)
 
 
 def test_describe_output_loads_back_to_the_same_config(tmp_path):
-    config = load_config(write(tmp_path, FILE), environ=NO_ENV)
+    config = load_config(writeFile(tmp_path), environ=NO_ENV)
     again = tmp_path / "again.toml"
     again.write_text(to_toml(describe(config)))
     assert load_config(again, environ=NO_ENV) == config
@@ -228,7 +236,7 @@ def test_override(overrides, dotted, expected):
 
 @pytest.mark.parametrize(
     "written, seconds",
-    [('"500ms"', 0.5), ('"30s"', 30.0), ('"5m"', 300.0), ('"1h"', 3600.0), ('"0"', 0.0),
+    [('"500ms"', 0.5), ('"30s"', 30.0), ('"5m"', 300.0), ('"1h"', 3600.0), ('"30d"', 2592000.0), ('"0"', 0.0),
      ('"1.5s"', 1.5), ("2", 2.0), ("0.25", 0.25)],
 )
 def test_duration(written, seconds):
@@ -351,6 +359,11 @@ MISTAKES = [
     (['session.sources=["query:s"]'], "session.issue_cookie", 'requires a "cookie:NAME" entry'),
     (["session.cookie_samesite=None", "session.cookie_secure=false"], "session.cookie_samesite", "Secure"),
     (['session.jwt_algorithms=["ES256"]'], "session.jwt_public_key_file", "required when"),
+    (["session.jwt_public_key_file=/nonexistent/jwt.pem", 'session.jwt_algorithms=["RS256"]'],
+     "session.jwt_public_key_file", "No such file"),
+    (['session.previous_secrets=["old"]'], "session.secret", "required when session.previous_secrets"),
+    (["session.max_age=0"], "session.max_age", "greater than 0"),
+    (["session.jwt_require_exp=1"], "session.jwt_require_exp", "true or false"),
     (["pool.provider=ec2"], "pool.ec2.launch_template", 'required when pool.provider = "ec2"'),
     # sources
     (['session.sources=["claim:sub"]', "session.issue_cookie=false"], "session.sources[0]", 'got "claim:sub"'),
@@ -521,3 +534,27 @@ def test_describe_shows_unset_secrets_as_empty():
 def test_problem_lines_do_not_leak_secrets(override):
     [line] = problems_for([override])
     assert "hunter2" not in line and "***" in line
+
+
+@pytest.mark.parametrize("overrides, key, text", [
+    # A public key alone turns verification on: HS256 would then need a secret,
+    ([], "session.secret", "required when session.jwt_algorithms has HS256"),
+    # and minted cookies a secret to sign them.
+    (['session.jwt_algorithms=["RS256"]'], "session.secret", "session.issue_cookie"),
+])
+def test_a_public_key_without_a_secret_needs_asymmetric_algorithms_only(tmp_path, overrides, key, text):
+    keyFile = makeJwtKey(tmp_path)[1]
+    [line] = problems_for([f"session.jwt_public_key_file={keyFile}", *overrides])
+    assert line.startswith(key + ":") and text in line, line
+    config = load_config(environ=NO_ENV, overrides=[
+        f"session.jwt_public_key_file={keyFile}", 'session.jwt_algorithms=["RS256"]',
+        "session.issue_cookie=false"])
+    assert config.session.secret == ""
+
+
+def test_a_file_that_is_no_public_key_names_the_key(tmp_path):
+    bad = tmp_path / "not-a-key.pem"
+    bad.write_text("hello")
+    [line] = problems_for([f"session.jwt_public_key_file={bad}", 'session.jwt_algorithms=["RS256"]',
+                           "session.issue_cookie=false"])
+    assert line.startswith("session.jwt_public_key_file:") and "PEM public key" in line

@@ -8,9 +8,10 @@ import math
 import re
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h)?")
+_DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h|d)?")
 # unit -> (multiplier, divisor), so that "100ms" is exactly 0.1
-_SECONDS = {None: (1, 1), "ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
+_SECONDS = {None: (1, 1), "ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1),
+            "d": (86400, 1)}
 
 _SIZE = re.compile(_NUMBER + r"\s*([a-z]*)", re.IGNORECASE)
 _BYTES = {
@@ -33,7 +34,7 @@ def _is_number(value):
 
 
 def parse_duration(value) -> float:
-    """Seconds from a number or a string such as "500ms", "30s", "5m", "1h" or "0"."""
+    """Seconds from a number or a string such as "500ms", "30s", "5m", "1h", "30d" or "0"."""
     if _is_number(value):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):

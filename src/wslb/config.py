@@ -232,6 +232,22 @@ def _source(*kinds):
     return _list_of(parse, f"a list of {expected}")
 
 
+def _public_key_file(value):
+    """A PEM public key that can verify RS256/ES256 tokens, read now: not at the first user."""
+    if not value:
+        return
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    expected = "a PEM public key file (RS256/ES256)"
+    try:
+        with open(value, "rb") as f:
+            load_pem_public_key(f.read())
+    except OSError as e:
+        raise _bad(expected, value, reason=e.strerror or str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise _bad(expected, value, reason=str(e) or type(e).__name__) from None
+
+
 def _origin(value):
     split = _url(value)
     if split and split.scheme and split.netloc and not (
@@ -418,7 +434,9 @@ class SessionConfig:
     jwt_algorithms: tuple[str, ...] = _key(
         ["HS256"], _list_of(_one_of("HS256", "RS256", "ES256"), "a list of JWT algorithms")
     )
-    jwt_public_key_file: str = _key("", _string)
+    jwt_public_key_file: str = _key("", _string, check=_public_key_file)
+    jwt_require_exp: bool = _key(True, _boolean)
+    max_age: float = _key("30d", _duration(positive=True))
     jwt_audience: str = _key("", _string)
     jwt_issuer: str = _key("", _string)
     cookie_secure: str | bool = _key("auto", _one_of("auto", True, False))
@@ -552,12 +570,7 @@ def _relations(config):
             'session.cookie_samesite: "None" requires session.cookie_secure = true or "auto"'
             " (browsers drop SameSite=None cookies without Secure), got cookie_secure = false",
         )
-    if {"RS256", "ES256"} & set(session.jwt_algorithms) and not session.jwt_public_key_file:
-        yield (
-            ("session.jwt_public_key_file", "session.jwt_algorithms"),
-            "session.jwt_public_key_file: required when session.jwt_algorithms has RS256"
-            ' or ES256, got ""',
-        )
+    yield from _signing(session)
     if isReusePort(config.listen.endpoint) and config.registry.backend == "memory":
         yield (
             ("listen.endpoint", "registry.backend"),
@@ -569,6 +582,43 @@ def _relations(config):
         yield (
             ("pool.ec2.launch_template", "pool.provider"),
             'pool.ec2.launch_template: required when pool.provider = "ec2", got ""',
+        )
+
+
+def _signing(session):
+    """
+    Signed keys are on whenever a secret or a public key is set; every
+    algorithm accepted then needs its material, and minted cookies a secret.
+    """
+    asymmetric = {"RS256", "ES256"} & set(session.jwt_algorithms)
+    if asymmetric and not session.jwt_public_key_file:
+        yield (
+            ("session.jwt_public_key_file", "session.jwt_algorithms"),
+            "session.jwt_public_key_file: required when session.jwt_algorithms has RS256"
+            ' or ES256, got ""',
+        )
+    if session.secret:
+        return
+    if session.previous_secrets:
+        yield (
+            ("session.secret", "session.previous_secrets"),
+            "session.secret: required when session.previous_secrets is set (old secrets"
+            ' only verify; the current one signs), got ""',
+        )
+    if not session.jwt_public_key_file:
+        return
+    if "HS256" in session.jwt_algorithms:
+        yield (
+            ("session.secret", "session.jwt_algorithms", "session.jwt_public_key_file"),
+            'session.secret: required when session.jwt_algorithms has HS256, got ""'
+            ' (with only a public key, set session.jwt_algorithms = ["RS256"] or ["ES256"])',
+        )
+    elif session.issue_cookie:
+        yield (
+            ("session.secret", "session.issue_cookie", "session.jwt_public_key_file"),
+            'session.secret: required to sign the cookies session.issue_cookie mints, got ""'
+            " (keys are verified: session.jwt_public_key_file is set); or set"
+            " session.issue_cookie = false",
         )
 
 

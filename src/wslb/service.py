@@ -169,8 +169,12 @@ class RegistrySettling:
 
 
 def makeSigner(session, clock):
-    """The session key L{Signer}, or None (with a warning) when keys are trusted."""
-    if not session.secret:
+    """
+    The session key L{Signer} whenever any verification material is set (a
+    secret, or a public key alone for RS256/ES256 tokens); else None, with
+    a warning: keys are then trusted as sent.
+    """
+    if not session.secret and not session.jwt_public_key_file:
         log.warn("[session] secret is not set: session keys are trusted as sent; "
                  "anyone who knows a key can reach that user's worker")
         return None
@@ -182,6 +186,7 @@ def makeSigner(session, clock):
         session.secret, session.previous_secrets, clock,
         algorithms=session.jwt_algorithms, publicKey=publicKey,
         audience=session.jwt_audience, issuer=session.jwt_issuer,
+        requireExp=session.jwt_require_exp, maxAge=session.max_age,
     )
 
 

@@ -10,13 +10,22 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
+
+from twisted.logger import Logger
 
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.signing import InvalidKey
 
+log = Logger()
+
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}\Z")
+
+# A cost has at most this many digits: more is larger than any capacity.
+_COST_DIGITS = 12
+
+# Whitespace around cookie pairs, names and values (RFC 6265 §5.2: WSP).
+_WSP = " \t"
 
 
 @dataclass(frozen=True)
@@ -26,35 +35,69 @@ class Identity:
     setCookie: str | None  # a Set-Cookie value to send with the 101, if minted
 
 
+def cookieValue(header, name):
+    """
+    The value of the first cookie called ``name`` in a Cookie header, or
+    None: pairs split at ";", name and value at the first "=", whitespace
+    trimmed, and a value in DQUOTEs loses them (RFC 6265 §4.1.1) -- nothing
+    else is unquoted. One pass over the header, whatever it holds (Python's
+    SimpleCookie is quadratic on quoted backslashes before 3.11.10).
+    """
+    for pair in header.split(";"):
+        pairName, equals, value = pair.partition("=")
+        if equals and pairName.strip(_WSP) == name:
+            value = value.strip(_WSP)
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def queryValue(query, name):
+    """
+    The first value of ``name`` in a query string, or None; only names are
+    decoded until one matches, and only the matching value.
+    """
+    for pair in query.split("&"):
+        rawName, _, value = pair.partition("=")
+        if rawName == name or (("%" in rawName or "+" in rawName)
+                               and unquote_plus(rawName) == name):
+            return unquote_plus(value)
+    return None
+
+
 class HandshakeFields:
-    """The places a source may read from: cookies, query, headers."""
+    """
+    The places a source may read from: cookies, query, headers. Each is
+    read for the names the sources ask for, when they ask, in one linear
+    pass a name: the request head is bounded (MAX_REQUEST_HEAD), and so is
+    the work a handshake may make wslb do with it.
+    """
 
     def __init__(self, headers, query):
-        self.headers = headers  # lower-cased name -> value, as autobahn parses
-        self.query = parse_qs(query, keep_blank_values=True)
-        self._cookies = None
-
-    @property
-    def cookies(self):
-        if self._cookies is None:
-            jar = SimpleCookie()
-            try:
-                jar.load(self.headers.get("cookie", ""))
-            except CookieError:
-                pass
-            self._cookies = {name: morsel.value for name, morsel in jar.items()}
-        return self._cookies
+        self.headers = headers  # lower-cased name -> value
+        self._query = query
 
     def read(self, source):
         """The value a ``cookie:``, ``query:`` or ``header:`` source names, or None."""
         if source.kind == "cookie":
-            return self.cookies.get(source.name)
+            return cookieValue(self.headers.get("cookie", ""), source.name)
         if source.kind == "query":
-            values = self.query.get(source.name)
-            return values[0] if values else None
+            return queryValue(self._query, source.name)
         if source.kind == "header":
             return self.headers.get(source.name.lower())
         return None
+
+
+def mintKey():
+    """
+    A new random session key. Never one starting "eyJ": signed, it would be
+    taken for a JWT (1 key in 262,144 would lock its user out).
+    """
+    while True:
+        key = secrets.token_urlsafe(24)
+        if not key.startswith("eyJ"):
+            return key
 
 
 class Identifier:
@@ -72,7 +115,19 @@ class Identifier:
         )
         self._cookieSecure = session.cookie_secure  # "auto": as the client connected
         self._cookieAttributes = "; Path=/; HttpOnly; SameSite=" + session.cookie_samesite
+        if signer is not None:
+            # The browser forgets it when wslb would refuse it: a new one is minted.
+            self._cookieAttributes += f"; Max-Age={int(session.max_age)}"
         self._costSources = cost.sources
+        if signer is not None:
+            # A signed session's cost is what its issuer vouched for: a user
+            # must not pin a whole worker with ?cost=1000.
+            ignored = [s for s in cost.sources if s.kind != "claim"]
+            self._costSources = tuple(s for s in cost.sources if s.kind == "claim")
+            if ignored:
+                log.warn("[cost] sources {ignored} are ignored: with signed session keys "
+                         "only claim:* sources (verified JWT claims) are read",
+                         ignored=", ".join(map(str, ignored)))
         self._costClasses = cost.classes
         self._defaultCost = defaultCost
         self._maxCapacity = maxCapacity  # callable: capacity can grow at run time
@@ -103,7 +158,7 @@ class Identifier:
                 )
             return value, claims, None
         if self._issueCookie and self._cookieName:
-            key = secrets.token_urlsafe(24)
+            key = mintKey()
             value = key if self._signer is None else self._signer.mintCookie(key)
             if self._cookieSecure != "auto":
                 secure = self._cookieSecure
@@ -121,12 +176,13 @@ class Identifier:
             value = str(value)
             cost = self._costClasses.get(value)
             if cost is None:
-                if not value.isdigit() or int(value) < 1:
+                digits = value.lstrip("0")
+                if not (value.isascii() and value.isdigit() and digits):
                     raise badRequest(
                         f"cost from {source} must be a positive integer or one of "
                         f"{sorted(self._costClasses)}"
                     )
-                cost = int(value)
+                cost = int(digits[:_COST_DIGITS + 1])
             if cost > self._maxCapacity():
                 raise badRequest(
                     f"cost {cost} is larger than any worker's capacity "
