@@ -234,8 +234,8 @@ def _source(*kinds):
 
 def _public_key_file(value):
     """A PEM public key that can verify RS256/ES256 tokens, read now: not at the first user."""
-    if not value:
-        return
+    if not _string(value):
+        return value
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     expected = "a PEM public key file (RS256/ES256)"
@@ -246,6 +246,7 @@ def _public_key_file(value):
         raise _bad(expected, value, reason=e.strerror or str(e)) from None
     except (ValueError, TypeError) as e:
         raise _bad(expected, value, reason=str(e) or type(e).__name__) from None
+    return value
 
 
 def _origin(value):
@@ -434,7 +435,7 @@ class SessionConfig:
     jwt_algorithms: tuple[str, ...] = _key(
         ["HS256"], _list_of(_one_of("HS256", "RS256", "ES256"), "a list of JWT algorithms")
     )
-    jwt_public_key_file: str = _key("", _string, check=_public_key_file)
+    jwt_public_key_file: str = _key("", _public_key_file)
     jwt_require_exp: bool = _key(True, _boolean)
     max_age: float = _key("30d", _duration(positive=True))
     jwt_audience: str = _key("", _string)
