@@ -46,9 +46,9 @@ def withSessions(registry, n, now=0):
         yield registry.assign(request(f"k{i}"), now)
 
 
-def sessionsGauge(metrics):
+def gauge(metrics, name):
     text = generate_latest(metrics.registry).decode()
-    return float(re.search(r"^wslb_sessions (\S+)$", text, re.M).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 @pytest.mark.timeout(10)
@@ -62,7 +62,24 @@ def test_aScrapeCountsTheSessionsWithoutListingThem():
         registry.calls.clear()
         yield metrics.refresh(registry, clock)
         assert sorted(registry.calls) == ["countSessions", "listWorkers", "queueInfo"]
-        assert sessionsGauge(metrics) == SESSIONS
+        assert gauge(metrics, "wslb_sessions") == SESSIONS
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.inlineCallbacks
+def test_aScrapeReportsTheQueueAndHowLongItsFirstUserHasWaited():
+    clock = Clock()
+    registry = MemoryRegistry(clock)
+    metrics = Metrics()
+    yield metrics.refresh(registry, clock)
+    assert (gauge(metrics, "wslb_queue_length"), gauge(metrics, "wslb_queue_oldest_wait_seconds")) == (0, 0)
+    clock.advance(10)
+    yield registry.assign(request("first"), clock.seconds())  # no worker: queued
+    clock.advance(5)
+    yield registry.assign(request("second"), clock.seconds())
+    clock.advance(20)
+    yield metrics.refresh(registry, clock)
+    assert (gauge(metrics, "wslb_queue_length"), gauge(metrics, "wslb_queue_oldest_wait_seconds")) == (2, 25)
 
 
 class Monitor(LineReceiver):
@@ -128,7 +145,7 @@ def test_aScrapeReadsNoSessionFromRedis(redis_server):
             ]
             assert [line.split("] ", 1)[1] for line in touchingSessions] == [
                 f'"ZCARD" "{prefix}sessions"']
-            assert sessionsGauge(metrics) == SESSIONS
+            assert gauge(metrics, "wslb_sessions") == SESSIONS
     finally:
         monitor.transport.loseConnection()
         yield registry.stopService()

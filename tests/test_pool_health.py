@@ -328,3 +328,21 @@ def test_checks_reuse_one_kept_alive_connection_that_a_dead_worker_breaks(serve,
     yield c.round()
     assert (yield c.worker("w")).state == UNHEALTHY  # the kept connection did not hide it
     assert c.checker.outcomes["unreachable"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_how_long_the_longest_starting_worker_has_been_starting(serve, checked):
+    ok_url, _ = serve()
+    bad_url, bad = serve()
+    bad.code = 500
+    c = checked()
+    assert c.checker.startingFor(START) == 0
+    yield c.add("bad", bad_url)
+    c.clock.advance(5)
+    yield c.add("ok", ok_url)
+    yield c.checker.check()  # ok passes; bad stays starting
+    assert c.checker.startingFor(START + 10) == 10
+    yield c.round(START_TIMEOUT)  # bad: dead at its start timeout
+    assert (yield c.states()) == {"ok": HEALTHY, "bad": DEAD}
+    yield c.round(1)
+    assert c.checker.startingFor(c.clock.seconds()) == 0

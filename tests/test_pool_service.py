@@ -9,7 +9,7 @@ from _pool_helpers import RecordingProvider, SwitchableLeader
 from conftest import free_port
 from test_pool_local import answers, waitUntil
 from twisted.internet import reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
 
 from wslb.config import load_config
@@ -110,3 +110,22 @@ def test_a_pool_of_echo_workers_keeps_its_spares_and_replaces_a_killed_one():
 def healthyWorkers(registry, n):
     d = registry.listWorkers()
     return d.addCallback(lambda workers: sum(w.state == HEALTHY for w in workers) == n)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_longest_starting_worker_is_reported_by_the_leader_only():
+    clock = Clock()
+    clock.advance(1000)
+    registry = MemoryRegistry(clock)
+    yield registry.addWorker("w", f"ws://127.0.0.1:{free_port()}", "static", 1, clock.seconds())
+    leader = SwitchableLeader()
+    pool = PoolService(registry, RecordingProvider(), leader, clock, poolConfig("pool.min_spare=0"))
+    assert pool.startingFor() == 0  # no round yet
+    pool.startService()  # a first health round at once: "w" is starting
+    while not pool.health.outcomes["unreachable"]:
+        yield deferLater(reactor, 0.01, lambda: None)
+    clock.advance(40)  # the rounds it runs meanwhile find it still starting
+    assert pool.startingFor() == 40
+    leader.leading = False
+    assert pool.startingFor() == 0
+    yield pool.stopService()

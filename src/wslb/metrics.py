@@ -83,7 +83,7 @@ class Metrics:
         def store(results):
             workers, sessions, queue = results
             self._snapshot = {
-                "workers": workers, "sessions": sessions, "queue": queue.length,
+                "workers": workers, "sessions": sessions, "queue": queue,
             }
 
         def failed(failure):
@@ -132,12 +132,21 @@ class _SnapshotCollector:
         yield workers
         yield GaugeMetricFamily("wslb_sessions", "Sessions bound to a worker.",
                                 value=snapshot["sessions"])
+        queue = snapshot["queue"]
         yield GaugeMetricFamily("wslb_queue_length", "Users waiting for a worker.",
-                                value=snapshot["queue"])
+                                value=queue.length)
+        yield GaugeMetricFamily("wslb_queue_oldest_wait_seconds",
+                                "How long the first user in the queue has waited (0: nobody).",
+                                value=queue.oldest_wait)
 
 
 _LIVE_HELP = {
     "wslb_connections": "User connections open or in their handshake on this instance.",
     "wslb_leader": "1 when this instance is the pool's leader.",
     "wslb_leader_fencing_token": "The fencing token of this instance's leadership.",
+    "wslb_workers_starting_oldest_seconds": (
+        "How long the longest-starting worker has been starting (the leader's; 0 elsewhere)."),
+    "wslb_queue_timeout_seconds": "[queue] timeout: a user waiting longer gets 503.",
+    "wslb_pool_start_timeout_seconds": (
+        "[pool] start_timeout: a worker not healthy by then is replaced."),
 }

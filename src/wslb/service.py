@@ -275,6 +275,9 @@ def makeService(config, reactor=None):
     metrics.watch("wslb_connections", lambda: gate.connections)
     metrics.watch("wslb_leader", lambda: int(leader.isLeader()))
     metrics.watch("wslb_leader_fencing_token", lambda: leader.fencingToken)
+    metrics.watch("wslb_workers_starting_oldest_seconds", pool.startingFor)
+    metrics.watch("wslb_queue_timeout_seconds", lambda: config.queue.timeout)
+    metrics.watch("wslb_pool_start_timeout_seconds", lambda: config.pool.start_timeout)
     metrics.watchCounts(
         "wslb_scaler_actions", "Workers launched or terminated by the scaler.", "action",
         lambda: {a: pool.scaler.actionCounts[a] for a in ("launch", "terminate")},

@@ -75,6 +75,7 @@ class HealthChecker:
         self._failures = {}  # worker id -> consecutive failed checks
         self._lastCheck = {}  # worker id -> clock time its last check started
         self.outcomes = Counter({outcome: 0 for outcome in OUTCOMES})  # checks since start
+        self._startingSince = None  # the longest-starting worker's state_since, last round
 
     def close(self):
         """Close the kept-alive connections; fires when they are closed."""
@@ -91,8 +92,18 @@ class HealthChecker:
         d.addErrback(lambda failure: self.log.failure("health round failed", failure))
         return d
 
+    def startingFor(self, now):
+        """
+        Seconds the longest-starting worker has been starting as of the last
+        round, counted to ``now`` (0 when none was): it grows while rounds
+        stop coming, as a stuck pool's would.
+        """
+        return 0.0 if self._startingSince is None else now - self._startingSince
+
     def _round(self, workers):
         now = self._clock.seconds()
+        self._startingSince = min(
+            (worker.state_since for worker in workers if worker.state == STARTING), default=None)
         self._forgetAllBut({worker.id for worker in workers})
         due = [worker for worker in workers if self._due(worker, now)]
         for worker in due:

@@ -45,6 +45,7 @@ class PoolService(MultiService):
         super().__init__()
         self.provider = provider
         self._leader = leader
+        self._clock = clock
         self.scaler = Scaler(
             registry, provider, clock, leader,
             min_spare=pool_config.min_spare, max_spare=pool_config.max_spare,
@@ -66,6 +67,10 @@ class PoolService(MultiService):
         # ready() fires False while the registry is settling (see service.py).
         self._ready = ready or (lambda: True)
         leader.addLeadershipListener(self._leadNow)
+
+    def startingFor(self):
+        """How long the longest-starting worker has been starting; 0 on followers."""
+        return self.health.startingFor(self._clock.seconds()) if self._leader.isLeader() else 0.0
 
     def _leadNow(self):
         # A new leader reconciles and checks at once, not a whole interval later.
