@@ -139,17 +139,21 @@ def test_starting_workers_pass_or_die_after_start_timeout(serve, checked):
     bad_url, bad = serve()
     bad.code = 500
     c = checked()
+    assert c.checker.startingFor(START) == 0  # none seen yet
     yield c.add("ok", ok_url)
     yield c.add("bad", bad_url)
     yield c.add("closed", f"ws://127.0.0.1:{free_port()}")
     yield c.checker.check()
     assert (yield c.states()) == {"ok": HEALTHY, "bad": STARTING, "closed": STARTING}
     assert (yield c.worker("ok")).last_seen == START
+    assert c.checker.startingFor(START + 10) == 10  # as of that round, counted to now
     yield c.round(START_TIMEOUT - 1)
     assert (yield c.states()) == {"ok": HEALTHY, "bad": STARTING, "closed": STARTING}
     yield c.round(1)
     assert (yield c.states()) == {"ok": HEALTHY, "bad": DEAD, "closed": DEAD}
     assert (ok.hits, bad.hits) == (2, 3)  # healthy: once per interval; starting: every round
+    yield c.round(1)
+    assert c.checker.startingFor(c.clock.seconds()) == 0
 
 
 @pytest_twisted.inlineCallbacks
@@ -329,20 +333,3 @@ def test_checks_reuse_one_kept_alive_connection_that_a_dead_worker_breaks(serve,
     assert (yield c.worker("w")).state == UNHEALTHY  # the kept connection did not hide it
     assert c.checker.outcomes["unreachable"] == 1
 
-
-@pytest_twisted.inlineCallbacks
-def test_how_long_the_longest_starting_worker_has_been_starting(serve, checked):
-    ok_url, _ = serve()
-    bad_url, bad = serve()
-    bad.code = 500
-    c = checked()
-    assert c.checker.startingFor(START) == 0
-    yield c.add("bad", bad_url)
-    c.clock.advance(5)
-    yield c.add("ok", ok_url)
-    yield c.checker.check()  # ok passes; bad stays starting
-    assert c.checker.startingFor(START + 10) == 10
-    yield c.round(START_TIMEOUT)  # bad: dead at its start timeout
-    assert (yield c.states()) == {"ok": HEALTHY, "bad": DEAD}
-    yield c.round(1)
-    assert c.checker.startingFor(c.clock.seconds()) == 0
