@@ -59,6 +59,15 @@ def addHealthy(registry, worker_id, capacity=1, now=0):
     return worker
 
 
+@inlineCallbacks
+def countsOf(registry):
+    """countSessions() of every session, the connected ones, those in their grace."""
+    counts = []
+    for connected in (None, True, False):
+        counts.append((yield registry.countSessions(connected)))
+    return tuple(counts)
+
+
 def pick(workers, cost, placement):
     """The worker id ``placement`` must choose among ``workers``, or None."""
     fitting = [w for w in workers if w.fits(cost)]
@@ -591,6 +600,22 @@ class RegistryContract:
         yield registry.endSession("a")
         yield registry.setWorkerState("w2", DEAD, 3)
         assert (yield registry.countSessions()) == len((yield registry.listSessions())) == 1
+
+    @pytest_twisted.inlineCallbacks
+    def test_countSessionsConnectedOrInTheirGrace(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        for key in ["a", "b", "c"]:
+            yield registry.assign(request(key), 1)
+        yield registry.assign(request("c", instance="i2"), 1)  # c: one connection each via two
+        yield registry.release("a", "i1", 2)
+        yield registry.release("c", "i1", 2)  # c keeps its connection via i2
+        assert (yield countsOf(registry)) == (3, 2, 1)  # all, connected, in their grace
+        listed = yield registry.listSessions()
+        assert sorted(s.key for s in listed if not s.connected) == ["a"]
+        yield registry.assign(request("a"), 3)  # back from its grace
+        yield registry.release("b", "i1", 3)
+        yield registry.release("c", "i2", 3)
+        assert (yield countsOf(registry)) == (3, 1, 2)
 
     @pytest_twisted.inlineCallbacks
     def test_claimIdleWorkerOnlyWhenEmpty(self, registry):

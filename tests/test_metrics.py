@@ -61,8 +61,10 @@ def test_aScrapeCountsTheSessionsWithoutListingThem():
     for _ in range(3):
         registry.calls.clear()
         yield metrics.refresh(registry, clock)
-        assert sorted(registry.calls) == ["countSessions", "listWorkers", "queueInfo"]
+        assert sorted(registry.calls) == [
+            "countSessions", "countSessions", "listWorkers", "queueInfo"]
         assert gauge(metrics, "wslb_sessions") == SESSIONS
+        assert gauge(metrics, "wslb_sessions_in_grace") == 0
 
 
 @pytest.mark.timeout(10)
@@ -141,10 +143,10 @@ def test_aScrapeReadsNoSessionFromRedis(redis_server):
             run = [line for line in lines if re.search(r"\[\d+ lua\]", line)]
             touchingSessions = [
                 line for line in run
-                if f'"{prefix}sessions"' in line or f'"{prefix}session:' in line
+                if any(f'"{prefix}{name}' in line for name in ("sessions", "session:", "disconn"))
             ]
-            assert [line.split("] ", 1)[1] for line in touchingSessions] == [
-                f'"ZCARD" "{prefix}sessions"']
+            assert sorted(line.split("] ", 1)[1] for line in touchingSessions) == [
+                f'"ZCARD" "{prefix}disconnected"', f'"ZCARD" "{prefix}sessions"']
             assert gauge(metrics, "wslb_sessions") == SESSIONS
     finally:
         monitor.transport.loseConnection()

@@ -77,13 +77,13 @@ class Metrics:
         """Fire when the registry-derived gauges are current."""
         d = defer.gatherResults([
             registry.listWorkers(sessions=False), registry.countSessions(),
-            registry.queueInfo(clock.seconds()),
+            registry.countSessions(connected=False), registry.queueInfo(clock.seconds()),
         ], consumeErrors=True)
 
         def store(results):
-            workers, sessions, queue = results
+            workers, sessions, inGrace, queue = results
             self._snapshot = {
-                "workers": workers, "sessions": sessions, "queue": queue,
+                "workers": workers, "sessions": sessions, "in_grace": inGrace, "queue": queue,
             }
 
         def failed(failure):
@@ -132,6 +132,10 @@ class _SnapshotCollector:
         yield workers
         yield GaugeMetricFamily("wslb_sessions", "Sessions bound to a worker.",
                                 value=snapshot["sessions"])
+        yield GaugeMetricFamily(
+            "wslb_sessions_in_grace",
+            "Sessions without a live connection, keeping their worker for reconnect_grace.",
+            value=snapshot["in_grace"])
         queue = snapshot["queue"]
         yield GaugeMetricFamily("wslb_queue_length", "Users waiting for a worker.",
                                 value=queue.length)

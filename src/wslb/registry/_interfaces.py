@@ -231,10 +231,12 @@ class IRegistry(Interface):
     def listSessions():
         """Fire with a list of every L{Session}, ordered by key."""
 
-    def countSessions():
+    def countSessions(connected=None):
         """
         Fire with the number of sessions, without reading them: for
-        periodic callers (the metrics scrape) that need only how many.
+        periodic callers (the metrics scrape) that need only how many. With
+        ``connected`` False only those without a live connection (in their
+        reconnect grace) count; True, only those with one.
         """
 
     # -- queue ----------------------------------------------------------

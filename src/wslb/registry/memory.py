@@ -280,8 +280,10 @@ class MemoryRegistry:
         return [self._session(self._sessions[k]) for k in sorted(self._sessions)]
 
     @_deferred
-    def countSessions(self):
-        return len(self._sessions)
+    def countSessions(self, connected=None):
+        if connected is None:
+            return len(self._sessions)
+        return sum(bool(s.connections) == connected for s in self._sessions.values())
 
     # -- queue ----------------------------------------------------------
 

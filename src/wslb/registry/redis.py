@@ -197,8 +197,8 @@ class RedisRegistry(Service):
     def listSessions(self):
         return self._run(redis_ops.listSessions)
 
-    def countSessions(self):
-        return self._run(redis_ops.countSessions)
+    def countSessions(self, connected=None):
+        return self._run(redis_ops.countSessions, connected)
 
     # -- queue ----------------------------------------------------------
 

@@ -224,8 +224,9 @@ def listSessions() -> Op:
     return Op("list_sessions", (), _decodeSessions)
 
 
-def countSessions() -> Op:
-    return Op("count_sessions", (), _decodePlain)
+def countSessions(connected=None) -> Op:
+    flag = "" if connected is None else str(int(bool(connected)))
+    return Op("count_sessions", (flag,), _decodePlain)
 
 
 # -- queue --------------------------------------------------------------
