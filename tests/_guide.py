@@ -9,16 +9,19 @@ import tomllib
 from pathlib import Path
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "aws.md"
-_BLOCK = re.compile(r"^<!-- tested: (?P<name>[\w-]+) -->\n```[\w-]*\n(?P<body>.*?)^```$",
-                    re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(
+    r"^(?P<indent> *)<!-- tested: (?P<name>[\w-]+) -->\n(?P=indent)```[\w-]*\n"
+    r"(?P<body>.*?)^(?P=indent)```$", re.MULTILINE | re.DOTALL)
 
 
 def blocks():
-    """Every tested block of the guide, by name."""
+    """Every tested block of the guide, by name (a block inside a list item dedented)."""
     found = {}
     for match in _BLOCK.finditer(GUIDE.read_text()):
         assert match["name"] not in found, f"two blocks named {match['name']} in {GUIDE}"
-        found[match["name"]] = match["body"]
+        indent = len(match["indent"])
+        found[match["name"]] = "".join(
+            line[indent:] for line in match["body"].splitlines(keepends=True))
     return found
 
 

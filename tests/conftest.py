@@ -73,6 +73,18 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def moto_server():
+    """moto's server on loopback (every AWS service it mocks), for a module: its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def own_redis_server(tmp_path):
     """A redis-server for one test, which it may kill and restart."""

@@ -18,7 +18,6 @@ import redis
 from _ec2_helpers import CREDENTIALS, REGION
 from _redis_helpers import TLSRedisServer
 from conftest import RedisServer
-from moto.server import ThreadedMotoServer
 from packaging.requirements import Requirement
 from twisted.internet import reactor
 
@@ -99,24 +98,15 @@ def test_a_percent_encoded_password_connects_the_lambda_handler(guarded_redis, c
 # --- the URL from Secrets Manager -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def secrets_manager():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.mark.timeout(30)
-def test_the_url_from_secrets_manager_is_read_once_and_again_after_a_rotation(
-        guarded_redis, cold_start, secrets_manager):
-    secrets = boto3.client("secretsmanager", endpoint_url=secrets_manager,
+def test_the_url_from_moto_server_is_read_once_and_again_after_a_rotation(
+        guarded_redis, cold_start, moto_server):
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server,
                            region_name=REGION, **CREDENTIALS)
     arn = secrets.create_secret(Name="wslb-redis-" + uuid.uuid4().hex[:8],
                                 SecretString=urlWith(guarded_redis, quote(TOKEN, safe="")))["ARN"]
     cold_start.setenv("WSLB_REDIS_URL_SECRET_ARN", arn)
-    cold_start.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", secrets_manager)
+    cold_start.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_server)
     cold_start.setenv("AWS_DEFAULT_REGION", REGION)
     cold_start.setenv("AWS_ACCESS_KEY_ID", CREDENTIALS["aws_access_key_id"])
     cold_start.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIALS["aws_secret_access_key"])
