@@ -1,5 +1,6 @@
 """Admin API mutations and who may make them: a real Site on 127.0.0.1 over a MemoryRegistry."""
 
+import json
 import shutil
 import tempfile
 
@@ -337,13 +338,25 @@ async def test_with_a_token_mutations_need_it(guarded, logged):
     assert TOKEN not in text and "wrong-guess" not in text  # ...without any token
 
 
+READS = ("/api/v1/workers", "/api/v1/workers/w1", "/api/v1/sessions", "/api/v1/sessions/alice",
+         "/api/v1/queue")
+
+
 @pytest_twisted.ensureDeferred
-async def test_reads_need_no_token(guarded):
+async def test_with_a_token_reads_need_it_too(guarded):
+    """Unsigned session keys are credentials: listing them needs the token."""
     await withSession(guarded)
-    for path in ("/healthz", "/api/v1/workers", "/api/v1/workers/w1", "/api/v1/sessions",
-                 "/api/v1/sessions/alice", "/api/v1/queue"):
-        code, _, _ = await guarded.request("GET", path)
+    for path in READS:
+        code, answer, response = await guarded.request("GET", path)
+        assert code == 401, path
+        assert response.headers.getRawHeaders("www-authenticate") == ["Bearer"]
+        assert "alice" not in json.dumps(answer)
+        code, _, _ = await guarded.request("GET", path, token="wrong-guess")
+        assert code == 403, path
+        code, _, _ = await guarded.request("GET", path, token=TOKEN)
         assert code == 200, path
+    code, _, _ = await guarded.request("GET", "/healthz")
+    assert code == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -357,7 +370,7 @@ async def test_without_a_token_mutations_from_loopback_are_allowed(admin):
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_a_token_mutations_from_elsewhere_are_refused_end_to_end():
+async def test_without_a_token_requests_from_elsewhere_are_refused_end_to_end():
     """A real socket to 127.0.0.1, with a peer test that calls 127.0.0.1 foreign."""
     peers = []
 
@@ -374,10 +387,48 @@ async def test_without_a_token_mutations_from_elsewhere_are_refused_end_to_end()
             assert "token" in answer["error"]
         assert await unchanged(admin)
         assert {(type(p), p.host) for p in peers} == {(IPv4Address, "127.0.0.1")}
-        code, _, _ = await admin.request("GET", "/api/v1/workers")
+        for path in READS:
+            code, _, _ = await admin.request("GET", path)
+            assert code == 403, path
+        code, _, _ = await admin.request("GET", "/healthz")
         assert code == 200
     finally:
         await admin.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_token_a_rebound_host_name_is_refused(admin):
+    """DNS rebinding: a page of rebind.example whose name now points at 127.0.0.1."""
+    await withSession(admin)
+    port = admin.port.getHost().port
+    for host in (f"rebind.example:{port}", "rebind.example", "127.0.0.1.rebind.example",
+                 f"localhost.:{port}x"):
+        for method, path, body in [("GET", "/api/v1/sessions", None), *MUTATIONS]:
+            code, _, _ = await admin.request(method, path, body, headers={**JSON, "Host": host})
+            assert code == 403, (host, method, path)
+    assert await unchanged(admin)
+    for host in (f"localhost:{port}", "localhost", f"127.0.0.1:{port}", f"[::1]:{port}",
+                 f"admin.localhost:{port}", f"LOCALHOST.:{port}"):
+        code, _, _ = await admin.request("GET", "/api/v1/sessions", headers={**JSON, "Host": host})
+        assert code == 200, host
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_token_mutations_from_a_foreign_origin_are_refused(admin):
+    await withSession(admin)
+    port = admin.port.getHost().port
+    for origin in ("http://rebind.example", f"http://localhost:{port + 1}", "null"):
+        for method, path, body in MUTATIONS:
+            code, _, _ = await admin.request(method, path, body,
+                                             headers={**JSON, "Origin": origin})
+            assert code == 403, (origin, path)
+    assert await unchanged(admin)
+    code, _, _ = await admin.request("GET", "/api/v1/sessions",
+                                     headers={**JSON, "Origin": "http://rebind.example"})
+    assert code == 200  # a read: the Host check is what keeps pages out
+    code, _, _ = await admin.request(*MUTATIONS[0][:2], MUTATIONS[0][2],
+                                     headers={**JSON, "Origin": f"http://127.0.0.1:{port}"})
+    assert code == 201  # the admin's own origin
 
 
 @pytest_twisted.ensureDeferred

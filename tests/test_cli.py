@@ -160,6 +160,12 @@ async def test_the_token_comes_from_the_environment():
         code, _, err = await wslb("drain", "w1", "--admin", admin.url, token=TOKEN)
         assert (code, err) == (0, "")
         assert (await admin.registry.getWorker("w1")).draining
+
+        # Reads need the token too: status sends it.
+        code, out, err = await wslb("status", "--admin", admin.url)
+        assert code == 1 and "401" in err
+        code, out, err = await wslb("status", "--admin", admin.url, token=TOKEN)
+        assert (code, err) == (0, "") and "w1" in out
     finally:
         await admin.close()
 

@@ -88,6 +88,7 @@ DESIGN_DEFAULTS = [
     ("queue.timeout", 60.0),
     ("queue.allow_overtake", False),
     ("log.format", "text"),
+    ("log.session_keys", "fingerprint"),
     ("pool.provider", "local"),
     ("pool.capacity", 1),
     ("pool.default_cost", 1),
@@ -346,6 +347,7 @@ MISTAKES = [
     (["pool.provider=k8s"], "pool.provider", 'got "k8s"'),
     (["pool.placement=random"], "pool.placement", 'one of "pack", "spread"'),
     (["log.format=xml"], "log.format", 'one of "text", "json", got "xml"'),
+    (["log.session_keys=hashed"], "log.session_keys", 'one of "fingerprint", "plain"'),
     (["session.cookie_samesite=lax"], "session.cookie_samesite", 'one of "Strict", "Lax", "None", got "lax"'),
     (['session.jwt_algorithms=["none"]'], "session.jwt_algorithms[0]", 'got "none"'),
     # relations between keys

@@ -1,13 +1,32 @@
 """The JSON log lines: one object per event, its message formatted as Twisted would."""
 
+import hashlib
 import io
 import json
 
 import pytest
-from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicLogText
+import pytest_twisted
+from _echo_helpers import waitFor
+from _wslb_helpers import staticWslb
+from twisted.internet import defer
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 
-from wslb.logs import _ClassicText, jsonLineObserver, textLineObserver
+from wslb.logs import Logger as wslbLogger
+from wslb.logs import (
+    _ClassicText,
+    fingerprint,
+    jsonLineObserver,
+    showSessionKeys,
+    textLineObserver,
+)
 
 
 def logged(emit):
@@ -76,3 +95,52 @@ def test_textLineObserverWritesEveryLevel():
     log.info("loud")
     assert [line.split(" ", 1)[1] for line in out.getvalue().splitlines()] == [
         "[wslb.test#debug] quiet 1", "[wslb.test#info] loud"]
+
+
+# -- session keys ---------------------------------------------------------------
+
+
+@pytest.fixture
+def events():
+    """Every log event during the test, and the session key mode put back after."""
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+    showSessionKeys("fingerprint")
+
+
+def test_a_session_key_is_logged_as_its_fingerprint_unless_plain(events):
+    log = wslbLogger(namespace="wslb.test")
+    log.info("{key} relaying", key="alice-key")
+    showSessionKeys("plain")
+    log.info("{key} relaying", key="alice-key")
+    log.info("no key", key=None)
+    assert [(e.get("key"), formatEvent(e)) for e in events] == [
+        (fingerprint("alice-key"), f"{fingerprint('alice-key')} relaying"),
+        ("alice-key", "alice-key relaying"),
+        (None, "no key"),
+    ]
+    assert fingerprint("alice-key") == hashlib.sha256(b"alice-key").hexdigest()[:12]
+
+
+@pytest.mark.parametrize("mode", ["fingerprint", "plain"])
+@pytest_twisted.ensureDeferred
+async def test_a_relayed_users_key_never_reaches_the_logs_unless_plain(echo_worker, events, mode):
+    key = "alice-very-secret-key"
+    wslb = await staticWslb([echo_worker], f"log.session_keys={mode}").start()
+    try:
+        await wslb.waitHealthy(1)
+        client = await wslb.connect(key)
+        await client.ask("whoami")
+        client.sendClose()
+        await client.waitClosed()
+        await waitFor(lambda: defer.succeed(events),
+                      lambda seen: any(e.get("event") == "closed" for e in seen))
+    finally:
+        await wslb.stop()
+    shown = key if mode == "plain" else fingerprint(key)
+    keyed = [e for e in events if e.get("event") in ("opened", "closed")]
+    assert [e["key"] for e in keyed] == [shown, shown]
+    text = "\n".join(formatEvent(e) + repr(e) for e in events)
+    assert (key in text) == (mode == "plain")

@@ -21,6 +21,7 @@ from wslb.registry import DEAD, HEALTHY, UNHEALTHY, Assigned, AssignRequest, Que
 from wslb.registry.memory import MemoryRegistry
 
 T0 = 1644334020.0  # 2022-02-08T15:27:00Z
+TOKEN = "page-s3cret"
 HOSTILE = "<img src=x onerror=alert(1)>"
 INSTANCE = "a1b2c3d4e5f6"
 ACTIONS = [  # oldest first, as the scaler keeps them
@@ -36,11 +37,11 @@ class StatusSite:
     grace, and one queued user; its clock stands at T0 + 125 s.
     """
 
-    def __init__(self):
+    def __init__(self, token=""):
         self.clock = Clock()
         self.clock.advance(T0)
         self.registry = MemoryRegistry(self.clock)
-        routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True))
+        routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True), token)
         routes.mount("status", StatusPage())
         StatusAPI(
             INSTANCE, self.clock,
@@ -145,6 +146,33 @@ async def test_the_page_shows_workers_sessions_queue_leader_and_scaler_actions(s
     assert [s.attrs.get("src") for s in dom.all("script")] == ["status/status.js"]
 
     assert screenshot.stat().st_size > 20_000
+
+
+@pytest_twisted.async_yield_fixture()
+async def guarded():
+    site = StatusSite(token=TOKEN)
+    await site.populate()
+    yield site
+    await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_without(guarded, tmp_path):
+    html, _ = await render(guarded.url + "/status", tmp_path, budget_ms=1000)
+    dom = parse(html)
+    assert "hidden" not in dom.byId("login").attrs
+    assert "needs its token" in dom.byId("banner").text()
+    assert dom.byId("workers").rows() == [] and dom.byId("sessions").rows() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_token_the_page_keeps_it_for_the_tab_and_polls_with_it(guarded, tmp_path):
+    """Given once (here in the fragment, which no server sees), kept in sessionStorage."""
+    html, _ = await render(f"{guarded.url}/status#token={TOKEN}", tmp_path, budget_ms=5000)
+    dom = parse(html)
+    assert "hidden" in dom.byId("login").attrs and "hidden" in dom.byId("banner").attrs
+    assert len(dom.byId("workers").rows()) == 6
+    assert {row[0] for row in dom.byId("sessions").rows()} == {HOSTILE, "alice", "bob", "carol"}
 
 
 @pytest_twisted.ensureDeferred

@@ -456,6 +456,7 @@ class QueueConfig:
 @dataclass(frozen=True)
 class LogConfig:
     format: str = _key("text", _one_of("text", "json"))
+    session_keys: str = _key("fingerprint", _one_of("fingerprint", "plain"))
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,13 @@ formatted text) and the event's own fields (``event``, ``key``, ``worker``,
 
 ``"text"``: twistd's own lines, ``TIME [namespace#level] message``, to the
 letter; the time is formatted once a second, not once an event.
+
+Session keys are credentials when they are not signed: wslb's modules log
+through L{Logger}, which shows a ``key=`` field as its fingerprint unless
+``[log] session_keys = "plain"`` (L{showSessionKeys}).
 """
 
+import hashlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -25,6 +30,32 @@ from twisted.logger import (
     formatTime,
 )
 from zope.interface import provider
+
+from twisted import logger
+
+
+def fingerprint(key):
+    """A session key as logs show it: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+_shownKey = fingerprint
+
+
+def showSessionKeys(mode):
+    """``"fingerprint"`` (the default) or ``"plain"``: how L{Logger} shows ``key=``."""
+    global _shownKey
+    _shownKey = str if mode == "plain" else fingerprint
+
+
+class Logger(logger.Logger):
+    """Twisted's Logger, but a session key given as ``key=`` is logged as configured."""
+
+    def emit(self, level, format=None, **kwargs):
+        key = kwargs.get("key")
+        if key is not None:
+            kwargs["key"] = _shownKey(key)
+        super().emit(level, format, **kwargs)
 
 
 def _message(event):

@@ -20,6 +20,7 @@ from wslb.admin.api import makeAdminRoutes, makeAdminSite
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.config import parseEndpoints
+from wslb.logs import showSessionKeys
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.redis_leader import RedisLeader
@@ -198,6 +199,7 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     endpoints = parseEndpoints(config, partial(serverFromString, reactor))
+    showSessionKeys(config.log.session_keys)
     instance = uuid.uuid4().hex[:12]
     top = OrderedServices()
 

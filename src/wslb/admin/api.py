@@ -6,8 +6,8 @@ worker's event, end a session.
 
 Each route is one handler of L{AdminAPI}, listed in L{AdminAPI.addRoutes}.
 A handler awaits the registry through ``_ask``, which bounds the wait, so no
-admin request hangs on a registry that does not answer. Mutating routes
-carry the check of L{wslb.admin.auth.MutationAuth}.
+admin request hangs on a registry that does not answer. Every route under
+``/api/`` passes the check of L{wslb.admin.auth.AdminAuth} first.
 """
 
 from datetime import UTC, datetime
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from wslb.admin.auth import MutationAuth, isLoopback
+from wslb.admin.auth import AdminAuth, isLoopback
 from wslb.admin.web import HTTPError, JSONRoutes, QuietSite, Response, error, fields, jsonObject
 from wslb.pool.urls import hostPort
 from wslb.registry import DEAD, lifecycle
@@ -104,16 +104,16 @@ class AdminAPI:
         self._isServing = isServing
         self._timeout = timeout
 
-    def addRoutes(self, routes, mutation):
-        """Add the API's routes to L{JSONRoutes}; ``mutation`` checks the mutating ones."""
+    def addRoutes(self, routes):
+        """Add the API's routes to L{JSONRoutes} (whose guard checks those under /api/)."""
         routes.add("GET", "/healthz", self.healthz)
         routes.add("GET", "/api/v1/workers", self.listWorkers)
-        routes.add("POST", "/api/v1/workers", self.registerWorker, mutation)
+        routes.add("POST", "/api/v1/workers", self.registerWorker)
         routes.add("GET", "/api/v1/workers/<id>", self.getWorker)
-        routes.add("POST", "/api/v1/workers/<id>/events", self.workerEvent, mutation)
+        routes.add("POST", "/api/v1/workers/<id>/events", self.workerEvent)
         routes.add("GET", "/api/v1/sessions", self.listSessions)
         routes.add("GET", "/api/v1/sessions/<key>", self.getSession)
-        routes.add("DELETE", "/api/v1/sessions/<key>", self.endSession, mutation)
+        routes.add("DELETE", "/api/v1/sessions/<key>", self.endSession)
         routes.add("GET", "/api/v1/queue", self.queue)
 
     # -- handlers -------------------------------------------------------
@@ -201,13 +201,13 @@ def makeAdminRoutes(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOU
     """
     The admin port's routes. ``isServing()`` fires with True while this
     instance serves users (registry reachable, not shutting down). With a
-    ``token``, mutations need it as a bearer token; without, they are taken
-    only from peers for which ``isLocal(address)`` is true. Pages such as
-    C{/metrics} are mounted on the result (L{JSONRoutes.mount}).
+    ``token``, every /api/ request needs it as a bearer token; without, they
+    are answered only for peers for which ``isLocal(address)`` is true (see
+    L{AdminAuth}). Pages such as C{/metrics} are mounted on the result
+    (L{JSONRoutes.mount}).
     """
-    routes = JSONRoutes()
-    mutation = (MutationAuth(token, isLocal).refusal,)
-    AdminAPI(registry, clock, isServing, timeout).addRoutes(routes, mutation)
+    routes = JSONRoutes(guard=AdminAuth(token, isLocal).refusal)
+    AdminAPI(registry, clock, isServing, timeout).addRoutes(routes)
     return routes
 
 

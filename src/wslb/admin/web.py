@@ -4,7 +4,7 @@ a quiet Site that bounds request bodies.
 
 A JSON route is one small async handler ``(request, **params) ->
 Response`` registered with L{JSONRoutes.add}. Around it the routes give
-every answer the same shape: checks (such as the mutation check) that may
+every answer the same shape: the guard (who may use the API) that may
 refuse first, JSON bodies and errors, 503 when the registry does not answer
 in time, and no write to a client that has gone.
 """
@@ -110,23 +110,29 @@ class JSONRoutes:
     it; unknown paths and methods get JSON 404 and 405 (with C{Allow}).
     """
 
-    def __init__(self):
+    def __init__(self, guard=None):
+        """
+        ``guard(request)`` checks every route under C{/api/}: None to serve
+        it, or a refusal ``(code, message, headers)`` to answer instead.
+        """
+        self._guard = guard
         self.app = Klein()
         self.app.url_map.strict_slashes = False
         self.app.handle_errors(NotFound)(self._notFound)
         self.app.handle_errors(MethodNotAllowed)(self._notAllowed)
 
-    def add(self, method, path, handler, checks=()):
+    def add(self, method, path, handler):
         """
         Answer ``method path`` (klein's syntax: ``/api/v1/workers/<id>``;
-        GET answers HEAD too) with ``await handler(request, **params)``,
-        unless one of ``checks(request)`` returns a refusal ``(code,
-        message, headers)`` first.
+        GET answers HEAD too) with ``await handler(request, **params)``;
+        under C{/api/} only if the guard lets the request through (so a
+        route added later cannot be left open by mistake).
 
         A handler runs to its end even when its client leaves (a mutation
         is never cut between two registry calls); only the answer is
         dropped.
         """
+        checks = (self._guard,) if self._guard and path.startswith("/api/") else ()
 
         def route(request, **params):
             params = {name: unquote(value) for name, value in params.items()}

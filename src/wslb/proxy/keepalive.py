@@ -6,7 +6,8 @@ timer per connection. Autobahn pings framed legs itself.
 from __future__ import annotations
 
 from twisted.application.internet import TimerService
-from twisted.logger import Logger
+
+from wslb.logs import Logger
 
 log = Logger()
 

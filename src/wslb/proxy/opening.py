@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from twisted.internet.interfaces import ISSLTransport
-from twisted.logger import Logger
 
+from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
 from wslb.proxy.worker_leg import WorkerUnavailable

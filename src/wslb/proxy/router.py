@@ -15,8 +15,8 @@ import math
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
+from wslb.logs import Logger
 from wslb.registry import Assigned, AssignRequest, QueueFull
 
 log = Logger()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+
+from wslb.logs import Logger
 
 log = Logger()
 

@@ -21,9 +21,9 @@ import codecs
 import os
 
 from twisted.internet import tcp
-from twisted.logger import Logger
 from twisted.protocols import policies
 
+from wslb.logs import Logger
 from wslb.metrics import TO_USER, TO_WORKER
 
 log = Logger()

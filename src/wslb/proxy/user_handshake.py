@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
+from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
 from wslb.proxy.splice import Splice, noDelay, writeNow

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from wslb.logs import Logger
 from wslb.metrics import TO_WORKER
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request

@@ -156,6 +156,31 @@
     document.title = `wslb · ${workers.length} workers · ${sessions.length} sessions · queue ${queue.length}`;
   }
 
+  // -- the admin token ---------------------------------------------------------
+  // With an [admin] token every API read needs it: the page asks once (or
+  // takes it from a #token=... fragment, which no server sees) and keeps it
+  // for this tab only, in sessionStorage.
+
+  const TOKEN_KEY = "wslb.adminToken";
+
+  function takeTokenFromFragment() {
+    const match = /^#token=(.+)$/.exec(location.hash);
+    if (!match) return;
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  function authorization() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function askForToken() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    byId("login").hidden = false;
+    byId("token").focus();
+  }
+
   // -- polling ---------------------------------------------------------------
 
   async function getJSON(path) {
@@ -164,11 +189,16 @@
     try {
       let response;
       try {
-        response = await fetch(path, { cache: "no-store", signal: abort.signal, headers: { Accept: "application/json" } });
+        response = await fetch(path, {
+          cache: "no-store", signal: abort.signal,
+          headers: { Accept: "application/json", ...authorization() },
+        });
       } catch (e) {
         throw new Error(`${path}: ${abort.signal.aborted ? `no answer in ${TIMEOUT_MS / 1000}s` : e.message}`);
       }
       const body = await response.json().catch(() => ({}));
+      const tokenRefused = response.status === 401 || (response.status === 403 && sessionStorage.getItem(TOKEN_KEY));
+      if (tokenRefused) throw Object.assign(new Error("the admin API needs its token"), { needsToken: true });
       if (!response.ok) throw new Error(`${path}: HTTP ${response.status}${body.error ? ` ${body.error}` : ""}`);
       return body;
     } finally {
@@ -186,6 +216,8 @@
     document.title = "⚠ wslb: admin API unreachable";
   }
 
+  let nextPoll = null;
+
   async function poll() {
     try {
       render(await Promise.all(API.map(getJSON)));
@@ -193,11 +225,22 @@
       setText("updated", `updated ${clockTime(lastGood)}`);
       showProblem(null);
     } catch (e) {
+      if (e.needsToken) askForToken();
       showProblem(e.message);
     } finally {
-      setTimeout(poll, POLL_MS);
+      clearTimeout(nextPoll); // one timer, even when a submitted token polled meanwhile
+      nextPoll = setTimeout(poll, POLL_MS);
     }
   }
 
+  byId("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, byId("token").value.trim());
+    byId("token").value = "";
+    byId("login").hidden = true;
+    poll();
+  });
+
+  takeTokenFromFragment();
   poll();
 })();
