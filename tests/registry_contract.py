@@ -10,6 +10,9 @@ or ``pytest_twisted.async_fixture``/``async_yield_fixture``) whose value has:
     property test calls it once per example, so each call starts afresh.
   - ``settle()``: a Deferred firing once every listener call caused by the
     registry calls made so far has been delivered.
+  - ``audit()``: a Deferred firing once the current registry's own
+    bookkeeping (the indexes a Redis registry keeps beside its records) was
+    checked against its records; it fails (AssertionError) on any mismatch.
 
 The harness cleans up whatever ``make()`` created when its fixture ends.
 Times (``now``) are plain numbers: the contract never reads a clock.
@@ -31,6 +34,7 @@ from wslb.registry import (
     SPREAD,
     STARTING,
     UNHEALTHY,
+    WORKER_STATES,
     Assigned,
     AssignRequest,
     Queued,
@@ -99,8 +103,23 @@ def listen(registry, harness):
     return capacity, ended
 
 
+@inlineCallbacks
+def checkFleetReads(registry, harness):
+    """
+    What the registry answers without reading every worker (counts by
+    state, the largest capacity) agrees with the workers it lists, and its
+    own bookkeeping passes the harness's audit.
+    """
+    workers = yield registry.listWorkers(sessions=False)
+    assert (yield registry.countWorkers()) == {
+        state: sum(w.state == state for w in workers) for state in WORKER_STATES}
+    assert (yield registry.largestCapacity()) == max(
+        (w.capacity for w in workers if w.state != DEAD), default=0)
+    yield harness.audit()
+
+
 KEYS = st.integers(0, 5).map(lambda i: f"k{i}")
-WORKERS = ["w0", "w1"]
+WORKERS = ["w0", "w1", "w2"]
 STEP_ARGS = {
     "arrive": st.tuples(KEYS, st.sampled_from([100, 300, 600, 1000])),
     "retry": st.tuples(st.integers(0, 30)),
@@ -109,9 +128,12 @@ STEP_ARGS = {
     "end": st.tuples(KEYS),
     "expire": st.tuples(),
     "drain": st.tuples(st.sampled_from(WORKERS), st.booleans()),
+    "health": st.tuples(st.sampled_from(WORKERS), st.sampled_from(WORKER_STATES)),
+    "replace": st.tuples(st.sampled_from(WORKERS), st.sampled_from([300, 1000])),
 }
 # Arrivals and retries weigh more, so that workers fill and the queue forms.
-STEP_KINDS = ["arrive"] * 4 + ["retry"] * 2 + ["leave", "release", "end", "expire", "drain"]
+STEP_KINDS = ["arrive"] * 4 + ["retry"] * 2 + [
+    "leave", "release", "end", "expire", "drain", "health", "replace"]
 STEPS = st.lists(
     st.sampled_from(STEP_KINDS).flatmap(
         lambda kind: STEP_ARGS[kind].map(lambda args: (kind, *args))),
@@ -521,6 +543,129 @@ class RegistryContract:
         assert (yield registry.assign(overtaking("late", 10, late.ticket), 8)) == Queued(
             late.ticket, 0)
 
+    # -- the fleet without reading it (indexes) --------------------------
+
+    @pytest_twisted.inlineCallbacks
+    def test_placementAmongMixedCapacities(self, registry, harness):
+        """Pack: the highest load the cost fits in, whatever the capacity; spread: the lowest."""
+        for worker_id, capacity in [("a", 100), ("b", 1000), ("c", 1000), ("d", 300)]:
+            yield addHealthy(registry, worker_id, capacity)
+        yield registry.assign(request("x", 90), 1)  # pack: all empty, lowest id: a
+        yield registry.assign(request("y", 250, SPREAD), 1)  # spread: empty b
+        assert [(w.id, w.load) for w in (yield registry.listWorkers())] == [
+            ("a", 90), ("b", 250), ("c", 0), ("d", 0)]
+        assert (yield registry.assign(request("p1", 10), 2)).worker.id == "b"  # 250 > 90
+        assert (yield registry.assign(request("p2", 20), 2)).worker.id == "b"  # a has no room
+        yield registry.assign(request("z", 280, SPREAD), 2)  # spread: c and d empty, c first
+        assert (yield registry.assign(request("s1", 300, SPREAD), 3)).worker.id == "d"
+        assert (yield registry.assign(request("s2", 700, PACK), 3)).worker.id == "b"
+        assert (yield registry.assign(request("big", 720), 4)).worker.id == "c"  # only fit
+        assert isinstance((yield registry.assign(request("huge", 800), 4)), Queued)
+        yield checkFleetReads(registry, harness)
+
+    @pytest_twisted.inlineCallbacks
+    def test_packBreaksTiesByIdAcrossCapacities(self, registry, harness):
+        for worker_id, capacity in [("w3", 10), ("w1", 20), ("w2", 10)]:
+            yield addHealthy(registry, worker_id, capacity)
+        picks = []
+        for i in range(3):
+            picks.append((yield registry.assign(request(f"k{i}", 5, SPREAD), 1)).worker.id)
+        assert picks == ["w1", "w2", "w3"]  # equal loads: by id, capacities mixed
+        assert (yield registry.assign(request("k3", 5), 1)).worker.id == "w1"
+        yield checkFleetReads(registry, harness)
+
+    @pytest_twisted.inlineCallbacks
+    def test_placementFollowsEveryKindOfTransition(self, registry, harness):
+        """
+        Each change of a worker's state, draining flag, load or capacity
+        moves it in or out of what assign chooses from, at once.
+        """
+        yield addHealthy(registry, "w1", capacity=10)
+        yield addHealthy(registry, "w2", capacity=10)
+        yield registry.assign(request("a", 5), 1)  # pack: w1 at 5
+
+        @inlineCallbacks
+        def nextPick(cost=1, placement=PACK):
+            yield checkFleetReads(registry, harness)
+            key = f"probe{len((yield registry.listSessions()))}-{cost}"
+            result = yield registry.assign(request(key, cost, placement, max_queue=1), 2)
+            if isinstance(result, Assigned):
+                yield registry.endSession(key)  # leave the loads as they were
+                return result.worker.id
+            if isinstance(result, Queued):
+                yield registry.leaveQueue(result.ticket)
+            return None
+
+        assert (yield nextPick()) == "w1"
+        yield registry.setWorkerState("w1", UNHEALTHY, 3)  # health change
+        assert (yield nextPick()) == "w2"
+        yield registry.setWorkerState("w1", HEALTHY, 4)
+        assert (yield nextPick()) == "w1"
+        yield registry.setDraining("w1", True)  # drain
+        assert (yield nextPick()) == "w2"
+        yield registry.setDraining("w1", False)
+        assert (yield nextPick(6)) == "w2"  # load: w1 has 5 room
+        yield registry.endSession("a")  # session end
+        assert (yield nextPick(10)) == "w1"
+        yield registry.assign(request("b", 8), 5)
+        yield registry.setWorkerState("w1", DEAD, 6)  # dead: its sessions go
+        assert (yield nextPick(placement=SPREAD)) == "w2"
+        yield registry.removeWorker("w1")  # removal
+        yield registry.addWorker("w1", "ws://w1.test:9000", "static", 50, 7)  # capacity change
+        assert (yield nextPick(20)) is None  # starting: not yet
+        yield registry.setWorkerState("w1", HEALTHY, 8)
+        assert (yield nextPick(20)) == "w1"
+        assert (yield registry.claimIdleWorker("w1")) is True  # claimed for termination
+        assert (yield nextPick(20)) is None
+        yield registry.setWorkerState("w2", STARTING, 9)
+        assert (yield nextPick()) is None
+        yield checkFleetReads(registry, harness)
+
+    @pytest_twisted.inlineCallbacks
+    def test_countWorkersAndLargestCapacity(self, registry, harness):
+        assert (yield registry.countWorkers()) == dict.fromkeys(WORKER_STATES, 0)
+        assert (yield registry.largestCapacity()) == 0
+        yield registry.addWorker("small", "ws://s:1", "static", 5, 0)
+        yield registry.addWorker("large", "ws://l:1", "registered", 40, 0)
+        yield registry.setWorkerState("small", HEALTHY, 1)
+        assert (yield registry.countWorkers()) == {
+            STARTING: 1, HEALTHY: 1, UNHEALTHY: 0, DEAD: 0}
+        assert (yield registry.largestCapacity()) == 40
+        yield registry.setWorkerState("large", DEAD, 2)  # a dead worker takes no cost
+        assert (yield registry.largestCapacity()) == 5
+        assert (yield registry.countWorkers())[DEAD] == 1
+        yield registry.removeWorker("large")
+        yield registry.removeWorker("small")
+        assert (yield registry.largestCapacity()) == 0
+        yield checkFleetReads(registry, harness)
+
+    @pytest_twisted.inlineCallbacks
+    def test_listWorkersInPages(self, registry):
+        ids = [f"w{i:03}" for i in range(120)]
+        for worker_id in reversed(ids):
+            yield registry.addWorker(worker_id, "ws://h:1", "local", 1, 0)
+        for worker_id in ids[::3]:
+            yield registry.setWorkerState(worker_id, HEALTHY, 1)
+        assert [w.id for w in (yield registry.listWorkers())] == ids
+        page = yield registry.listWorkers(after="w009", limit=70)
+        assert [w.id for w in page] == ids[10:80]
+        assert (yield registry.listWorkers(after="w119")) == []
+        assert [w.id for w in (yield registry.listWorkers(after="w05", limit=2))] == [
+            "w050", "w051"]  # any string: the ids that sort after it
+        healthy = yield registry.listWorkers(sessions=False, state=HEALTHY, after="w030")
+        assert [w.id for w in healthy] == ids[33::3]
+        assert all(w.sessions is None for w in healthy)
+
+    @pytest_twisted.inlineCallbacks
+    def test_listSessionsInPages(self, registry):
+        yield addHealthy(registry, "w1", capacity=200)
+        keys = [f"k{i:03}" for i in range(110)]
+        for key in keys:
+            yield registry.assign(request(key), 1)
+        assert [s.key for s in (yield registry.listSessions())] == keys
+        assert [s.key for s in (yield registry.listSessions(after="k049", limit=60))] == keys[50:]
+        assert [s.key for s in (yield registry.listSessions(limit=3))] == keys[:3]
+
     # -- sessions -------------------------------------------------------
 
     @pytest_twisted.inlineCallbacks
@@ -700,12 +845,14 @@ class RegistryContract:
 
 def randomTrafficKeepsTheBooks(self, harness, placement, allowOvertake, steps):
     """
-    Arrivals, retries, departures and drains against capacity-1000
-    workers agree with a simple model: no worker over capacity, loads are
-    the sum of live sessions, placement picks as specified, a key that
-    fits somewhere with an empty queue is never queued, and (with
-    ``allowOvertake``) a key passes the queue exactly when no ticket ahead
-    of it fits and the head was passed fewer than MAX_OVERTAKES times.
+    Arrivals, retries, departures, drains, health changes and workers
+    replaced by ones of another capacity agree with a simple model: no
+    worker over capacity, loads are the sum of live sessions, placement
+    picks as specified, a key that fits somewhere with an empty queue is
+    never queued, and (with ``allowOvertake``) a key passes the queue
+    exactly when no ticket ahead of it fits and the head was passed fewer
+    than MAX_OVERTAKES times. After every step the fleet's counts, largest
+    capacity and the registry's own bookkeeping (harness.audit) agree.
     """
     registry = yield harness.make()
     for worker_id in WORKERS:
@@ -777,7 +924,23 @@ def randomTrafficKeepsTheBooks(self, harness, placement, allowOvertake, steps):
                 del sessions[key]
         elif kind == "drain":
             yield registry.setDraining(*args)
+        elif kind == "health":
+            worker_id, state = args
+            yield registry.setWorkerState(worker_id, state, now)
+            if state == DEAD:
+                forgetSessionsOf(sessions, [worker_id])
+        elif kind == "replace":
+            worker_id, capacity = args
+            yield registry.removeWorker(worker_id)
+            forgetSessionsOf(sessions, [worker_id])
+            yield addHealthy(registry, worker_id, capacity, now)
         yield checkBooks(registry, sessions, tickets, now)
+        yield checkFleetReads(registry, harness)
+
+
+def forgetSessionsOf(sessions, worker_ids):
+    for key in [key for key, m in sessions.items() if m["worker"] in worker_ids]:
+        del sessions[key]
 
 
 @inlineCallbacks

@@ -51,3 +51,19 @@ async def test_keeps_the_last_value_while_the_registry_is_away(own_redis_server)
     finally:
         largest.stopService()
         await registry.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refresh_reads_no_worker():
+    """The registry keeps the largest capacity: a refresh costs the same for any fleet."""
+    clock = Clock()
+    registry = MemoryRegistry(clock)
+    asked = []
+    largestCapacity = registry.largestCapacity
+    registry.listWorkers = lambda *a, **kw: asked.append("listWorkers")
+    registry.largestCapacity = lambda: asked.append("largestCapacity") or largestCapacity()
+    for i in range(20):
+        yield registry.addWorker(f"w{i}", f"ws://w{i}:9000", "registered", 10 + i, 0)
+    largest = LargestCapacity(registry, clock, 1)
+    yield largest.refresh()
+    assert (asked, largest()) == (["largestCapacity"], 29)

@@ -1,6 +1,7 @@
 """
 Metrics.refresh, the registry reads behind each /metrics scrape: the
-sessions gauge is a count, and a scrape reads no session.
+sessions and workers gauges are counts, and a scrape reads no session and
+no worker.
 """
 
 import re
@@ -62,7 +63,7 @@ def test_aScrapeCountsTheSessionsWithoutListingThem():
         registry.calls.clear()
         yield metrics.refresh(registry, clock)
         assert sorted(registry.calls) == [
-            "countSessions", "countSessions", "listWorkers", "queueInfo"]
+            "countSessions", "countSessions", "countWorkers", "queueInfo"]
         assert gauge(metrics, "wslb_sessions") == SESSIONS
         assert gauge(metrics, "wslb_sessions_in_grace") == 0
 
@@ -86,6 +87,8 @@ def test_aScrapeReportsTheQueueAndHowLongItsFirstUserHasWaited():
 
 class Monitor(LineReceiver):
     """A MONITOR connection: every command the server runs, one line each."""
+
+    MAX_LENGTH = 1 << 20  # an EVAL's line carries the whole script
 
     def __init__(self):
         self.lines = []
@@ -125,7 +128,10 @@ def between(monitor, registry, name, call, *args):
 @pytest.mark.timeout(20)
 @pytest_twisted.inlineCallbacks
 def test_aScrapeReadsNoSessionFromRedis(redis_server):
-    """MONITOR shows what each scrape runs: one ZCARD of the sessions, nothing else of them."""
+    """
+    MONITOR shows what each scrape runs: one ZCARD of the sessions (and one
+    of those in grace), nothing else of them, and no worker's record.
+    """
     redis_server.flush()
     namespace = uuid.uuid4().hex[:8]
     registry = RedisRegistry(reactor, redis_server.url, namespace)
@@ -147,6 +153,7 @@ def test_aScrapeReadsNoSessionFromRedis(redis_server):
             ]
             assert sorted(line.split("] ", 1)[1] for line in touchingSessions) == [
                 f'"ZCARD" "{prefix}disconnected"', f'"ZCARD" "{prefix}sessions"']
+            assert not [line for line in run if f'"{prefix}worker:' in line]
             assert gauge(metrics, "wslb_sessions") == SESSIONS
     finally:
         monitor.transport.loseConnection()

@@ -210,6 +210,20 @@ def test_new_and_starting_workers_are_checked_every_round_others_each_interval(s
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_round_reads_the_starting_workers_and_the_fleet_once_per_interval(serve, checked):
+    url, _ = serve()
+    c = checked()
+    yield c.add("w", url)
+    reads = []
+    listWorkers = c.registry.listWorkers
+    c.registry.listWorkers = lambda **kw: reads.append(kw.get("state")) or listWorkers(**kw)
+    yield c.checker.check()
+    for _ in range(10):
+        yield c.round(1)
+    assert reads == [None] + [STARTING] * 4 + [None] + [STARTING] * 4 + [None]
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_check_that_hangs_fails_after_the_timeout(serve, checked):
     url, endpoint = serve()
     endpoint.hang = True

@@ -263,6 +263,20 @@ def test_reconcile_adopts_orphans_and_marks_lost_ones_dead():
     assert actions == [("adopt", ("w01",)), ("lost", ("w99",)), ("terminate", ("w99",))]
 
 
+def test_a_tick_reads_the_fleet_once_and_plans_with_what_reconciling_changed():
+    pool = Pool(min_spare=3, max_spare=5)
+    resultOf(pool.registry.addWorker("w99", "ws://127.0.0.1:9099", "local", 1, 0))
+    resultOf(pool.provider.launch(2))  # the registry lacks them: adopted, starting
+    reads = []
+    listWorkers = pool.registry.listWorkers
+    pool.registry.listWorkers = lambda **kw: reads.append(kw) or listWorkers(**kw)
+    pool.tick()
+    assert reads == [{"sessions": False}]
+    # the two adopted ones count as starting and w99 (lost) as dead: one launch more
+    assert pool.provider.launches == [2, 1]
+    assert ["w99"] in pool.provider.terminations
+
+
 def test_static_workers_are_adopted_never_removed():
     provider = StaticProvider(["ws://10.0.0.1:9000", "ws://10.0.0.2:9000/"])
     pool = Pool(provider=provider, min_spare=5, min_workers=5)

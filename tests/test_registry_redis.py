@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 import redis
 import txredisapi
+from _redis_audit import auditRedisRegistry
 from _redis_helpers import USER, TLSRedisServer
 from registry_contract import Calls, RegistryContract, addHealthy, request
 from twisted.internet import defer, protocol, reactor, task
@@ -50,6 +51,9 @@ class RedisHarness:
 
     def settle(self):
         return self.current.whenNoticesDelivered()
+
+    def audit(self):
+        return auditRedisRegistry(self.current)
 
     @defer.inlineCallbacks
     def close(self):
@@ -335,6 +339,33 @@ class TestLostDataAndDeadInstances:
         assert (yield registry.getSession("a")).connections == 2
         fresh = yield registry.assign(request("b", cost=7), 54)
         assert (fresh.fresh, fresh.worker.id, fresh.worker.load) == (True, "w1", 10)
+
+    @pytest_twisted.inlineCallbacks
+    def test_indexesAfterLostDataAndReassertion(self, registry, redis_server):
+        """Redis loses its data: the indexes go with the records, and come back with them."""
+        yield addHealthy(registry, "w1", capacity=10)
+        yield addHealthy(registry, "w2", capacity=30)
+        yield registry.assign(request("a", cost=4), 1)
+        yield registry.assign(request("big", cost=25, instance="i2"), 1)
+        redis_server.flush()
+        assert (yield registry.epochChanged()) is True
+        assert (yield registry.largestCapacity()) == 0
+        queued = yield registry.assign(request("new", cost=6), 2)
+        assert isinstance(queued, Queued)
+        yield auditRedisRegistry(registry)
+        yield registry.reassertSession("a", "w1", "ws://w1.test:9000", "static", 10, 4, "i1", 1, 3)
+        yield auditRedisRegistry(registry)
+        assert (yield registry.countWorkers())[HEALTHY] == 1
+        assert (yield registry.largestCapacity()) == 10
+        # w1 is back, with its load: pack fills it, and only as far as it has room
+        retried = yield registry.assign(request("new", cost=6, ticket=queued.ticket), 4)
+        assert (retried.worker.id, retried.worker.load) == ("w1", 10)
+        yield registry.reassertSession(
+            "big", "w2", "ws://w2.test:9000", "static", 30, 25, "i2", 1, 5)
+        assert (yield registry.largestCapacity()) == 30
+        placed = yield registry.assign(request("more", cost=5), 6)
+        assert (placed.worker.id, placed.worker.load) == ("w2", 30)
+        yield auditRedisRegistry(registry)
 
     @pytest_twisted.inlineCallbacks
     def test_reassertLeavesAKeyReboundElsewhere(self, registry):

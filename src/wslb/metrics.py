@@ -76,7 +76,7 @@ class Metrics:
     def refresh(self, registry, clock):
         """Fire when the registry-derived gauges are current."""
         d = defer.gatherResults([
-            registry.listWorkers(sessions=False), registry.countSessions(),
+            registry.countWorkers(), registry.countSessions(),
             registry.countSessions(connected=False), registry.queueInfo(clock.seconds()),
         ], consumeErrors=True)
 
@@ -127,8 +127,7 @@ class _SnapshotCollector:
             return
         workers = GaugeMetricFamily("wslb_workers", "Workers by state.", labels=["state"])
         for state in WORKER_STATES:
-            workers.add_metric(
-                [state], sum(1 for w in snapshot["workers"] if w.state == state))
+            workers.add_metric([state], snapshot["workers"][state])
         yield workers
         yield GaugeMetricFamily("wslb_sessions", "Sessions bound to a worker.",
                                 value=snapshot["sessions"])

@@ -48,9 +48,10 @@ class HealthChecker:
     table (L{wslb.registry.lifecycle}), which decides the move. Dead workers are
     checked only when a pass could bring them back (static ones).
 
-    Each L{check} is one round over the workers that are due: one it has not
-    checked yet (at once), a starting one (every round), any other once per
-    C{interval}. Run rounds every L{pollInterval}.
+    Each L{check} is one round over the workers that are due: a starting
+    one (every round), any other once per C{interval}. Run rounds every
+    L{pollInterval}. A round reads the starting workers only, and the whole
+    fleet (which the registry reads in pages) once per C{interval}.
     """
 
     log = Logger()
@@ -76,6 +77,7 @@ class HealthChecker:
         self._lastCheck = {}  # worker id -> clock time its last check started
         self.outcomes = Counter({outcome: 0 for outcome in OUTCOMES})  # checks since start
         self._startingSince = None  # the longest-starting worker's state_since, last round
+        self._lastPass = None  # clock time of the last round that read the whole fleet
 
     def close(self):
         """Close the kept-alive connections; fires when they are closed."""
@@ -87,8 +89,10 @@ class HealthChecker:
 
     def check(self):
         """One round; fires with None when its checks are done. Never fails."""
-        d = self._registry.listWorkers(sessions=False)
-        d.addCallback(self._round)
+        now = self._clock.seconds()
+        whole = self._lastPass is None or self._isDue(self._lastPass, now)
+        d = self._registry.listWorkers(sessions=False, state=None if whole else STARTING)
+        d.addCallback(self._round, whole)
         d.addErrback(lambda failure: self.log.failure("health round failed", failure))
         return d
 
@@ -100,11 +104,13 @@ class HealthChecker:
         """
         return 0.0 if self._startingSince is None else now - self._startingSince
 
-    def _round(self, workers):
+    def _round(self, workers, whole):
         now = self._clock.seconds()
         self._startingSince = min(
             (worker.state_since for worker in workers if worker.state == STARTING), default=None)
-        self._forgetAllBut({worker.id for worker in workers})
+        if whole:
+            self._lastPass = now
+            self._forgetAllBut({worker.id for worker in workers})
         due = [worker for worker in workers if self._due(worker, now)]
         for worker in due:
             self._lastCheck[worker.id] = now
@@ -120,8 +126,9 @@ class HealthChecker:
         if worker.state == DEAD and not lifecycle.nextState(DEAD, CHECK_PASSED, worker.provider):
             return False
         last = self._lastCheck.get(worker.id)
-        if last is None or worker.state == STARTING:
-            return True
+        return last is None or worker.state == STARTING or self._isDue(last, now)
+
+    def _isDue(self, last, now):
         # Rounds come every pollInterval, a little late at times: half a
         # round of slack keeps a 5 s interval from slipping to 6 s.
         return now - last >= self._interval - self.pollInterval / 2

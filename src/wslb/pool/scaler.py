@@ -61,11 +61,12 @@ class Scaler:
         """
         Fires when done. Failing to read the provider or the registry fails
         it; a failed launch or terminate is logged and spares the others.
+        The fleet is read once per tick (the registry reads it in pages).
         """
-        yield self._reconcile()
+        workers = yield self._registry.listWorkers(sessions=False)
+        workers = yield self._reconcile(workers)
         if not self._provider.managed:
             return
-        workers = yield self._registry.listWorkers(sessions=False)
         queue = yield self._registry.queueInfo(self._clock.seconds())
         ours = [worker for worker in workers if worker.provider == self._provider.name]
         dead = [worker.id for worker in ours if worker.state == DEAD]
@@ -75,19 +76,20 @@ class Scaler:
         yield self._attempt(self._terminateIdle, retiring + surplus)
 
     @inlineCallbacks
-    def _reconcile(self):
+    def _reconcile(self, workers):
         """
         Adopt the provider's workers the registry lacks. Ones it lost are
         marked dead (and then removed with the other dead ones) when it
         manages its workers; an unmanaged one's are no longer configured and
-        removed at once, or health checks would revive them.
+        removed at once, or health checks would revive them. Fires with
+        ``workers`` (the registry's) as these changes left them.
         """
         listed = yield self._provider.list()
-        workers = yield self._registry.listWorkers(sessions=False)
         now = self._clock.seconds()
-        known = {worker.id for worker in workers}
-        adopted = [worker for worker in listed if worker.id not in known]
-        yield self._addWorkers(adopted, now)
+        byId = {worker.id: worker for worker in workers}
+        adopted = [worker for worker in listed if worker.id not in byId]
+        for worker in (yield self._addWorkers(adopted, now)):
+            byId[worker.id] = worker
         self._record("adopt", [worker.id for worker in adopted])
         listed_ids = {worker.id for worker in listed}
         managed = self._provider.managed
@@ -98,10 +100,15 @@ class Scaler:
         ]
         for worker_id in lost:
             if managed:
-                yield lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, now)
+                after = yield lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, now)
             else:
                 yield self._registry.removeWorker(worker_id)
+                after = None
+            byId.pop(worker_id)
+            if after is not None:
+                byId[worker_id] = after
         self._record("lost", lost)
+        return [byId[worker_id] for worker_id in sorted(byId)]
 
     def _plan(self, workers, ours, demand):
         """
@@ -176,9 +183,12 @@ class Scaler:
 
     @inlineCallbacks
     def _addWorkers(self, launched, now):
+        """Register each; fires with their records."""
+        added = []
         for worker in launched:
-            yield self._registry.addWorker(
-                worker.id, worker.url, self._provider.name, self._capacity, now)
+            added.append((yield self._registry.addWorker(
+                worker.id, worker.url, self._provider.name, self._capacity, now)))
+        return added
 
     def _record(self, action, worker_ids):
         if not worker_ids:

@@ -5,15 +5,14 @@ A cost above every worker's capacity would wait in the queue for nothing,
 so the handshake gets 400 at once (DESIGN §5). Workers registered through
 the admin API may be larger than ``[pool] capacity``; asking the registry
 on every handshake would cost a round trip each, so the answer is refreshed
-from the worker list every few seconds instead.
+every few seconds instead, from a value the registry keeps (no worker is
+read, whatever the size of the fleet).
 """
 
 from __future__ import annotations
 
 from twisted.application.internet import TimerService
 from twisted.logger import Logger
-
-from wslb.registry import DEAD
 
 log = Logger()
 
@@ -38,7 +37,7 @@ class LargestCapacity(TimerService):
         return self._largest
 
     def refresh(self):
-        d = self._registry.listWorkers(sessions=False)
+        d = self._registry.largestCapacity()
         d.addCallback(self._learn)
         # A TimerService stops for good on an unhandled error.
         d.addErrback(lambda f: log.warn(
@@ -46,7 +45,5 @@ class LargestCapacity(TimerService):
             largest=self._largest, error=f.getErrorMessage()))
         return d
 
-    def _learn(self, workers):
-        self._largest = max(
-            [self._configured] + [w.capacity for w in workers if w.state != DEAD]
-        )
+    def _learn(self, largest):
+        self._largest = max(self._configured, largest)

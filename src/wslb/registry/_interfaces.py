@@ -130,11 +130,28 @@ class IRegistry(Interface):
     def getWorker(worker_id):
         """Fire with the L{Worker}, or None."""
 
-    def listWorkers(sessions=True):
+    def listWorkers(sessions=True, state=None, after=None, limit=None):
         """
-        Fire with a list of every L{Worker}, ordered by id. With
-        ``sessions`` False their ``sessions`` is None: for periodic callers
-        that need none, since the lists grow with the sessions.
+        Fire with a list of L{Worker}s ordered by id: every one, or with
+        ``state`` only those in that state; with ``after`` only those whose
+        id sorts after it; at most ``limit`` of them (None: all). A caller
+        pages through a large fleet by passing the last id it got as
+        ``after``. With ``sessions`` False their ``sessions`` is None: for
+        periodic callers that need none, since the lists grow with the
+        sessions.
+        """
+
+    def countWorkers():
+        """
+        Fire with a dict: each of WORKER_STATES -> how many workers are in
+        it, without reading them (the metrics scrape).
+        """
+
+    def largestCapacity():
+        """
+        Fire with the largest capacity of any worker that is not dead (0
+        when there is none), without reading the workers: a cost above it
+        fits nowhere.
         """
 
     def setWorkerState(worker_id, state, now, allowedFrom=None):
@@ -228,8 +245,12 @@ class IRegistry(Interface):
     def getSession(key):
         """Fire with the L{Session}, or None."""
 
-    def listSessions():
-        """Fire with a list of every L{Session}, ordered by key."""
+    def listSessions(after=None, limit=None):
+        """
+        Fire with a list of L{Session}s ordered by key: every one, or with
+        ``after`` only those whose key sorts after it; at most ``limit``
+        (None: all).
+        """
 
     def countSessions(connected=None):
         """

@@ -11,7 +11,8 @@ strings, as the callers' clocks give them); "" stands for None.
 
   P workers                    ZSET  worker id -> 0 (equal scores: byte order of ids)
   P worker:<id>                HASH  id url provider state draining("1"/"0") capacity
-                                     load started_at state_since idle_since last_seen
+                                     load started_at state_since idle_since last_seen,
+                                     indexed = "state draining capacity" it is indexed under
   P worker-sessions:<id>       SET   keys of the sessions bound to the worker
   P sessions                   ZSET  session key -> 0
   P session:<key>              HASH  key worker cost since connections disconnected_at,
@@ -25,11 +26,25 @@ strings, as the callers' clocks give them); "" stands for None.
   P instances                  SET   ids of instances that keep a heartbeat
   P instance:<id>              STRING heartbeat of a wslb instance, PX TTL (gone: it died)
   P instance-sessions:<id>     SET   session keys the instance counts connections for
+  P queue-demand               STRING sum of the queued tickets' costs
+  P queue-cost:<cost>          ZSET  ticket -> arrival number, the queued tickets of that cost
+  P queue-costs                ZSET  cost -> cost, the costs some queued ticket has
   P epoch                      STRING random value set once (SET NX): changes when
                                      Redis lost its data
   P leader                     STRING the scaler leadership lock (random token, PX TTL)
   P fencing                    STRING counter: INCR on every new leadership
   P events                     pub/sub channel: "capacity", "ended:<key>", "sync:<token>"
+
+Indexes, kept by the scripts in step with the worker records (the Lua
+prelude's reindex and forgetWorker), so that no script reads every worker:
+
+  P assignable:<capacity>      ZSET  worker id -> load, the healthy, non-draining workers
+                                     of that capacity (placement: O(log n) per capacity)
+  P assignable-capacities      ZSET  capacity -> capacity, those with an assignable:<capacity>
+  P capacities                 ZSET  worker id -> capacity, every worker not dead (the
+                                     largest capacity)
+  P state:<state>              ZSET  worker id -> 0, the workers in that state (counts; the
+                                     starting workers, paged by id)
 
 Registry scripts get the prefix and the fixed keys above as KEYS
 (L{Keys.scriptKeys}) and derive the per-record ones, ``epoch`` and

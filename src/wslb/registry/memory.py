@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import wraps
-from itertools import takewhile
+from itertools import islice, takewhile
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -141,8 +141,20 @@ class MemoryRegistry:
         return None if record is None else self._worker(record)
 
     @_deferred
-    def listWorkers(self, sessions=True):
-        return [self._worker(self._workers[i], listed=sessions) for i in sorted(self._workers)]
+    def listWorkers(self, sessions=True, state=None, after=None, limit=None):
+        ids = _page(self._workers, after, limit,
+                    lambda i: state is None or self._workers[i].state == state)
+        return [self._worker(self._workers[i], listed=sessions) for i in ids]
+
+    @_deferred
+    def countWorkers(self):
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        counts.update(Counter(worker.state for worker in self._workers.values()))
+        return counts
+
+    @_deferred
+    def largestCapacity(self):
+        return max((w.capacity for w in self._workers.values() if w.state != DEAD), default=0)
 
     @_deferred
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):
@@ -276,8 +288,8 @@ class MemoryRegistry:
         return None if session is None else self._session(session)
 
     @_deferred
-    def listSessions(self):
-        return [self._session(self._sessions[k]) for k in sorted(self._sessions)]
+    def listSessions(self, after=None, limit=None):
+        return [self._session(self._sessions[k]) for k in _page(self._sessions, after, limit)]
 
     @_deferred
     def countSessions(self, connected=None):
@@ -407,6 +419,12 @@ class MemoryRegistry:
     def _tell(self, listeners, *args):
         for listener in listeners:
             self._clock.callLater(0, _deliver, listener, *args)
+
+
+def _page(records, after, limit, wanted=lambda name: True):
+    """The sorted names of ``records`` after ``after`` that are ``wanted``, at most ``limit``."""
+    names = (name for name in sorted(records) if (after is None or name > after) and wanted(name))
+    return list(islice(names, limit))
 
 
 def _deliver(listener, *args):

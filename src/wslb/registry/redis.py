@@ -150,6 +150,23 @@ class RedisRegistry(Service):
         d = self.connection.runScript(op.source, self._scriptKeys, op.args)
         return d.addCallback(op.decode)
 
+    @defer.inlineCallbacks
+    def _paged(self, page, after, limit, name):
+        """
+        Up to ``limit`` (None: all) records after ``after``, read a page
+        (``page(after, n)``: an Op) at a time: each call is short, and other
+        instances' calls run between them.
+        """
+        found = []
+        while limit is None or len(found) < limit:
+            wanted = redis_ops.PAGE if limit is None else min(redis_ops.PAGE, limit - len(found))
+            records = yield self._run(page, after, wanted)
+            found.extend(records)
+            if len(records) < wanted:
+                break
+            after = name(records[-1])
+        return found
+
     # -- workers --------------------------------------------------------
 
     def addWorker(self, worker_id, url, provider, capacity, now):
@@ -158,8 +175,16 @@ class RedisRegistry(Service):
     def getWorker(self, worker_id):
         return self._run(redis_ops.getWorker, worker_id)
 
-    def listWorkers(self, sessions=True):
-        return self._run(redis_ops.listWorkers, sessions)
+    def listWorkers(self, sessions=True, state=None, after=None, limit=None):
+        return self._paged(
+            lambda after, n: redis_ops.listWorkers(sessions, state, after, n),
+            after, limit, lambda worker: worker.id)
+
+    def countWorkers(self):
+        return self._run(redis_ops.countWorkers)
+
+    def largestCapacity(self):
+        return self._run(redis_ops.largestCapacity)
 
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):
         return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom)
@@ -194,8 +219,8 @@ class RedisRegistry(Service):
     def getSession(self, key):
         return self._run(redis_ops.getSession, key)
 
-    def listSessions(self):
-        return self._run(redis_ops.listSessions)
+    def listSessions(self, after=None, limit=None):
+        return self._paged(redis_ops.listSessions, after, limit, lambda session: session.key)
 
     def countSessions(self, connected=None):
         return self._run(redis_ops.countSessions, connected)
@@ -206,7 +231,12 @@ class RedisRegistry(Service):
         return self._run(redis_ops.leaveQueue, ticket)
 
     def touchTickets(self, tickets, now):
-        return self._run(redis_ops.touchTickets, tickets, now)
+        # In slices, so that no call holds Redis longer with more tickets.
+        tickets = list(tickets)
+        return defer.gatherResults([
+            self._run(redis_ops.touchTickets, tickets[i:i + redis_ops.PAGE], now)
+            for i in range(0, len(tickets), redis_ops.PAGE)
+        ], consumeErrors=True).addCallback(lambda _: None)
 
     def expireTickets(self, now, max_age):
         return self._run(redis_ops.expireTickets, now, max_age)

@@ -40,6 +40,11 @@ from wslb.registry._interfaces import (
 
 _LUA = resources.files("wslb.registry") / "lua"
 
+# The most records one listing script reads: each record costs Redis a few
+# microseconds, and a script holds Redis for its whole run, so longer lists
+# are read as several pages (several calls), between which other calls run.
+PAGE = 50
+
 
 @cache
 def _text(name: str) -> str:
@@ -149,6 +154,12 @@ def _decodePlain(reply):
     return _json(reply)
 
 
+def _pageSize(limit) -> str:
+    if not 1 <= limit <= PAGE:
+        raise ValueError(f"a page holds 1 to {PAGE} records, not {limit}")
+    return str(int(limit))
+
+
 # -- workers ------------------------------------------------------------
 
 
@@ -161,8 +172,21 @@ def getWorker(worker_id) -> Op:
     return Op("get_worker", (worker_id,), _decodeWorker)
 
 
-def listWorkers(sessions=True) -> Op:
-    return Op("list_workers", ("1" if sessions else "0",), _decodeWorkers)
+def listWorkers(sessions=True, state=None, after=None, limit=PAGE) -> Op:
+    """One page: at most ``limit`` (<= PAGE) workers; RedisRegistry pages through more."""
+    if state is not None and state not in WORKER_STATES:
+        raise ValueError(f"unknown worker state {state!r}")
+    return Op("list_workers", (
+        "1" if sessions else "0", after or "", _pageSize(limit), state or "",
+    ), _decodeWorkers)
+
+
+def countWorkers() -> Op:
+    return Op("count_workers", (), _decodePlain)
+
+
+def largestCapacity() -> Op:
+    return Op("largest_capacity", (), _decodePlain)
 
 
 def setWorkerState(worker_id, state, now, allowedFrom=None) -> Op:
@@ -220,8 +244,9 @@ def getSession(key) -> Op:
     return Op("get_session", (key,), _decodeSession)
 
 
-def listSessions() -> Op:
-    return Op("list_sessions", (), _decodeSessions)
+def listSessions(after=None, limit=PAGE) -> Op:
+    """One page: at most ``limit`` (<= PAGE) sessions; RedisRegistry pages through more."""
+    return Op("list_sessions", (after or "", _pageSize(limit)), _decodeSessions)
 
 
 def countSessions(connected=None) -> Op:

@@ -9,10 +9,14 @@
 --   KEYS[4] "{ns}:disconnected"      KEYS[5] "{ns}:queue"
 --   KEYS[6] "{ns}:queue-seq"         KEYS[7] "{ns}:ticket-heartbeats"
 --   KEYS[8] "{ns}:instances"
--- Per-record keys (worker:<id>, session:<key>, ...) are derived from
--- KEYS[1]. That is cluster-safe: they share the hash tag {ns} with the
--- declared keys, so every key a script touches lives in the same slot.
--- The schema is documented in wslb/registry/keys.py.
+-- Per-record keys (worker:<id>, session:<key>, ...) and the indexes are
+-- derived from KEYS[1]. That is cluster-safe: they share the hash tag {ns}
+-- with the declared keys, so every key a script touches lives in the same
+-- slot. The schema is documented in wslb/registry/keys.py.
+--
+-- No script reads every worker, session or ticket: the indexes below are
+-- kept in step by every script that changes what they index (reindex,
+-- forgetWorker, enqueue, dropTickets), so reads are O(log n) look-ups.
 --
 -- ARGV are strings. Times are seconds as decimal strings, stored as given;
 -- "" stands for none. Replies are one JSON document (cjson.encode), decoded
@@ -31,6 +35,12 @@ local function sessionKey(key) return P .. 'session:' .. key end
 local function ticketKey(ticket) return P .. 'ticket:' .. ticket end
 local function instanceKey(id) return P .. 'instance:' .. id end
 local function instanceSessionsKey(id) return P .. 'instance-sessions:' .. id end
+local function assignableKey(capacity) return P .. 'assignable:' .. capacity end
+local function stateKey(state) return P .. 'state:' .. state end
+local function queueCostKey(cost) return P .. 'queue-cost:' .. cost end
+local ASSIGNABLE_CAPACITIES = P .. 'assignable-capacities'
+local CAPACITIES = P .. 'capacities'
+local QUEUE_COSTS, QUEUE_DEMAND = P .. 'queue-costs', P .. 'queue-demand'
 
 -- A hash as a table, or nil when the key does not exist.
 local function record(key)
@@ -60,11 +70,66 @@ local function tellCapacity()
   end
 end
 
+-- Whether string a sorts before b byte by byte, as ZSET members and
+-- Python's str do (Lua's < follows the server's locale).
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+-- The worker indexes (see keys.py). A worker's record keeps, in `indexed`,
+-- the "state draining capacity" it is indexed under, so that the entries
+-- can be found again and taken out when any of the three changes.
+local function unindex(id, indexed)
+  local state, draining, capacity = string.match(indexed, '^(%S+) (%S+) (%S+)$')
+  redis.call('ZREM', stateKey(state), id)
+  redis.call('ZREM', CAPACITIES, id)
+  if state == 'healthy' and draining == '0' then
+    local assignable = assignableKey(capacity)
+    redis.call('ZREM', assignable, id)
+    if redis.call('EXISTS', assignable) == 0 then
+      redis.call('ZREM', ASSIGNABLE_CAPACITIES, capacity)
+    end
+  end
+end
+
+-- Bring worker `id`'s index entries in step with its record: call it after
+-- any change to its state, draining flag, capacity or load.
+local function reindex(id)
+  local wk = workerKey(id)
+  local f = redis.call('HMGET', wk, 'state', 'draining', 'capacity', 'load', 'indexed')
+  local state, draining, capacity, load, indexed = f[1], f[2], f[3], f[4], f[5]
+  if not state then return end
+  local now = state .. ' ' .. draining .. ' ' .. capacity
+  if indexed ~= now then
+    if indexed then unindex(id, indexed) end
+    redis.call('ZADD', stateKey(state), 0, id)
+    if state ~= 'dead' then redis.call('ZADD', CAPACITIES, capacity, id) end
+    redis.call('HSET', wk, 'indexed', now)
+  end
+  if state == 'healthy' and draining == '0' then
+    redis.call('ZADD', assignableKey(capacity), load, id)
+    redis.call('ZADD', ASSIGNABLE_CAPACITIES, capacity, capacity)
+  end
+end
+
+-- Delete a worker's record, its session set and its index entries.
+local function forgetWorker(id)
+  local indexed = redis.call('HGET', workerKey(id), 'indexed')
+  if indexed then unindex(id, indexed) end
+  redis.call('DEL', workerKey(id), workerSessionsKey(id))
+  redis.call('ZREM', WORKERS, id)
+end
+
 local function newWorker(id, url, provider, capacity, state, now)
   redis.call('HSET', workerKey(id), 'id', id, 'url', url, 'provider', provider,
     'state', state, 'draining', '0', 'capacity', capacity, 'load', '0',
     'started_at', now, 'state_since', now, 'idle_since', now, 'last_seen', '')
   redis.call('ZADD', WORKERS, 0, id)
+  reindex(id)
   tellCapacity()
 end
 
@@ -76,6 +141,7 @@ local function bind(key, cost, workerId, now)
   redis.call('SADD', workerSessionsKey(workerId), key)
   redis.call('HINCRBY', workerKey(workerId), 'load', cost)
   redis.call('HSET', workerKey(workerId), 'idle_since', '')
+  reindex(workerId)
 end
 
 -- Count `n` (may be negative) more live connections of a session via one
@@ -119,6 +185,7 @@ local function endSessions(keys, now)
         if redis.call('SCARD', workerSessionsKey(session.worker)) == 0 then
           redis.call('HSET', wk, 'idle_since', now)
         end
+        reindex(session.worker)
       end
       redis.call('PUBLISH', EVENTS, 'ended:' .. key)
     end
@@ -129,15 +196,37 @@ local function queueHead()
   return redis.call('ZRANGE', QUEUE, 0, 0)[1]
 end
 
--- Remove tickets ("" is ignored). A new head may fit where the old one did
--- not, and it retries only when told: a changed head counts as capacity.
+-- Queue a new ticket at the tail. Besides its place in QUEUE, it counts in
+-- the queue's demand and is listed among the tickets of its cost.
+local function enqueue(ticket, key, cost, instance, now)
+  local seq = redis.call('INCR', QUEUE_SEQ)
+  redis.call('ZADD', QUEUE, seq, ticket)
+  redis.call('ZADD', TICKET_HEARTBEATS, now, ticket)
+  redis.call('HSET', ticketKey(ticket), 'key', key, 'cost', cost, 'instance', instance,
+    'enqueued_at', now)
+  redis.call('INCRBY', QUEUE_DEMAND, cost)
+  redis.call('ZADD', queueCostKey(cost), seq, ticket)
+  redis.call('ZADD', QUEUE_COSTS, cost, cost)
+end
+
+-- Remove tickets ("" is ignored). A new head may fit where
+-- the old one did not, and it retries only when told: a changed head counts
+-- as capacity.
 local function dropTickets(tickets)
   local head = queueHead()
   for _, ticket in ipairs(tickets) do
     if ticket ~= '' then
+      local cost = redis.call('HGET', ticketKey(ticket), 'cost')
       redis.call('ZREM', QUEUE, ticket)
       redis.call('ZREM', TICKET_HEARTBEATS, ticket)
       redis.call('DEL', ticketKey(ticket))
+      -- Only a ticket enqueue() listed counts in the demand.
+      if cost and redis.call('ZREM', queueCostKey(cost), ticket) == 1 then
+        redis.call('DECRBY', QUEUE_DEMAND, cost)
+        if redis.call('EXISTS', queueCostKey(cost)) == 0 then
+          redis.call('ZREM', QUEUE_COSTS, cost)
+        end
+      end
     end
   end
   local newHead = queueHead()

@@ -20,41 +20,62 @@ if placement ~= 'pack' and placement ~= 'spread' then
   return redis.error_reply('unknown placement ' .. placement)
 end
 
--- Healthy, non-draining workers as {id, load, room}, in id order.
-local function assignable()
-  local found = {}
-  for _, id in ipairs(redis.call('ZRANGE', WORKERS, 0, -1)) do
-    local f = redis.call('HMGET', workerKey(id), 'state', 'draining', 'capacity', 'load')
-    if f[1] == 'healthy' and f[2] == '0' then
-      local load = tonumber(f[4])
-      table.insert(found, {id = id, load = load, room = tonumber(f[3]) - load})
+-- The worker `placement` picks for `cost`, from the assignable index: per
+-- capacity, the workers by load. In each capacity's set the candidate is
+-- one look-up (spread: the lowest load; pack: the highest load that leaves
+-- room for the cost, then the lowest id with that load); the best of the
+-- capacities wins (ties: the lowest id). O(capacities * log(workers)).
+local function choose()
+  local best, bestLoad
+  for _, capacity in ipairs(redis.call('ZRANGE', ASSIGNABLE_CAPACITIES, cost, '+inf',
+      'BYSCORE')) do
+    local workers, most = assignableKey(capacity), tonumber(capacity) - cost
+    local id, load
+    if placement == 'spread' then
+      local lowest = redis.call('ZRANGE', workers, 0, 0, 'WITHSCORES')
+      if lowest[1] and tonumber(lowest[2]) <= most then id, load = lowest[1], tonumber(lowest[2]) end
+    else
+      local highest = redis.call('ZRANGE', workers, most, '-inf', 'BYSCORE', 'REV',
+        'LIMIT', 0, 1, 'WITHSCORES')
+      if highest[1] then
+        load = tonumber(highest[2])
+        id = redis.call('ZRANGE', workers, load, load, 'BYSCORE', 'LIMIT', 0, 1)[1]
+      end
+    end
+    if id and (best == nil or (load == bestLoad and before(id, best))
+        or (placement == 'pack' and load > bestLoad)
+        or (placement == 'spread' and load < bestLoad)) then
+      best, bestLoad = id, load
     end
   end
-  return found
+  return best
 end
 
-local function choose(workers)
-  local best
-  for _, w in ipairs(workers) do
-    if w.room >= cost and (best == nil or (placement == 'pack' and w.load > best.load)
-        or (placement == 'spread' and w.load < best.load)) then
-      best = w
-    end
+-- The most room any assignable worker has (-1: none): per capacity, that
+-- of its least loaded worker; the largest capacities first, stopping when
+-- no capacity left could have more.
+local function mostRoom()
+  local room = -1
+  for _, capacity in ipairs(redis.call('ZRANGE', ASSIGNABLE_CAPACITIES, 0, -1, 'REV')) do
+    if tonumber(capacity) <= room then break end
+    local lowest = redis.call('ZRANGE', assignableKey(capacity), 0, 0, 'WITHSCORES')
+    if lowest[1] then room = math.max(room, tonumber(capacity) - tonumber(lowest[2])) end
   end
-  return best and best.id
+  return room
 end
 
 -- May the caller go ahead of the queue, whose head is `head`: the head was
--- passed fewer than maxOvertakes times and no ticket ahead of the caller fits?
-local function mayOvertake(head, workers)
+-- passed fewer than maxOvertakes times and no ticket ahead of the caller
+-- fits? Per cost that fits the most room, the earliest ticket of that cost
+-- tells whether one is ahead: O(costs * log(tickets)).
+local function mayOvertake(head)
   if tonumber(redis.call('HGET', ticketKey(head), 'passed') or '0') >= maxOvertakes then
     return false
   end
-  local room = -1
-  for _, w in ipairs(workers) do room = math.max(room, w.room) end
-  local rank = ticket ~= '' and redis.call('ZRANK', QUEUE, ticket)
-  for _, ahead in ipairs(redis.call('ZRANGE', QUEUE, 0, rank and rank - 1 or -1)) do
-    if tonumber(redis.call('HGET', ticketKey(ahead), 'cost')) <= room then return false end
+  local mine = ticket ~= '' and tonumber(redis.call('ZSCORE', QUEUE, ticket))
+  for _, fitting in ipairs(redis.call('ZRANGE', QUEUE_COSTS, '-inf', mostRoom(), 'BYSCORE')) do
+    local earliest = redis.call('ZRANGE', queueCostKey(fitting), 0, 0, 'WITHSCORES')
+    if earliest[1] and (not mine or tonumber(earliest[2]) < mine) then return false end
   end
   return true
 end
@@ -66,10 +87,9 @@ if session then
   return cjson.encode({assigned = record(workerKey(session.worker)), fresh = false})
 end
 local head = queueHead()
-local workers = assignable()
-local overtaking = head ~= nil and head ~= ticket and mayOvertake(head, workers)
+local overtaking = head ~= nil and head ~= ticket and mayOvertake(head)
 if head == nil or head == ticket or overtaking then
-  local worker = choose(workers)
+  local worker = choose()
   if worker then
     if overtaking then redis.call('HINCRBY', ticketKey(head), 'passed', 1) end
     if ticket ~= '' then dropTickets({ticket}) end
@@ -83,8 +103,5 @@ if ticket ~= '' and redis.call('ZSCORE', QUEUE, ticket) then
 end
 local length = redis.call('ZCARD', QUEUE)
 if length >= maxQueue then return cjson.encode({full = true}) end
-redis.call('ZADD', QUEUE, redis.call('INCR', QUEUE_SEQ), newTicket)
-redis.call('ZADD', TICKET_HEARTBEATS, now, newTicket)
-redis.call('HSET', ticketKey(newTicket), 'key', key, 'cost', ARGV[2], 'instance', instance,
-  'enqueued_at', now)
+enqueue(newTicket, key, ARGV[2], instance, now)
 return cjson.encode({queued = newTicket, position = length})

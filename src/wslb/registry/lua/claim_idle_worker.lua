@@ -7,6 +7,5 @@ if redis.call('EXISTS', workerKey(id)) == 0
     or redis.call('SCARD', workerSessionsKey(id)) > 0 then
   return cjson.encode(false)
 end
-redis.call('DEL', workerKey(id), workerSessionsKey(id))
-redis.call('ZREM', WORKERS, id)
+forgetWorker(id)
 return cjson.encode(true)

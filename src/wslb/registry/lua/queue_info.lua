@@ -1,10 +1,9 @@
 -- ARGV: none
 -- Reply: {"length": n, "head_enqueued_at": time or "", "demand": sum of costs}
-local tickets = redis.call('ZRANGE', QUEUE, 0, -1)
-local demand = 0
-for _, ticket in ipairs(tickets) do
-  demand = demand + tonumber(redis.call('HGET', ticketKey(ticket), 'cost'))
-end
-local head = ''
-if tickets[1] then head = redis.call('HGET', ticketKey(tickets[1]), 'enqueued_at') end
-return cjson.encode({length = #tickets, head_enqueued_at = head, demand = demand})
+-- (the demand is a counter kept by enqueue and dropTickets: O(1))
+local head = queueHead()
+return cjson.encode({
+  length = redis.call('ZCARD', QUEUE),
+  head_enqueued_at = head and redis.call('HGET', ticketKey(head), 'enqueued_at') or '',
+  demand = tonumber(redis.call('GET', QUEUE_DEMAND) or '0'),
+})

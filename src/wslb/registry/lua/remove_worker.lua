@@ -5,6 +5,5 @@ local id = ARGV[1]
 if redis.call('EXISTS', workerKey(id)) == 0 then return cjson.encode({}) end
 local keys = redis.call('SMEMBERS', workerSessionsKey(id))
 endSessions(keys, '')  -- no idle_since to date: the worker goes
-redis.call('DEL', workerKey(id), workerSessionsKey(id))
-redis.call('ZREM', WORKERS, id)
+forgetWorker(id)
 return cjson.encode(keys)

@@ -6,4 +6,5 @@ local current = redis.call('HGET', wk, 'draining')
 if not current then return cjson.encode(nil) end
 if current == '1' and ARGV[2] == '0' then tellCapacity() end
 redis.call('HSET', wk, 'draining', ARGV[2])
+reindex(ARGV[1])
 return cjson.encode(workerSnapshot(ARGV[1]))

@@ -30,5 +30,6 @@ if state == 'dead' then
   local keys = redis.call('SMEMBERS', workerSessionsKey(id))
   endSessions(keys, now)
 end
+reindex(id)
 if changed and (state == 'healthy' or state == 'dead') then tellCapacity() end
 return cjson.encode(workerSnapshot(id))
