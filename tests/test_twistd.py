@@ -14,6 +14,8 @@ from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from wslb.logs import fingerprint
+
 
 def workerPids(parent):
     """Pids of the processes ``parent`` spawned (its local echo workers)."""
@@ -130,7 +132,9 @@ async def test_json_logs_carry_a_connection_lifecycle(tmp_path):
         wslb.stop()
         worker.kill()
     lines = [json.loads(line) for line in wslb.process_output.splitlines() if line.strip()]
-    events = {record.get("event"): record for record in lines if record.get("key") == "logged"}
+    # Logs show the key as its fingerprint ([log] session_keys).
+    events = {record.get("event"): record for record in lines
+              if record.get("key") == fingerprint("logged")}
     assert events["opened"]["worker"] == f"127.0.0.1:{worker.port}"
     assert events["opened"]["fresh"] is True
     assert events["opened"]["worker_url"].startswith(worker.url)
