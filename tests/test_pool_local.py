@@ -3,10 +3,12 @@
 import os
 import socket
 import sys
+import time
 
 import pytest
 import pytest_twisted
 import treq
+from _twistd_helpers import TwistdWslb
 from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -156,16 +158,79 @@ def test_placeholders_and_environment(providers, tmp_path):
     out = tmp_path / "args"
     script = (
         "import os, sys, time; open(sys.argv[2], 'w').write("
-        "sys.executable + ' ' + sys.argv[1] + ' ' + os.environ.get('WSLB_TEST', '-')); "
+        "sys.executable + ' ' + sys.argv[1] + ' ' + os.environ.get('LOCAL_TEST', '-') + ' '"
+        " + ','.join(sorted(v for v in os.environ if v.startswith('WSLB_'))) + '.'); "
         "time.sleep(30)"
     )
     provider = providers(
         command=["{python}", "-c", script, "--port={port}", str(out)],
-        environ={"WSLB_TEST": "yes", "PATH": os.environ["PATH"]},
+        environ={"LOCAL_TEST": "yes", "WSLB_SESSION_SECRET": "s", "PATH": os.environ["PATH"]},
     )
     [worker] = yield provider.launch(1)
-    yield waitUntil(lambda: out.exists() and out.read_text().endswith("yes"))
+    yield waitUntil(lambda: out.exists() and out.read_text().endswith("."))
     port = worker.id.removeprefix("local-")
-    assert out.read_text().split() == [sys.executable, f"--port={port}", "yes"]
+    assert out.read_text().split() == [sys.executable, f"--port={port}", "yes", "."]
     assert isinstance(worker, LaunchedWorker)
     yield provider.stopService()
+
+
+# -- a real wslb and its workers -------------------------------------------------
+
+
+def children(pid):
+    """The pids whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def portFree(port):
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_local_workers_see_no_wslb_variable_and_die_with_a_killed_wslb(tmp_path):
+    first = free_port()
+    ports = range(first, first + 2)
+    wslb = TwistdWslb(
+        tmp_path, "pool.provider=local", f'pool.local.ports="{first}-{first + 1}"',
+        "pool.min_spare=2", "pool.max_spare=2",
+        env={"WSLB_SESSION_SECRET": "s" * 40, "WSLB_ADMIN_TOKEN": "t" * 20},
+    ).waitListening()
+    workers = []
+    try:
+        deadline = time.monotonic() + 20
+        while not all(not portFree(port) for port in ports):
+            assert time.monotonic() < deadline, wslb.output()
+            time.sleep(0.1)
+        workers += children(wslb.process.pid)
+        assert len(workers) == 2
+        for worker in workers:
+            with open(f"/proc/{worker}/environ", "rb") as f:
+                names = [item.partition(b"=")[0] for item in f.read().split(b"\0")]
+            assert b"PATH" in names
+            assert [name for name in names if name.startswith(b"WSLB_")] == []
+        wslb.process.kill()
+        wslb.process.wait()
+        killed = time.monotonic()
+        while not all(portFree(port) for port in ports):
+            assert time.monotonic() - killed < 5, "workers outlived their wslb"
+            time.sleep(0.1)
+    finally:
+        wslb.stop()
+        for worker in workers:  # only when the test failed
+            if alive(worker):
+                os.kill(worker, 9)

@@ -1,6 +1,15 @@
-"""Workers as child processes of this wslb instance, one port each."""
+"""
+Workers as child processes of this wslb instance, one port each.
+
+A worker gets wslb's environment without its ``WSLB_*`` variables (the
+session secret and the admin token among them), and dies with wslb even
+when wslb is killed with SIGKILL and cannot stop it: each child is started
+through a small exec wrapper (L{DIE_WITH_PARENT}) that asks Linux for
+SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), then execs the command.
+"""
 
 import itertools
+import os
 import socket
 import sys
 
@@ -19,8 +28,28 @@ from zope.interface import implementer
 
 from wslb.pool._interfaces import IProvider, LaunchedWorker
 
+# Linux sends a signal to a process when the thread that forked it exits
+# (PR_SET_PDEATHSIG, prctl(2)). reactor.spawnProcess forks from the reactor's
+# thread, which lives as long as wslb. argv: [1] wslb's pid, [2:] the
+# command. A parent gone before prctl took effect is seen by getppid.
+DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+if prctl is not None:
+    if prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        sys.exit("wslb worker wrapper: prctl failed: " + os.strerror(ctypes.get_errno()))
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
 OUTPUT_TAIL = 4096  # bytes of a child's output kept for the log line when it dies
 STOP_GRACE = 2.0  # seconds stopService waits beyond the SIGKILL before giving up
+
+
+def workerEnvironment(environ):
+    """``environ`` without wslb's own variables: a worker needs none of its secrets."""
+    return {name: value for name, value in environ.items() if not name.startswith("WSLB_")}
 
 
 def portBusy(port):
@@ -88,7 +117,7 @@ class LocalProvider(Service):
     Spawns C{command} (C{"{python}"} and C{"{port}"} substituted) once per
     worker on a free port of the inclusive range C{ports}; worker id
     C{local-<port>}, url C{ws://<host>:<port>}. Stopping the service stops
-    every child: they must not outlive wslb.
+    every child: they must not outlive wslb (nor do they when it is killed).
     """
 
     name = "local"
@@ -100,7 +129,7 @@ class LocalProvider(Service):
         self._command = tuple(command)
         self._host = host
         self._ports = range(ports[0], ports[1] + 1)
-        self._environ = environ  # None: the children inherit ours
+        self._environ = environ  # None: ours; WSLB_* is never passed on
         self._killAfter = kill_after
         self._processes = {}  # worker id -> _WorkerProcess, running or stopping
         self._deathListeners = []
@@ -130,7 +159,9 @@ class LocalProvider(Service):
         ]
         worker = LaunchedWorker(f"local-{port}", f"ws://{self._host}:{port}")
         process = _WorkerProcess(worker, port, self._processEnded)
-        self._reactor.spawnProcess(process, args[0], args, env=self._environ)
+        wrapped = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *args]
+        environ = workerEnvironment(os.environ if self._environ is None else self._environ)
+        self._reactor.spawnProcess(process, sys.executable, wrapped, env=environ)
         self._processes[worker.id] = process
         return worker
 
