@@ -57,6 +57,14 @@ async def _audit(registry):
         actual = _pairs(await run("ZRANGE", p + "assignable:" + capacity, 0, -1, "WITHSCORES"))
         assert actual == loads, capacity
 
+    live = [r for r in records.values() if r["state"] != DEAD]
+    totals = dict(zip(*[iter(await run("HGETALL", p + "totals"))] * 2))
+    for field in ("load", "capacity"):
+        assert int(totals.get(field, 0)) == sum(int(r[field]) for r in live), field
+    for r in records.values():
+        assert r.get("counted") == (f"{r['load']} {r['capacity']}" if r["state"] != DEAD
+                                    else None), r
+
     for worker_id, r in records.items():
         keys = await run("SMEMBERS", p + "worker-sessions:" + worker_id)
         costs = [int(await run("HGET", p + "session:" + key, "cost")) for key in keys]

@@ -107,14 +107,18 @@ def listen(registry, harness):
 def checkFleetReads(registry, harness):
     """
     What the registry answers without reading every worker (counts by
-    state, the largest capacity) agrees with the workers it lists, and its
-    own bookkeeping passes the harness's audit.
+    state, the largest capacity, the totals of load and capacity) agrees
+    with the workers it lists, and its own bookkeeping passes the harness's
+    audit.
     """
     workers = yield registry.listWorkers(sessions=False)
     assert (yield registry.countWorkers()) == {
         state: sum(w.state == state for w in workers) for state in WORKER_STATES}
     assert (yield registry.largestCapacity()) == max(
         (w.capacity for w in workers if w.state != DEAD), default=0)
+    live = [w for w in workers if w.state != DEAD]
+    assert (yield registry.workerTotals()) == {
+        "load": sum(w.load for w in live), "capacity": sum(w.capacity for w in live)}
     yield harness.audit()
 
 

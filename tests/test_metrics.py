@@ -63,7 +63,7 @@ def test_aScrapeCountsTheSessionsWithoutListingThem():
         registry.calls.clear()
         yield metrics.refresh(registry, clock)
         assert sorted(registry.calls) == [
-            "countSessions", "countSessions", "countWorkers", "queueInfo"]
+            "countSessions", "countSessions", "countWorkers", "queueInfo", "workerTotals"]
         assert gauge(metrics, "wslb_sessions") == SESSIONS
         assert gauge(metrics, "wslb_sessions_in_grace") == 0
 

@@ -15,7 +15,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from wslb.admin.api import makeAdminRoutes, makeAdminSite
+from wslb.admin.history import History
 from wslb.admin.status_page import StatusAPI, StatusPage
+from wslb.metrics import Metrics
 from wslb.pool.scaler import ScalerAction
 from wslb.registry import DEAD, HEALTHY, UNHEALTHY, Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
@@ -48,12 +50,16 @@ class StatusSite:
             lambda: {"leader": True, "fencing_token": 7},
             lambda: ACTIONS,
         ).addRoutes(routes)
+        self.history = History(self.clock, Metrics(), self.registry)
+        self.history.addRoutes(routes)
         self.site = makeAdminSite(routes, self.clock)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
     async def populate(self):
+        """The registry's story, sampled by the history as the clock moves."""
+        self.history.startService()
         r, now = self.registry, self.clock.seconds()
         for worker, capacity in (("10.0.0.1:9000", 4), (HOSTILE, 2), ("w-draining", 2),
                                  ("w-sick", 2), ("w-dead", 2), ("w-starting", 2)):
@@ -86,6 +92,7 @@ class StatusSite:
         return response, await response.content()
 
     async def close(self):
+        await defer.maybeDeferred(self.history.stopService)
         await defer.maybeDeferred(self.port.stopListening)
         await self.pool.closeCachedConnections()
 
@@ -141,11 +148,32 @@ async def test_the_page_shows_workers_sessions_queue_leader_and_scaler_actions(s
         ["15:27:10 (1m 55s ago)", "launch", "w-starting", "7"],
     ]
 
+    # The last hour, as the history sampled it (its last sample: the numbers above).
+    assert legends(dom) == LAST_SAMPLE
+    samples = len(status.history.samples())
+    for path in dom.byId("chart-workers").all("path"):
+        assert path.attrs["d"].count(",") == samples, path.attrs
+
     # The hostile id and key are text: no element was made of them.
     assert dom.all("img") == []
-    assert [s.attrs.get("src") for s in dom.all("script")] == ["status/status.js"]
+    assert [s.attrs.get("src") for s in dom.all("script")] == ["status/charts.js",
+                                                                "status/status.js"]
 
     assert screenshot.stat().st_size > 20_000
+
+
+CHARTS = ("chart-sessions", "chart-queue", "chart-workers", "chart-load", "chart-handshakes")
+LAST_SAMPLE = {  # the charts' legends: each series and its last value
+    "chart-sessions": ["connected 3", "in grace 1"],
+    "chart-queue": ["waiting 1", "oldest wait 25s"],
+    "chart-workers": ["healthy 3", "starting 1", "unhealthy 1", "dead 1"],
+    "chart-load": ["load 6", "capacity 12"],
+    "chart-handshakes": ["ok 0/s"],
+}
+
+
+def legends(dom):
+    return {chart: [item.text() for item in dom.byId(chart).all("li")] for chart in CHARTS}
 
 
 @pytest_twisted.async_yield_fixture()
@@ -163,6 +191,7 @@ async def test_with_a_token_the_page_asks_for_it_and_shows_nothing_without(guard
     assert "hidden" not in dom.byId("login").attrs
     assert "needs its token" in dom.byId("banner").text()
     assert dom.byId("workers").rows() == [] and dom.byId("sessions").rows() == []
+    assert legends(dom) == dict.fromkeys(CHARTS, [])  # no chart drawn
 
 
 @pytest_twisted.ensureDeferred
@@ -173,12 +202,13 @@ async def test_with_a_token_the_page_keeps_it_for_the_tab_and_polls_with_it(guar
     assert "hidden" in dom.byId("login").attrs and "hidden" in dom.byId("banner").attrs
     assert len(dom.byId("workers").rows()) == 6
     assert {row[0] for row in dom.byId("sessions").rows()} == {HOSTILE, "alice", "bob", "carol"}
+    assert legends(dom) == LAST_SAMPLE  # the charts' history came with the token too
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_failing_poll_shows_the_unreachable_banner_over_the_last_data(status, tmp_path):
-    """The first poll's four requests are answered; then every connection to the API is cut."""
-    status.site.resource = CutAfter(status.site.resource, answered=4)
+    """The first poll's five requests are answered; then every connection to the API is cut."""
+    status.site.resource = CutAfter(status.site.resource, answered=5)
     html, _ = await render(status.url + "/status", tmp_path)
     dom = parse(html)
 
@@ -247,6 +277,7 @@ async def test_the_page_and_its_parts_are_served_with_a_strict_policy(status):
         ("/status", "text/html; charset=utf-8", b"<title>wslb status</title>"),
         ("/status/status.js", "text/javascript; charset=utf-8", b"api/v1/status"),
         ("/status/status.css", "text/css; charset=utf-8", b".banner"),
+        ("/status/charts.js", "text/javascript; charset=utf-8", b"wslbCharts"),
     ):
         response, body = await status.get(path)
         assert response.code == 200, path

@@ -10,6 +10,8 @@ reactor, right before each scrape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
@@ -30,6 +32,19 @@ class Traffic:
     def __init__(self):
         self.messages = {TO_WORKER: 0, TO_USER: 0}
         self.bytes = {TO_WORKER: 0, TO_USER: 0}
+
+
+@dataclass(frozen=True)
+class PoolNumbers:
+    """What the registry holds, as numbers: the pool's gauges, and the status page's history."""
+
+    workers: dict  # state -> how many
+    load: int  # of the workers that are not dead
+    capacity: int  # likewise
+    sessions: int
+    sessions_in_grace: int
+    queue_length: int
+    queue_oldest_wait: float
 
 
 class Metrics:
@@ -60,7 +75,7 @@ class Metrics:
             "wslb_limit_hits", "Connections refused or closed by a limit.",
             ["limit"], registry=self.registry,
         )
-        self._snapshot = {}
+        self.pool = None  # PoolNumbers as of the last refresh; None when it failed
         self._live = {}  # name -> callable giving a number now (connections...)
         self._counts = {}  # name -> (help, label, callable giving {label value: n})
         self.registry.register(_SnapshotCollector(self))
@@ -73,22 +88,30 @@ class Metrics:
         """Report ``read()`` (a mapping) as counter ``name`` by ``label``."""
         self._counts[name] = (help, label, read)
 
+    def handshakeCounts(self):
+        """User handshakes answered since start: outcome -> how many."""
+        [family] = self.handshakes.collect()
+        return {sample.labels["outcome"]: sample.value for sample in family.samples
+                if sample.name == "wslb_handshakes_total"}
+
     def refresh(self, registry, clock):
-        """Fire when the registry-derived gauges are current."""
+        """Fire when L{pool} (the registry-derived gauges) is current."""
         d = defer.gatherResults([
-            registry.countWorkers(), registry.countSessions(),
+            registry.countWorkers(), registry.workerTotals(), registry.countSessions(),
             registry.countSessions(connected=False), registry.queueInfo(clock.seconds()),
         ], consumeErrors=True)
 
         def store(results):
-            workers, sessions, inGrace, queue = results
-            self._snapshot = {
-                "workers": workers, "sessions": sessions, "in_grace": inGrace, "queue": queue,
-            }
+            workers, totals, sessions, inGrace, queue = results
+            self.pool = PoolNumbers(
+                workers=workers, load=totals["load"], capacity=totals["capacity"],
+                sessions=sessions, sessions_in_grace=inGrace,
+                queue_length=queue.length, queue_oldest_wait=queue.oldest_wait,
+            )
 
         def failed(failure):
             self.registryErrors.inc()
-            self._snapshot = {}
+            self.pool = None
 
         return d.addCallbacks(store, failed)
 
@@ -122,25 +145,27 @@ class _SnapshotCollector:
         for name, read in m._live.items():
             yield GaugeMetricFamily(name, _LIVE_HELP.get(name, name), value=read())
 
-        snapshot = m._snapshot
-        if not snapshot:
+        pool = m.pool
+        if pool is None:
             return
         workers = GaugeMetricFamily("wslb_workers", "Workers by state.", labels=["state"])
         for state in WORKER_STATES:
-            workers.add_metric([state], snapshot["workers"][state])
+            workers.add_metric([state], pool.workers[state])
         yield workers
-        yield GaugeMetricFamily("wslb_sessions", "Sessions bound to a worker.",
-                                value=snapshot["sessions"])
-        yield GaugeMetricFamily(
-            "wslb_sessions_in_grace",
-            "Sessions without a live connection, keeping their worker for reconnect_grace.",
-            value=snapshot["in_grace"])
-        queue = snapshot["queue"]
-        yield GaugeMetricFamily("wslb_queue_length", "Users waiting for a worker.",
-                                value=queue.length)
-        yield GaugeMetricFamily("wslb_queue_oldest_wait_seconds",
-                                "How long the first user in the queue has waited (0: nobody).",
-                                value=queue.oldest_wait)
+        for name, help, value in (
+            ("wslb_workers_load", "Sum of the session costs on workers not dead.", pool.load),
+            ("wslb_workers_capacity", "Sum of the capacities of workers not dead.",
+             pool.capacity),
+            ("wslb_sessions", "Sessions bound to a worker.", pool.sessions),
+            ("wslb_sessions_in_grace",
+             "Sessions without a live connection, keeping their worker for reconnect_grace.",
+             pool.sessions_in_grace),
+            ("wslb_queue_length", "Users waiting for a worker.", pool.queue_length),
+            ("wslb_queue_oldest_wait_seconds",
+             "How long the first user in the queue has waited (0: nobody).",
+             pool.queue_oldest_wait),
+        ):
+            yield GaugeMetricFamily(name, help, value=value)
 
 
 _LIVE_HELP = {

@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from wslb.admin.api import makeAdminRoutes, makeAdminSite
+from wslb.admin.history import History
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.config import parseEndpoints
@@ -296,6 +297,9 @@ def makeService(config, reactor=None):
         lambda: {"leader": leader.isLeader(), "fencing_token": leader.fencingToken},
         lambda: pool.scaler.recentActions,
     ).addRoutes(routes)
+    history = History(reactor, metrics, registry)
+    history.setServiceParent(top)
+    history.addRoutes(routes)
     admin = listener(endpoints["admin"], makeAdminSite(routes, reactor))
     admin.setName("admin")
     admin.setServiceParent(top)

@@ -20,6 +20,7 @@ PAGE = "status.html"
 ASSETS = {  # what /status/<name> may serve, with its content type
     "status.css": "text/css; charset=utf-8",
     "status.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
 }
 
 # The page runs only its own script and talks only to its own origin: even
@@ -37,8 +38,8 @@ SECURITY_HEADERS = {
 
 class StatusPage(Resource):
     """
-    ``/status`` is the page, ``/status/status.css`` and ``/status/status.js``
-    its parts; the page names them relative to itself (and polls
+    ``/status`` is the page, ``/status/<asset>`` its parts (L{ASSETS}); the
+    page names them relative to itself (and polls
     ``api/v1/...``), so it also works behind a proxy that adds a path prefix.
     """
 

@@ -154,6 +154,13 @@ class IRegistry(Interface):
         fits nowhere.
         """
 
+    def workerTotals():
+        """
+        Fire with ``{"load": n, "capacity": n}``, the sums over the workers
+        that are not dead, without reading them (the metrics scrape, the
+        status page's history).
+        """
+
     def setWorkerState(worker_id, state, now, allowedFrom=None):
         """
         Move a worker to ``state`` (any of WORKER_STATES); ``state_since``

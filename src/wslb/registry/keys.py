@@ -12,7 +12,8 @@ strings, as the callers' clocks give them); "" stands for None.
   P workers                    ZSET  worker id -> 0 (equal scores: byte order of ids)
   P worker:<id>                HASH  id url provider state draining("1"/"0") capacity
                                      load started_at state_since idle_since last_seen,
-                                     indexed = "state draining capacity" it is indexed under
+                                     indexed = "state draining capacity" it is indexed under,
+                                     counted = "load capacity" it adds to P totals
   P worker-sessions:<id>       SET   keys of the sessions bound to the worker
   P sessions                   ZSET  session key -> 0
   P session:<key>              HASH  key worker cost since connections disconnected_at,
@@ -45,6 +46,7 @@ prelude's reindex and forgetWorker), so that no script reads every worker:
                                      largest capacity)
   P state:<state>              ZSET  worker id -> 0, the workers in that state (counts; the
                                      starting workers, paged by id)
+  P totals                     HASH  load capacity: the sums over every worker not dead
 
 Registry scripts get the prefix and the fixed keys above as KEYS
 (L{Keys.scriptKeys}) and derive the per-record ones, ``epoch`` and

@@ -157,6 +157,11 @@ class MemoryRegistry:
         return max((w.capacity for w in self._workers.values() if w.state != DEAD), default=0)
 
     @_deferred
+    def workerTotals(self):
+        live = [w for w in self._workers.values() if w.state != DEAD]
+        return {"load": sum(w.load for w in live), "capacity": sum(w.capacity for w in live)}
+
+    @_deferred
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):
         for named in (state, *(allowedFrom or ())):
             if named not in WORKER_STATES:

@@ -186,6 +186,9 @@ class RedisRegistry(Service):
     def largestCapacity(self):
         return self._run(redis_ops.largestCapacity)
 
+    def workerTotals(self):
+        return self._run(redis_ops.workerTotals)
+
     def setWorkerState(self, worker_id, state, now, allowedFrom=None):
         return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom)
 

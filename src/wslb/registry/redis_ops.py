@@ -189,6 +189,10 @@ def largestCapacity() -> Op:
     return Op("largest_capacity", (), _decodePlain)
 
 
+def workerTotals() -> Op:
+    return Op("worker_totals", (), _decodePlain)
+
+
 def setWorkerState(worker_id, state, now, allowedFrom=None) -> Op:
     for named in (state, *(allowedFrom or ())):
         if named not in WORKER_STATES:

@@ -9,7 +9,9 @@
   const MAX_ROWS = 500; // per table; the API has the rest
   const STATES = ["healthy", "starting", "unhealthy", "dead"];
   const ACTIONS = ["launch", "terminate", "adopt", "lost"];
+  const OUTCOMES = ["ok", "400", "401", "403", "429", "502", "503"];
   const API = ["api/v1/workers", "api/v1/sessions", "api/v1/queue", "api/v1/status"];
+  const HISTORY = "api/v1/history";
 
   const byId = (id) => document.getElementById(id);
   let lastGood = null; // Date of the last complete poll
@@ -156,6 +158,59 @@
     document.title = `wslb · ${workers.length} workers · ${sessions.length} sessions · queue ${queue.length}`;
   }
 
+  // -- the last hour ---------------------------------------------------------
+
+  let kept = { samples: [], last: 0 }; // what api/v1/history sent so far
+  const MIN_SPAN = 60; // seconds: the narrowest time axis
+
+  const CHARTS = [ // figure id, title, [series name, label, value of a sample, axis], formats
+    ["chart-sessions", "Sessions", [
+      ["connected", "connected", (s) => s.sessions - s.sessions_in_grace],
+      ["in_grace", "in grace", (s) => s.sessions_in_grace],
+    ]],
+    ["chart-queue", "Queue", [
+      ["queue_length", "waiting", (s) => s.queue_length],
+      ["oldest_wait", "oldest wait", (s) => s.queue_oldest_wait, "right"],
+    ]],
+    ["chart-workers", "Workers by state", STATES.map((state) => [state, state, (s) => s.workers?.[state]])],
+    ["chart-load", "Load vs capacity", [
+      ["load", "load", (s) => s.load],
+      ["capacity", "capacity", (s) => s.capacity],
+    ]],
+    ["chart-handshakes", "Handshakes per second, this instance", OUTCOMES.map((outcome) =>
+      [`outcome-${outcome}`, outcome, (s) => s.handshakes?.[outcome]]), { left: "rate" }],
+  ];
+
+  async function pollHistory() {
+    const body = await getJSON(`${HISTORY}?after=${kept.last}`);
+    if (body.last < kept.last) { // the instance restarted: its samples start again
+      kept = { samples: [], last: 0 };
+      return pollHistory();
+    }
+    const oldest = body.now - body.window;
+    kept.samples = kept.samples.concat(body.samples).filter((s) => s.time > oldest);
+    kept.last = body.last;
+    return body;
+  }
+
+  function drawCharts({ now, window, interval }) {
+    // From the oldest sample held (an instance younger than an hour has less), a minute at least.
+    const oldest = kept.samples.length ? kept.samples[0].time : now;
+    const from = Math.min(now - MIN_SPAN, Math.max(now - window, oldest));
+    setText("history-note", `· sampled every ${duration(interval)} by this instance`);
+    for (const [id, title, lines, formats] of CHARTS) {
+      const series = lines.map(([name, label, value, axis]) => ({
+        name, label, axis: axis ?? "left",
+        values: kept.samples.map((s) => [s.time, Number.isFinite(value(s)) ? value(s) : null]),
+      }));
+      // Handshakes: "ok" and the outcomes that happened in the hour; not seven flat lines.
+      const shown = id === "chart-handshakes"
+        ? series.filter((s) => s.name === "outcome-ok" || s.values.some(([, v]) => v > 0))
+        : series;
+      wslbCharts.draw(byId(id), { title, from, to: now, series: shown, formats: { left: "count", right: "seconds", ...formats } });
+    }
+  }
+
   // -- the admin token ---------------------------------------------------------
   // With an [admin] token every API read needs it: the page asks once (or
   // takes it from a #token=... fragment, which no server sees) and keeps it
@@ -220,7 +275,9 @@
 
   async function poll() {
     try {
-      render(await Promise.all(API.map(getJSON)));
+      const [views, span] = await Promise.all([Promise.all(API.map(getJSON)), pollHistory()]);
+      render(views);
+      drawCharts(span);
       lastGood = new Date();
       setText("updated", `updated ${clockTime(lastGood)}`);
       showProblem(null);

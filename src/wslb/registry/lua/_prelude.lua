@@ -40,6 +40,7 @@ local function stateKey(state) return P .. 'state:' .. state end
 local function queueCostKey(cost) return P .. 'queue-cost:' .. cost end
 local ASSIGNABLE_CAPACITIES = P .. 'assignable-capacities'
 local CAPACITIES = P .. 'capacities'
+local TOTALS = P .. 'totals'
 local QUEUE_COSTS, QUEUE_DEMAND = P .. 'queue-costs', P .. 'queue-demand'
 
 -- A hash as a table, or nil when the key does not exist.
@@ -96,13 +97,29 @@ local function unindex(id, indexed)
   end
 end
 
--- Bring worker `id`'s index entries in step with its record: call it after
--- any change to its state, draining flag, capacity or load.
+-- Move what a worker adds to the pool's totals from `was` to `now`, each
+-- "load capacity" or nil for nothing; the record's `counted` keeps `now`.
+local function recount(wk, was, now)
+  local before = {string.match(was or '0 0', '^(%S+) (%S+)$')}
+  local after = {string.match(now or '0 0', '^(%S+) (%S+)$')}
+  for i, field in ipairs({'load', 'capacity'}) do
+    local change = tonumber(after[i]) - tonumber(before[i])
+    if change ~= 0 then redis.call('HINCRBY', TOTALS, field, change) end
+  end
+  if now then redis.call('HSET', wk, 'counted', now) else redis.call('HDEL', wk, 'counted') end
+end
+
+-- Bring worker `id`'s index entries and its share of the totals in step with
+-- its record: call it after any change to its state, draining flag, capacity
+-- or load.
 local function reindex(id)
   local wk = workerKey(id)
-  local f = redis.call('HMGET', wk, 'state', 'draining', 'capacity', 'load', 'indexed')
-  local state, draining, capacity, load, indexed = f[1], f[2], f[3], f[4], f[5]
+  local f = redis.call('HMGET', wk, 'state', 'draining', 'capacity', 'load', 'indexed', 'counted')
+  local state, draining, capacity, load, indexed, counted = f[1], f[2], f[3], f[4], f[5], f[6]
   if not state then return end
+  local counts = nil  -- a dead worker adds nothing
+  if state ~= 'dead' then counts = load .. ' ' .. capacity end
+  if counted ~= counts then recount(wk, counted, counts) end
   local now = state .. ' ' .. draining .. ' ' .. capacity
   if indexed ~= now then
     if indexed then unindex(id, indexed) end
@@ -116,10 +133,13 @@ local function reindex(id)
   end
 end
 
--- Delete a worker's record, its session set and its index entries.
+-- Delete a worker's record, its session set, its index entries and its share
+-- of the totals.
 local function forgetWorker(id)
-  local indexed = redis.call('HGET', workerKey(id), 'indexed')
-  if indexed then unindex(id, indexed) end
+  local wk = workerKey(id)
+  local f = redis.call('HMGET', wk, 'indexed', 'counted')
+  if f[1] then unindex(id, f[1]) end
+  if f[2] then recount(wk, f[2], nil) end
   redis.call('DEL', workerKey(id), workerSessionsKey(id))
   redis.call('ZREM', WORKERS, id)
 end
