@@ -6,6 +6,7 @@ no worker.
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -16,7 +17,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
 from twisted.protocols.basic import LineReceiver
 
-from wslb.metrics import Metrics
+import wslb
+from wslb.metrics import LIMITS, Metrics
 from wslb.registry.memory import MemoryRegistry
 from wslb.registry.redis import RedisRegistry
 
@@ -158,3 +160,15 @@ def test_aScrapeReadsNoSessionFromRedis(redis_server):
     finally:
         monitor.transport.loseConnection()
         yield registry.stopService()
+
+
+def test_everyLimitThatIsHitIsASeriesFromTheStart():
+    """The limit names the code counts are those LIMITS names (a new one must join them)."""
+    source = Path(wslb.__file__).parent
+    named = set()
+    for path in source.rglob("*.py"):
+        named |= set(re.findall(r'(?:limitHit|limitHits\.labels)\("([a-z_]+)"\)', path.read_text()))
+    assert named == set(LIMITS)
+    text = generate_latest(Metrics().registry).decode()
+    assert {f'wslb_limit_hits_total{{limit="{limit}"}} 0.0' for limit in LIMITS} <= set(
+        text.splitlines())

@@ -1,9 +1,12 @@
 """
 The monitoring examples plug in: examples/prometheus-rules.yml passes
-promtool's checks and unit tests (each alert fires), and every metric an
-expression names is one a running wslb serves at /metrics.
+promtool's checks and unit tests (each alert fires); the queries of
+examples/grafana-dashboard.json parse, and its panels fit a Grafana 10
+dashboard; every metric an expression names is one a running wslb serves
+at /metrics.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "examples" / "prometheus-rules.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus-rules.test.yml"
+DASHBOARD = ROOT / "examples" / "grafana-dashboard.json"
 METRIC_NAME = re.compile(r"\bwslb_[a-z0-9_]+\b")
 
 
@@ -57,9 +61,64 @@ def test_each_alert_fires_in_the_promtool_unit_tests():
     assert "SUCCESS" in promtool("test", "rules", str(RULE_TESTS))
 
 
+def panels():
+    return json.loads(DASHBOARD.read_text())["panels"]
+
+
 def expressions():
-    """(where, PromQL) of every rule."""
-    return [(rule["alert"], rule["expr"]) for rule in alerts()]
+    """(where, PromQL) of every rule and every dashboard query."""
+    return [(rule["alert"], rule["expr"]) for rule in alerts()] + [
+        (panel["title"], target["expr"])
+        for panel in panels() for target in panel.get("targets", ())]
+
+
+# Grafana's variables, as a query would have them filled in.
+FILLED = {"$__rate_interval": "1m", "$job": "wslb", "$instance": ".*"}
+
+
+def test_the_dashboards_queries_parse(tmp_path):
+    """Each query, its variables filled in, as a recording rule: promtool parses them all."""
+    rules = []
+    for i, (where, expr) in enumerate(expressions()[len(alerts()):]):
+        for variable, value in FILLED.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, (where, expr)
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert f"SUCCESS: {len(rules)} rules found" in promtool("check", "rules", str(path))
+
+
+def test_the_dashboard_is_a_grafana_10_dashboard_with_the_status_pages_charts():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 36  # Grafana 9.1+; 38 is Grafana 10's
+    assert dashboard["uid"] == "wslb-pool" and dashboard["title"] == "wslb"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+    assert "$job" in variables["instance"]["definition"]
+
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for panel in dashboard["panels"]:
+        box = panel["gridPos"]
+        assert box["x"] >= 0 and box["w"] > 0 and box["x"] + box["w"] <= 24, panel["title"]
+        covered = {(x, y) for x in range(box["x"], box["x"] + box["w"])
+                   for y in range(box["y"], box["y"] + box["h"])}
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        for target in panel.get("targets", ()):
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert target["refId"] and target["expr"]
+
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    for chart in ("Sessions", "Queue", "Workers by state", "Load vs capacity",
+                  "Handshakes per second by outcome"):
+        assert chart in titles
+    [perInstance] = [p for p in dashboard["panels"] if p["type"] == "row" and p.get("repeat")]
+    assert perInstance["repeat"] == "instance" and "$instance" in perInstance["title"]
 
 
 @pytest.mark.timeout(30)

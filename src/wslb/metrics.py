@@ -22,6 +22,13 @@ TO_WORKER = "to_worker"
 TO_USER = "to_user"
 
 HANDSHAKE_OUTCOMES = ("ok", "400", "401", "403", "429", "502", "503")
+# The limits of wslb_limit_hits_total, each a series from the start (so that
+# rate() counts the first hit, and dashboards find the name before any).
+LIMITS = (
+    "max_connections", "per_ip_connections", "per_ip_rate", "request_head_size",
+    "open_handshake_timeout", "queue_length", "queue_timeout", "max_message_size",
+    "idle_timeout", "auto_ping",
+)
 
 
 class Traffic:
@@ -75,6 +82,8 @@ class Metrics:
             "wslb_limit_hits", "Connections refused or closed by a limit.",
             ["limit"], registry=self.registry,
         )
+        for limit in LIMITS:
+            self.limitHits.labels(limit)
         self.pool = None  # PoolNumbers as of the last refresh; None when it failed
         self._live = {}  # name -> callable giving a number now (connections...)
         self._counts = {}  # name -> (help, label, callable giving {label value: n})
