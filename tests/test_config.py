@@ -57,7 +57,6 @@ DESIGN_DEFAULTS = [
     ("listen.max_message_size", 16 * 1024 * 1024),
     ("listen.idle_timeout", 0.0),
     ("listen.auto_ping", 30.0),
-    ("listen.relay", "bytes"),  # not in DESIGN §4: byte pass-through, issue 6
     ("listen.per_ip_connections", 0),
     ("listen.per_ip_rate", 0.0),
     ("listen.drain_period", 10.0),
@@ -343,7 +342,6 @@ MISTAKES = [
     (["listen.max_message_size=0"], "listen.max_message_size", "got 0"),
     # enums
     (["registry.backend=mysql"], "registry.backend", 'one of "memory", "redis", got "mysql"'),
-    (["listen.relay=pipes"], "listen.relay", 'one of "bytes", "frames", got "pipes"'),
     (["pool.provider=k8s"], "pool.provider", 'got "k8s"'),
     (["pool.placement=random"], "pool.placement", 'one of "pack", "spread"'),
     (["log.format=xml"], "log.format", 'one of "text", "json", got "xml"'),

@@ -14,13 +14,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 
-# Every behaviour holds in both relay modes: bytes passed through (the
-# default) and frames re-framed by autobahn.
-@pytest.fixture(params=["bytes", "frames"])
-def relay(request):
-    return request.param
-
-
 @pytest.fixture
 def clients():
     opened = []
@@ -35,8 +28,8 @@ async def started(wslb, healthy):
 
 
 @pytest_twisted.ensureDeferred
-async def test_text_and_binary_echo_and_subprotocol(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 2)
+async def test_text_and_binary_echo_and_subprotocol(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
     try:
         client = await wslb.connect("alice", protocols=["scene.v2", "scene.v1"])
         clients.append(client)
@@ -50,8 +43,8 @@ async def test_text_and_binary_echo_and_subprotocol(echo_workers, clients, relay
 
 
 @pytest_twisted.ensureDeferred
-async def test_large_fragmented_message(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 2)
+async def test_large_fragmented_message(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
     try:
         client = await wslb.connect("big")
         clients.append(client)
@@ -68,8 +61,8 @@ async def test_large_fragmented_message(echo_workers, clients, relay):
 
 
 @pytest_twisted.ensureDeferred
-async def test_forwarded_headers_seen_by_worker(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 2)
+async def test_forwarded_headers_seen_by_worker(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
     try:
         client = await wslb.connect(
             "hdrs", path="/scene/7?quality=high",
@@ -92,8 +85,8 @@ async def test_forwarded_headers_seen_by_worker(echo_workers, clients, relay):
 
 
 @pytest_twisted.ensureDeferred
-async def test_close_codes_pass_both_ways(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 2)
+async def test_close_codes_pass_both_ways(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
     try:
         client = await wslb.connect("closer")
         clients.append(client)
@@ -118,8 +111,8 @@ async def test_close_codes_pass_both_ways(echo_workers, clients, relay):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sticky_reconnect_and_distinct_keys(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 2)
+async def test_sticky_reconnect_and_distinct_keys(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 2)
     try:
         first = await wslb.connect("sticky")
         clients.append(first)
@@ -144,8 +137,8 @@ async def test_sticky_reconnect_and_distinct_keys(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_worker_unreachable_gives_502(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 1)
+async def test_worker_unreachable_gives_502(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 1)
     try:
         echo_workers[0].kill()
         status, _ = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "k"})
@@ -156,8 +149,8 @@ async def test_worker_unreachable_gives_502(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_worker_dropping_gives_1012(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 1)
+async def test_worker_dropping_gives_1012(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers), 1)
     try:
         client = await wslb.connect("dropped")
         clients.append(client)
@@ -171,8 +164,8 @@ async def test_worker_dropping_gives_1012(echo_workers, clients, relay):
 
 @pytest.mark.workers(2)
 @pytest_twisted.ensureDeferred
-async def test_queue_fifo_served_when_sessions_end(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}", "queue.timeout=20"), 2)
+async def test_queue_fifo_served_when_sessions_end(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "queue.timeout=20"), 2)
     try:
         holders = [await wslb.connect(f"holder{i}") for i in range(2)]
         clients.extend(holders)
@@ -202,9 +195,9 @@ async def test_queue_fifo_served_when_sessions_end(echo_workers, clients, relay)
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients, relay):
+async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients):
     wslb = await started(staticWslb(
-        echo_workers, f"listen.relay={relay}", "queue.timeout=2", "queue.max_length=1"), 1)
+        echo_workers, "queue.timeout=2", "queue.max_length=1"), 1)
     try:
         clients.append(await wslb.connect("holder"))
         waiting = rawHandshake(wslb.port, headers={"X-WSLB-Session": "w1"})
@@ -219,8 +212,8 @@ async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients, rela
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_client_giving_up_leaves_queue(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}", "queue.timeout=20"), 1)
+async def test_client_giving_up_leaves_queue(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "queue.timeout=20"), 1)
     try:
         clients.append(await wslb.connect("holder"))
         waiter = wslb.connect("gives-up")
@@ -237,8 +230,8 @@ async def test_client_giving_up_leaves_queue(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_what_is_not_a_get_is_answered_405(echo_workers, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}"), 1)
+async def test_what_is_not_a_get_is_answered_405(echo_workers):
+    wslb = await started(staticWslb(echo_workers), 1)
     try:
         client = await connectRaw(wslb.port)
         client.transport.write(upgradeRequest(wslb.port).replace(b"GET", b"PUT", 1))
@@ -250,9 +243,9 @@ async def test_what_is_not_a_get_is_answered_405(echo_workers, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_refusals(echo_workers, clients, relay):
+async def test_refusals(echo_workers, clients):
     wslb = await started(staticWslb(
-        echo_workers, f"listen.relay={relay}", 'listen.allowed_origins=["https://*.example.com"]',
+        echo_workers, 'listen.allowed_origins=["https://*.example.com"]',
         "listen.max_connections=2", "listen.max_message_size=1024",
         "session.issue_cookie=false", "pool.capacity=5"), 1)
     try:
@@ -276,8 +269,8 @@ async def test_refusals(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_minted_cookie_is_sticky(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}", "pool.capacity=5"), 1)
+async def test_minted_cookie_is_sticky(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "pool.capacity=5"), 1)
     try:
         status, headers = await rawHandshake(wslb.port)
         assert status == 101
@@ -307,8 +300,8 @@ async def scrape(wslb):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_metrics_count_what_happened(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}", "pool.capacity=5"), 1)
+async def test_metrics_count_what_happened(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "pool.capacity=5"), 1)
     try:
         before = await scrape(wslb)
         client = await wslb.connect("metered")
@@ -338,9 +331,9 @@ async def test_metrics_count_what_happened(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_grace_expiry_frees_the_slot_and_serves_the_queue_at_once(echo_workers, clients, relay):
+async def test_grace_expiry_frees_the_slot_and_serves_the_queue_at_once(echo_workers, clients):
     wslb = await started(staticWslb(
-        echo_workers, f"listen.relay={relay}", "session.reconnect_grace=1s", "queue.timeout=20",
+        echo_workers, "session.reconnect_grace=1s", "queue.timeout=20",
         "pool.scale_interval=60"), 1)
     try:
         holder = await wslb.connect("leaves")
@@ -363,8 +356,8 @@ async def test_grace_expiry_frees_the_slot_and_serves_the_queue_at_once(echo_wor
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_auto_ping_reaches_the_user(echo_workers, clients, relay):
-    wslb = await started(staticWslb(echo_workers, f"listen.relay={relay}", "listen.auto_ping=2s"), 1)
+async def test_auto_ping_reaches_the_user(echo_workers, clients):
+    wslb = await started(staticWslb(echo_workers, "listen.auto_ping=2s"), 1)
     try:
         client = await wslb.connect("pinged")
         clients.append(client)
@@ -380,9 +373,9 @@ async def test_auto_ping_reaches_the_user(echo_workers, clients, relay):
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_idle_timeout_closes_silent_users_with_1008(echo_workers, clients, relay):
+async def test_idle_timeout_closes_silent_users_with_1008(echo_workers, clients):
     wslb = await started(staticWslb(
-        echo_workers, f"listen.relay={relay}", "listen.idle_timeout=2s", "listen.auto_ping=2s", "pool.capacity=5"), 1)
+        echo_workers, "listen.idle_timeout=2s", "listen.auto_ping=2s", "pool.capacity=5"), 1)
     try:
         silent = await wslb.connect("silent")
         chatty = await wslb.connect("chatty")

@@ -1,7 +1,7 @@
 """
-The byte relay (``listen.relay = "bytes"``, the default) with hand-made
-frames: what it must still refuse, answer or keep once it no longer parses
-messages. Behaviour both relay modes share is in test_proxy_e2e.py.
+The byte relay with hand-made frames: what it must refuse, answer or keep
+while it parses only frame headers. What clients see end to end is in
+test_proxy_e2e.py.
 """
 
 import gc
@@ -15,12 +15,13 @@ from _raw_ws import BINARY, CLOSE, PING, PONG, TEXT, connectRaw, frame, upgradeR
 from _wslb_helpers import staticWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from zope.interface.verify import verifyObject
 
+from wslb.proxy.interfaces import IRelay
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.splice import CLOSE_TIMEOUT, Splice
 from wslb.proxy.user_handshake import UserHandshake
 from wslb.proxy.worker_handshake import WorkerHandshake
-from wslb.proxy.worker_leg import WorkerLeg
 
 pytestmark = pytest.mark.workers(1)
 
@@ -63,14 +64,16 @@ async def protocolErrors(worker):
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_are_spliced_and_the_handshake_protocols_freed(echo_workers, clients):
-    handshakeProtocols = (UserHandshake, WorkerLeg, WorkerHandshake)
+    handshakeProtocols = (UserHandshake, WorkerHandshake)
     earlier = weakref.WeakSet(o for o in gc.get_objects() if isinstance(o, handshakeProtocols))
     wslb = await openWslb(echo_workers)
     try:
         client = await wslb.connect("spliced")
         clients.append(client)
         assert (await client.ask("whoami"))["session"] == "spliced"
-        assert [type(r) for r in relays(wslb)] == [Splice]
+        [relay] = relays(wslb)
+        assert type(relay) is Splice
+        assert verifyObject(IRelay, relay)
         gc.collect()
         assert not [o for o in gc.get_objects()
                     if isinstance(o, handshakeProtocols) and o not in earlier]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
 from wslb.metrics import TO_WORKER, Traffic
-from wslb.proxy.splice import CLOSE_INVALID_PAYLOAD, _Direction
+from wslb.proxy.frames import CLOSE_INVALID_PAYLOAD
+from wslb.proxy.splice import Direction
 
 
 class RecordingSplice:
@@ -67,7 +68,7 @@ def relay(stream, cuts, maxMessageSize=1 << 20):
     """Feed ``stream`` to a user-side direction in reads cut at ``cuts``."""
     splice = RecordingSplice(maxMessageSize)
     destination = StringTransport()
-    direction = _Direction(splice, StringTransport(), destination, fromUser=True)
+    direction = Direction(splice, StringTransport(), destination, fromUser=True)
     bounds = sorted(set(cuts) | {0, len(stream)})
     for a, b in zip(bounds, bounds[1:]):
         direction.dataReceived(stream[a:b])

@@ -9,7 +9,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 
 from wslb.proxy.errors import HandshakeRefused
-from wslb.proxy.splice import _takeOver
+from wslb.proxy.transports import takeOver
 from wslb.proxy.user_handshake import readRequest, refusal, switchingProtocols
 
 SAMPLE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3
@@ -130,7 +130,7 @@ def test_a_transport_of_unknown_make_is_taken_over_through_its_old_protocol():
     transport = StringTransport()  # holds no reference to its protocol
     old, new = Protocol(), Recorder()
     old.makeConnection(transport)
-    _takeOver(old, new)
+    takeOver(old, new)
     old.dataReceived(b"frames")
     old.connectionLost("gone")
     assert (new.received, new.lost) == ([b"frames"], ["gone"])

@@ -401,7 +401,6 @@ class ListenConfig:
     max_message_size: int = _key("16MiB", _size)
     idle_timeout: float = _key("0", _duration())
     auto_ping: float = _key("30s", _duration())
-    relay: str = _key("bytes", _one_of("bytes", "frames"))
     per_ip_connections: int = _key(0, _integer(0))
     per_ip_rate: float = _key(0, _number(0))
     drain_period: float = _key("10s", _duration())

@@ -12,7 +12,7 @@ import uuid
 from functools import partial
 
 from twisted.application import service, strports
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -26,25 +26,13 @@ from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
 from wslb.pool.redis_leader import RedisLeader
 from wslb.pool.service import PoolService, makeProvider
-from wslb.proxy.capacity import LargestCapacity
-from wslb.proxy.errors import unavailable
-from wslb.proxy.gate import Gate
-from wslb.proxy.identity import Identifier
-from wslb.proxy.idle import IdleSweeper
-from wslb.proxy.keepalive import KeepAlive
-from wslb.proxy.router import Router
-from wslb.proxy.sessions import LiveSessions
-from wslb.proxy.signing import Signer
-from wslb.proxy.user_leg import UserLegFactory
-from wslb.proxy.worker_leg import WorkerConnector
+from wslb.proxy.service import makeProxy
 from wslb.registry.memory import MemoryRegistry
 from wslb.registry.redis import IRedisRegistryExtras, RedisRegistry
 from wslb.upkeep import HEARTBEAT_INTERVAL, RegistryUpkeep
 
 log = Logger()
 
-# How long closing users may take to say goodbye before we stop anyway.
-CLOSE_BOUND = 3.0
 # /healthz reports 503 when the registry takes longer than this to answer.
 REGISTRY_PROBE_TIMEOUT = 1.0
 # Every Redis call is bounded by this: a new user gets 503 within it when
@@ -55,34 +43,6 @@ REGISTRY_TIMEOUT = 1.0
 # their sessions at the next heartbeat, about 2.2 s at worst. (Every new
 # Redis starts this wait too, so longer delays each first start.)
 REGISTRY_SETTLE = 3 * HEARTBEAT_INTERVAL
-
-
-class Drain(service.Service):
-    """
-    On stop: report unhealthy at once (the NLB stops sending users), give
-    connected users ``period`` seconds, then close them with 1001.
-    """
-
-    def __init__(self, clock, factory, period):
-        self._clock = clock
-        self._factory = factory
-        self._period = period
-        self.stopping = False
-
-    async def _drain(self):
-        self.stopping = True
-        sessions = self._factory.sessions
-        if sessions.legs():
-            await task.deferLater(self._clock, self._period, lambda: None)
-        self._factory.goingAway()
-        waited = 0.0
-        while sessions.legs() and waited < CLOSE_BOUND:
-            await task.deferLater(self._clock, 0.1, lambda: None)
-            waited += 0.1
-
-    def stopService(self):
-        super().stopService()
-        return defer.ensureDeferred(self._drain())
 
 
 class OrderedServices(service.MultiService):
@@ -170,28 +130,6 @@ class RegistrySettling:
         return self._registry.epochAge(self._clock.seconds()).addCallback(settled)
 
 
-def makeSigner(session, clock):
-    """
-    The session key L{Signer} whenever any verification material is set (a
-    secret, or a public key alone for RS256/ES256 tokens); else None, with
-    a warning: keys are then trusted as sent.
-    """
-    if not session.secret and not session.jwt_public_key_file:
-        log.warn("[session] secret is not set: session keys are trusted as sent; "
-                 "anyone who knows a key can reach that user's worker")
-        return None
-    publicKey = None
-    if session.jwt_public_key_file:
-        with open(session.jwt_public_key_file, "rb") as f:
-            publicKey = f.read()
-    return Signer(
-        session.secret, session.previous_secrets, clock,
-        algorithms=session.jwt_algorithms, publicKey=publicKey,
-        audience=session.jwt_audience, issuer=session.jwt_issuer,
-        requireExp=session.jwt_require_exp, maxAge=session.max_age,
-    )
-
-
 def makeService(config, reactor=None):
     """
     Build a wslb instance from a L{wslb.config.Config}. Raises
@@ -215,67 +153,24 @@ def makeService(config, reactor=None):
     pool.setName("pool")
     pool.setServiceParent(top)
 
-    sessions = LiveSessions(
-        registry, reactor, instance, config.session.reconnect_grace,
-        config.session.end_close_code,
-    )
-    sessions.setServiceParent(top)
-    router = Router(
-        registry, reactor, instance, config.pool.placement,
-        config.queue.max_length, config.queue.timeout, unavailable, metrics,
-        allowOvertake=config.queue.allow_overtake,
-    )
-    router.setName("router")
-    router.setServiceParent(top)
+    proxy = makeProxy(config, registry, metrics, reactor, instance)
+    for part in proxy.services:
+        part.setServiceParent(top)
     if IRedisRegistryExtras.providedBy(registry):
         RegistryUpkeep(
-            registry, reactor, instance, sessions, leader, config.pool.scale_interval,
+            registry, reactor, instance, proxy.sessions, leader, config.pool.scale_interval,
             config.session.reconnect_grace,
         ).setServiceParent(top)
 
-    largestCapacity = LargestCapacity(registry, reactor, config.pool.capacity)
-    largestCapacity.setServiceParent(top)
-    identifier = Identifier(
-        config.session, config.cost, config.pool.default_cost,
-        largestCapacity, makeSigner(config.session, reactor),
-    )
-    listen = config.listen
-
-    legOptions = dict(
-        maxMessagePayloadSize=listen.max_message_size,
-        maxFramePayloadSize=listen.max_message_size,
-        autoPingInterval=listen.auto_ping,
-        autoPingTimeout=listen.auto_ping,
-    )
-    gate = Gate(
-        listen.max_connections, listen.allowed_origins, router.retryAfter, metrics, reactor,
-        perIpConnections=listen.per_ip_connections, perIpRate=listen.per_ip_rate,
-    )
-    factory = UserLegFactory(
-        clock=reactor, registry=registry, router=router, sessions=sessions,
-        identifier=identifier,
-        gate=gate, traffic=metrics.traffic,
-        connectWorker=WorkerConnector(reactor, listen.open_handshake_timeout, legOptions).connect,
-        requestTimeout=listen.open_handshake_timeout,
-        endCloseCode=config.session.end_close_code, options=legOptions,
-        relayBytes=listen.relay == "bytes", forwardedProto=listen.forwarded_proto,
-    )
-    if listen.auto_ping > 0 and listen.relay == "bytes":
-        KeepAlive(reactor, sessions, listen.auto_ping).setServiceParent(top)
-
-    if listen.idle_timeout > 0:
-        IdleSweeper(reactor, sessions, listen.idle_timeout, gate.limitHit).setServiceParent(top)
-    drain = Drain(reactor, factory, listen.drain_period)
-
     def isServing():
         # Serving means: not draining, and the registry answers promptly.
-        if drain.stopping:
+        if proxy.drain.stopping:
             return defer.succeed(False)
         d = registry.queueInfo(reactor.seconds())
         d.addTimeout(REGISTRY_PROBE_TIMEOUT, reactor)
         return d.addCallbacks(lambda _: True, lambda _: False)
 
-    metrics.watch("wslb_connections", lambda: gate.connections)
+    metrics.watch("wslb_connections", lambda: proxy.gate.connections)
     metrics.watch("wslb_leader", lambda: int(leader.isLeader()))
     metrics.watch("wslb_leader_fencing_token", lambda: leader.fencingToken)
     metrics.watch("wslb_workers_starting_oldest_seconds", pool.startingFor)
@@ -303,8 +198,8 @@ def makeService(config, reactor=None):
     admin = listener(endpoints["admin"], makeAdminSite(routes, reactor))
     admin.setName("admin")
     admin.setServiceParent(top)
-    drain.setServiceParent(top)
-    users = listener(endpoints["listen"], factory)
+    proxy.drain.setServiceParent(top)
+    users = listener(endpoints["listen"], proxy.factory)
     users.setName("listener")
     users.setServiceParent(top)
     return top

@@ -16,6 +16,8 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from wslb.proxy.frames import CLOSE_TRY_AGAIN
+
 log = Logger()
 
 HEARTBEAT_INTERVAL = 1.0
@@ -65,7 +67,7 @@ class RegistryUpkeep(MultiService):
             if session is not None and session.worker != worker.id:
                 # Someone else got the key meanwhile: ours must reconnect there.
                 for other in legs:
-                    other.closeWith(1012, "the session moved to another worker")
+                    other.closeWith(CLOSE_TRY_AGAIN, "the session moved to another worker")
 
     @defer.inlineCallbacks
     def sweep(self):

@@ -1,0 +1,26 @@
+"""
+The data path. L{wslb.proxy.service.makeProxy} builds it; a user's
+connection meets these modules in this order:
+
+    service.py           UserFactory: a UserHandshake per accepted connection, given the
+                         listener's Context (what handshakes and relays may reach)
+    user_handshake.py    reads the user's request (RFC 6455 §4.2) and holds it ...
+    opening.py           ... while its session opens:
+      gate.py              limits (connections, per address) and allowed origins
+      identity.py          the session key and cost (signing.py checks signed keys)
+      router.py            the session's worker from the registry, or a place in the queue
+                           (capacity.py: the largest cost any worker could take)
+      worker_handshake.py  wslb's own handshake with that worker
+    user_handshake.py    answers 101 with the worker's subprotocol, and hands both
+                         connections (transports.takeOver) to ...
+    splice.py            ... the byte relay (IRelay, interfaces.py): frames parsed by their
+                         headers (frames.py), bytes forwarded (transports.writeNow)
+    sessions.py          the live relays by key; reconnect graces; ended sessions closed
+    keepalive.py         auto_ping, one tick for all relays
+    idle.py              idle_timeout, one sweep for all relays
+    service.py           Drain: on shutdown, users closed with 1001
+
+errors.py holds HandshakeRefused (the HTTP answer a refused user gets);
+transports.py the few uses of Twisted's transport internals (direct sends,
+TCP_NODELAY, taking a connection over), each pinned by a test.
+"""

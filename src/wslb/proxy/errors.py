@@ -1,16 +1,14 @@
 """Why a handshake is refused, as the HTTP answer the user gets."""
 
-from autobahn.websocket.types import ConnectionDeny
 
-
-class HandshakeRefused(ConnectionDeny):
-    """
-    A refusal with a status, a reason and extra response headers (such as
-    ``Retry-After``) that autobahn's plain ConnectionDeny cannot carry.
-    """
+class HandshakeRefused(Exception):
+    """A refusal: a status, a reason for the status line, and extra response
+    headers (such as ``Retry-After``)."""
 
     def __init__(self, code, reason, headers=()):
         super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
         self.headers = list(headers)
 
 

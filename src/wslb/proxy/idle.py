@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.application.internet import TimerService
 
-CLOSE_POLICY = 1008
+from wslb.proxy.frames import CLOSE_POLICY
 
 
 class IdleSweeper(TimerService):

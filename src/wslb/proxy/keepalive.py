@@ -1,6 +1,5 @@
 """
-``[listen] auto_ping`` for byte-relayed sessions: one shared tick instead of a
-timer per connection. Autobahn pings framed legs itself.
+``[listen] auto_ping``: one shared tick instead of a timer per connection.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """
-From a user's request to an open connection with its worker: what the two
-user-side protocols share (L{UserHandshake} for the byte relay, autobahn's
-L{UserLeg} for the framed one).
+From a user's request to an open connection with its worker: the session
+side of L{wslb.proxy.user_handshake.UserHandshake}. The gate admits the
+request, the identifier names its session and cost, the router finds it a
+worker (perhaps after queueing), and wslb does its own handshake with that
+worker.
 
-The handshake is held until this instance knows the session, has a worker
-for it (perhaps after queueing) and the worker accepted wslb's own
-handshake; the 101 then carries the worker's subprotocol.
+The user's handshake is held meanwhile; the 101 then carries the worker's
+subprotocol.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from twisted.internet.interfaces import ISSLTransport
 from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused
 from wslb.proxy.identity import HandshakeFields
-from wslb.proxy.worker_leg import WorkerUnavailable
+from wslb.proxy.worker_handshake import WorkerUnavailable
 
-log = Logger(namespace="wslb.proxy.user_leg")
+log = Logger()
 
 # The most a client may send before its handshake is answered: request line,
 # headers, and anything it sends early while the handshake is held.
@@ -57,54 +58,55 @@ def clientScheme(transport, forwardedProto="auto"):
 
 class OpensSessions:
     """
-    A user-side protocol's session: ``_open`` routes a request to a worker
-    and connects to it; the rest is the bookkeeping around that.
+    A user connection's session: ``_open`` routes a request to a worker and
+    connects to it; the rest is the bookkeeping around that. ``context``
+    is the listener's L{wslb.proxy.service.Context}.
     """
+
+    context = None
 
     key = None
     cost = None
     placement = None  # WorkerRef: the worker this session is bound to
-    worker = None  # the worker's connection (or framed leg), until relayed
+    worker = None  # the worker's handshake (and connection), until relayed
     _counted = False  # assign() counted this connection: release() it once
     _assigned = None  # (fresh, seconds waited) for the log
     _requestTimer = None  # bounds reading the request, or a refused client's stay
 
     def _startRequestTimer(self, then):
-        self._requestTimer = self.factory.clock.callLater(self.factory.requestTimeout, then)
+        self._requestTimer = self.context.clock.callLater(self.context.requestTimeout, then)
 
     def _stopRequestTimer(self):
         if self._requestTimer is not None and self._requestTimer.active():
             self._requestTimer.cancel()
         self._requestTimer = None
 
-    async def _open(self, request, relayBytes):
+    async def _open(self, request):
         """The response headers of the 101; sets ``self.worker``. Or HandshakeRefused."""
-        factory = self.factory
-        factory.gate.admit(self, request)
-        scheme = clientScheme(self.transport, factory.forwardedProto)
-        identity = factory.identifier.identify(
+        context = self.context
+        context.gate.admit(self, request)
+        scheme = clientScheme(self.transport, context.forwardedProto)
+        identity = context.identifier.identify(
             HandshakeFields(request.headers, request.uri.partition("?")[2]),
             secure=scheme == "https")
         self.key = identity.key
         self.cost = identity.cost
-        asked = factory.clock.seconds()
-        assigned = await factory.router.route(identity.key, identity.cost)
+        asked = context.clock.seconds()
+        assigned = await context.router.route(identity.key, identity.cost)
         worker = assigned.worker
         # Only what re-asserting the session needs: a Worker snapshot would
         # keep the whole list of its sessions alive with every connection.
         self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
-        self._assigned = (assigned.fresh, round(factory.clock.seconds() - asked, 3))
+        self._assigned = (assigned.fresh, round(context.clock.seconds() - asked, 3))
         try:
-            self.worker = await factory.connectWorker(
-                worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols,
-                relayBytes,
-            )
+            self.worker = await context.connectWorker(
+                worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols)
         except WorkerUnavailable as e:
             log.info("worker {worker} unavailable for {key}: {why}",
                      worker=worker.id, key=self.key, why=str(e))
             if assigned.fresh:
-                factory.registry.endSession(self.key)
+                context.registry.endSession(self.key)
             raise HandshakeRefused(502, "the worker is unavailable") from e
         return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
 
@@ -122,24 +124,24 @@ class OpensSessions:
         return headers
 
     def _refusing(self, code, reason):
-        self.factory.gate.refused(code)
+        self.context.gate.refused(code)
         log.info("handshake refused: {status} {reason}", event="refused", status=code,
-                 reason=reason, key=self.key, peer=self.factory.gate.address(self))
+                 reason=reason, key=self.key, peer=self.context.gate.address(self))
 
-    def _relaying(self, relay, protocol, mode):
-        factory = self.factory
-        factory.gate.accepted()
-        factory.sessions.opened(self.key, relay)
+    def _relaying(self, relay, protocol):
+        context = self.context
+        context.gate.accepted()
+        context.sessions.opened(self.key, relay)
         fresh, waited = self._assigned
         log.info(
             "{key} relaying to {worker}", event="opened", key=self.key,
             worker=self.placement.id, worker_url=self.placement.url, fresh=fresh,
-            cost=self.cost, waited=waited, peer=factory.gate.address(self),
-            protocol=protocol, mode=mode,
+            cost=self.cost, waited=waited, peer=context.gate.address(self),
+            protocol=protocol,
         )
 
     def _release(self):
         """The connection is over before a relay took it: count it out of its session."""
         if self._counted:
             self._counted = False
-            self.factory.sessions.release(self.key)
+            self.context.sessions.release(self.key)

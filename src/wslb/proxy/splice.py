@@ -4,12 +4,13 @@ The byte relay ("splice"): once both handshakes are done, pass bytes through.
 Nothing needs re-framing after the handshakes: the user's frames are masked
 as a worker expects, the worker's are unmasked as a browser expects, and
 neither leg negotiated an extension. So each leg's transport is handed to one
-direction of a L{Splice}, which forwards what it reads in one write and parses
-only frame headers, to keep what the framed relay promised: close codes both
-ways, ``end_close_code``, ``max_message_size`` (1009), protocol errors (1002)
-and invalid UTF-8 in users' text messages (1007) refused before they reach
-the worker, byte and message counts, idle detection and ``auto_ping`` on both
-legs. The framed relay (``[listen] relay = "frames"``) stays as a fallback.
+L{Direction} of a L{Splice}, which forwards what it reads in one write and
+parses only frame headers, enough to keep every promise of the relay: close
+codes both ways, ``end_close_code``, ``max_message_size`` (1009), protocol
+errors (1002) and invalid UTF-8 in users' text messages (1007) refused
+before they reach the worker, byte and message counts, idle detection and
+``auto_ping`` on both legs. (tests/test_frames_differential.py holds the
+parser to autobahn's decisions.)
 
 The protocols that did the handshakes (user_handshake, worker_handshake)
 are dropped, so a relayed user costs two transports and this small object.
@@ -18,121 +19,33 @@ are dropped, so a relayed user costs two transports and this small object.
 from __future__ import annotations
 
 import codecs
-import os
 
-from twisted.internet import tcp
-from twisted.protocols import policies
+from zope.interface import implementer
 
 from wslb.logs import Logger
 from wslb.metrics import TO_USER, TO_WORKER
+from wslb.proxy.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INVALID_PAYLOAD,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    PING_PAYLOAD,
+    PING_TO_USER,
+    closeFrame,
+    closeProblem,
+    pingToWorker,
+    unmask,
+)
+from wslb.proxy.interfaces import IRelay
+from wslb.proxy.transports import isTCP, sendNow, takeOver, writesLandIn
 
 log = Logger()
-
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1012
 
 # How long a closing handshake may take before both connections are aborted.
 CLOSE_TIMEOUT = 3.0
 
-# The payload of wslb's own pings: their pongs stop here, they are not relayed.
-PING_PAYLOAD = os.urandom(8)
-_PING_TO_USER = b"\x89\x08" + PING_PAYLOAD
-
-
-def closeFrame(code, reason, masked):
-    """A close frame, masked when it goes to a worker (wslb is its client)."""
-    payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
-    if not masked:
-        return bytes((0x88, len(payload))) + payload
-    key = os.urandom(4)
-    return bytes((0x88, 0x80 | len(payload))) + key + _unmask(payload, key)
-
-
-def _pingToWorker():
-    key = os.urandom(4)
-    return b"\x89\x88" + key + _unmask(PING_PAYLOAD, key)
-
-
-def _unmask(payload, key):
-    """``payload`` XOR the 4-byte ``key`` repeated: masks and unmasks alike."""
-    n = len(payload)
-    mask = (key * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
-        n, "little")
-
-
 _utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
-# Close codes a peer may send (as autobahn checks them).
-_SENDABLE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013))
-
-
-def _closeProblem(payload):
-    """Why a close frame's payload is malformed: (close code, reason), or None."""
-    if not payload:
-        return None
-    code = int.from_bytes(payload[:2], "big")
-    if len(payload) == 1 or not (code in _SENDABLE_CODES or 3000 <= code <= 4999):
-        return CLOSE_PROTOCOL_ERROR, "bad close frame"
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        return CLOSE_INVALID_PAYLOAD, "invalid UTF-8"
-    return None
-
-
-def _writesLandIn(transport):
-    """
-    The transport a write on ``transport`` ends up in: a wrapper that passes
-    writes on untouched (the PROXY protocol's) is skipped; TLS is not.
-    """
-    while (isinstance(transport, policies.ProtocolWrapper)
-           and type(transport).write is policies.ProtocolWrapper.write):
-        transport = transport.transport
-    return transport
-
-
-def _sendNow(destination, data):
-    """
-    Write to ``destination``, a TCP connection. Twisted queues every write
-    for the next reactor turn (a turn and two epoll_ctl calls each); when
-    nothing is queued before them, the bytes go to the socket now, by the
-    socket's own send (writeSomeData's slicing and retry wrapper cost a
-    tenth of a relayed read).
-    """
-    if (not destination.dataBuffer and not destination._tempDataLen and destination.connected
-            and not destination.disconnecting and not destination._aborting):
-        try:
-            sent = destination.socket.send(data)
-        except OSError:  # it would block, or it broke: Twisted's write finds out which
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    destination.write(data)
-
-
-def writeNow(transport, data):
-    """Write ``data`` on ``transport``, at once where TCP is under it (see L{_sendNow})."""
-    destination = _writesLandIn(transport)
-    if isinstance(destination, tcp.Connection):
-        _sendNow(destination, data)
-    else:
-        transport.write(data)
-
-
-def noDelay(transport):
-    """
-    TCP_NODELAY, where there is TCP under ``transport``: a relayed frame must
-    not wait for the ACK of the one before (autobahn set this on its own).
-    """
-    try:
-        transport.setTcpNoDelay(True)
-    except (AttributeError, OSError):  # a Unix socket, or no socket at all
-        pass
 
 
 def _close(transport):
@@ -141,33 +54,7 @@ def _close(transport):
     transport.loseConnection()
 
 
-def _holder(protocol):
-    """
-    (object, attribute) through which ``protocol``'s transport hands it what
-    it reads: a TCP connection's ``protocol``, or a wrapper's (TLS, PROXY
-    protocol) ``wrappedProtocol``; None for anything else.
-    """
-    transport = protocol.transport
-    if getattr(transport, "wrappedProtocol", None) is protocol:
-        return transport, "wrappedProtocol"
-    outer = getattr(transport, "protocol", None)
-    # A client endpoint's connection holds its own wrapper around ours.
-    if outer is protocol or getattr(outer, "_wrappedProtocol", None) is protocol:
-        return transport, "protocol"
-    return None
-
-
-def _takeOver(protocol, new):
-    """Make ``new`` the protocol of ``protocol``'s transport."""
-    holder = _holder(protocol)
-    if holder is None:  # a transport of some other make: the old protocol passes all on
-        protocol.dataReceived = new.dataReceived
-        protocol.connectionLost = new.connectionLost
-    else:
-        setattr(*holder, new)
-
-
-class _Direction:
+class Direction:
     """
     What one side sends, on its way to the other: the protocol of the
     sending side's transport. Parses frame headers and forwards the bytes in
@@ -184,8 +71,8 @@ class _Direction:
     def __init__(self, splice, transport, destination, fromUser):
         self._splice = splice
         self.transport = transport  # the sending side; None once it is gone
-        self._destination = destination = _writesLandIn(destination)
-        self._toSocket = isinstance(destination, tcp.Connection)
+        self._destination = destination = writesLandIn(destination)
+        self._toSocket = isTCP(destination)
         self._masked = fromUser  # users mask their frames, workers do not
         self._direction = TO_WORKER if fromUser else TO_USER
         self._remaining = 0  # payload bytes of the current frame still to pass
@@ -260,9 +147,9 @@ class _Direction:
                     break
                 payload = data[pos + head : stop]
                 if self._masked:
-                    payload = _unmask(payload, data[pos + head - 4 : pos + head])
+                    payload = unmask(payload, data[pos + head - 4 : pos + head])
                 if opcode == 8:
-                    problem = _closeProblem(payload)
+                    problem = closeProblem(payload)
                     if problem is not None:
                         self._stop(data, sent, pos, *problem)
                         return
@@ -290,7 +177,7 @@ class _Direction:
                     # The usual text message: one frame, whole in this read.
                     self._text = None
                     try:
-                        _unmask(data[start : start + length], data[start - 4 : start]).decode()
+                        unmask(data[start : start + length], data[start - 4 : start]).decode()
                     except UnicodeDecodeError:
                         self._stop(data, sent, pos, CLOSE_INVALID_PAYLOAD, "invalid UTF-8")
                         return
@@ -321,7 +208,7 @@ class _Direction:
     def _validText(self, data, start, stop):
         """Check the payload bytes data[start:stop] of a user's text message."""
         shift = self._offset & 3  # the mask continues where the last read left it
-        plain = _unmask(data[start:stop], self._key[shift:] + self._key[:shift])
+        plain = unmask(data[start:stop], self._key[shift:] + self._key[:shift])
         self._offset += stop - start
         final = self._fin and stop - start == self._remaining
         try:
@@ -334,7 +221,7 @@ class _Direction:
 
     def _write(self, data):
         if self._toSocket:
-            _sendNow(self._destination, data)
+            sendNow(self._destination, data)
         else:
             self._destination.write(data)
 
@@ -393,46 +280,65 @@ class _Direction:
         self._splice.sideLost(self)
 
 
+# The splice's close sequence, as a table: (state, input) -> next state. A
+# missing row: the input changes nothing. Which frames still pass is each
+# Direction's own (``open``, ``closeSeen``); the sequence is the splice's.
+RELAYING = "relaying"  # frames pass both ways
+CLOSING = "closing"  # a close frame is on its way or a side is gone: the close timer runs
+CLOSED = "closed"  # both connections are gone: logged, and counted out of its session
+
+CLOSE_STARTED = "close started"  # wslb closes, a side sent its close, broke a rule or left
+BOTH_GONE = "both gone"  # the last connection is lost
+
+CLOSE_SEQUENCE = {
+    (RELAYING, CLOSE_STARTED): CLOSING,
+    (RELAYING, BOTH_GONE): CLOSED,
+    (CLOSING, BOTH_GONE): CLOSED,
+}
+
+
+@implementer(IRelay)
 class Splice:
     """
-    One relayed session in byte mode. Offers what a framed L{UserLeg} offers
-    to the session bookkeeping: ``key``, ``cost``, ``placement``,
-    ``closeWith``, ``activity`` and ``keepAlive``.
+    One relayed session: the two L{Direction}s and the close sequence
+    (L{CLOSE_SEQUENCE}), which runs only once a close begins: nothing of it
+    is on the per-message path.
     """
 
     __slots__ = (
         "key", "cost", "placement", "address", "activity", "maxMessageSize", "traffic",
-        "_factory", "toWorker", "toUser", "_awaiting", "_closeTimer", "_reason",
+        "_context", "toWorker", "toUser", "_awaiting", "_state", "_closeTimer", "_reason",
         "_workerEnded",
     )
 
-    def __init__(self, user, worker, factory):
+    def __init__(self, user, worker, context):
         self.key = user.key
         self.cost = user.cost
         self.placement = user.placement
-        self.address = factory.gate.address(user)
+        self.address = context.gate.address(user)
         self.activity = 0  # payload bytes both ways, for the idle sweep
-        self.maxMessageSize = factory.maxMessageSize
-        self.traffic = factory.traffic
-        self._factory = factory
+        self.maxMessageSize = context.maxMessageSize
+        self.traffic = context.traffic
+        self._context = context
         self._awaiting = ()  # (direction, its wireBytes) of each side wslb just pinged
-        self._closeTimer = None
+        self._state = RELAYING
+        self._closeTimer = None  # while CLOSING
         self._reason = None  # why wslb closed, for the log
         self._workerEnded = False  # the worker closed first, with end_close_code
         userTransport, workerTransport = user.transport, worker.transport
-        self.toWorker = _Direction(self, userTransport, workerTransport, fromUser=True)
-        self.toUser = _Direction(self, workerTransport, userTransport, fromUser=False)
+        self.toWorker = Direction(self, userTransport, workerTransport, fromUser=True)
+        self.toUser = Direction(self, workerTransport, userTransport, fromUser=False)
 
     @classmethod
-    def replace(cls, user, worker, factory):
+    def replace(cls, user, worker, context):
         """
         Take over the connections of a L{UserHandshake} and a
         L{WorkerHandshake} whose handshakes are done; what each read beyond
         its handshake (``data``) is relayed first.
         """
-        splice = cls(user, worker, factory)
-        _takeOver(user, splice.toWorker)
-        _takeOver(worker, splice.toUser)
+        splice = cls(user, worker, context)
+        takeOver(user, splice.toWorker)
+        takeOver(worker, splice.toUser)
         userEarly, workerEarly = user.data, worker.data
         user.data = worker.data = b""
         user.transport.registerProducer(worker.transport, True)
@@ -443,35 +349,35 @@ class Splice:
             splice.toWorker.dataReceived(userEarly)
         return splice
 
-    # What the session bookkeeping calls.
+    # IRelay: what the session bookkeeping calls.
 
     def closeWith(self, code, reason):
         """Close both sides with ``code`` (session ended, idle, shutdown, moved)."""
-        if self.toUser.transport is None and self.toWorker.transport is None:
-            return  # over already
+        if self._state is CLOSED:
+            return
         if self._reason is None:
             self._reason = (code, reason)
         self.toUser.send(closeFrame(code, reason, masked=False), last=True)
         self.toWorker.send(closeFrame(code, reason, masked=True), last=True)
-        self._closing()
+        self._move(CLOSE_STARTED)
 
     def keepAlive(self):
         """
         One ``auto_ping`` tick: drop a side that did not answer the last
         ping, ping the others.
         """
-        if self._closeTimer is not None:
+        if self._state is not RELAYING:
             return  # closing anyway
         for direction, before in self._awaiting:
             # Anything from that side since its ping counts, not just the pong
             # (as autobahn's autoPingRestartOnAnyTraffic does).
             if direction.wireBytes == before and direction.transport is not None:
-                self._factory.gate.limitHit("auto_ping")
+                self._context.gate.limitHit("auto_ping")
                 direction.transport.abortConnection()
         awaiting = []
-        if self.toUser.send(_PING_TO_USER):  # not while a long frame is on its way
+        if self.toUser.send(PING_TO_USER):  # not while a long frame is on its way
             awaiting.append((self.toWorker, self.toWorker.wireBytes))
-        if self.toWorker.send(_pingToWorker()):
+        if self.toWorker.send(pingToWorker()):
             awaiting.append((self.toUser, self.toUser.wireBytes))
         self._awaiting = tuple(awaiting)
 
@@ -479,9 +385,9 @@ class Splice:
 
     def closeReceived(self, direction):
         if (direction is self.toUser and self.toWorker.open
-                and direction.closeCode == self._factory.endCloseCode):
+                and direction.closeCode == self._context.endCloseCode):
             self._workerEnded = True  # the worker's own close, not its answer to one
-        self._closing()
+        self._move(CLOSE_STARTED)
         if self.toWorker.closeSeen and not self.toUser.open and self.toWorker.transport:
             # Both close frames crossed the user's connection: as its server,
             # wslb closes it. The worker, as ours, closes the other.
@@ -494,7 +400,7 @@ class Splice:
         only be dropped.
         """
         if code == CLOSE_TOO_BIG:
-            self._factory.gate.limitHit("max_message_size")
+            self._context.gate.limitHit("max_message_size")
         other = self.toUser if direction is self.toWorker else self.toWorker
         if cut and other.transport is not None:
             direction.open = False
@@ -513,12 +419,13 @@ class Splice:
             # The worker ended the session. Its slot is free once the worker's
             # connection is gone, not at its close frame: a newcomer must not
             # reach a worker still closing the old session.
-            self._factory.registry.endSession(self.key)
+            self._context.registry.endSession(self.key)
         other = self.toUser if direction is self.toWorker else self.toWorker
         survivor = other.transport
         if survivor is None:
-            self._finished()
+            self._move(BOTH_GONE)
             return
+        self._move(CLOSE_STARTED)
         # The lost side was the survivor's producer: a paused one would keep
         # the survivor from ever closing (and TLS does not close with one).
         survivor.unregisterProducer()
@@ -533,24 +440,32 @@ class Splice:
                            last=True)
             if self.toWorker.closeSeen:
                 _close(survivor)  # the user's closing handshake is complete
-        self._closing()
 
-    def _closing(self):
-        if self._closeTimer is None:
-            self._closeTimer = self._factory.clock.callLater(CLOSE_TIMEOUT, self._abort)
+    # The close sequence.
+
+    def _move(self, event):
+        state = CLOSE_SEQUENCE.get((self._state, event))
+        if state is None:
+            return
+        self._state = state
+        if state is CLOSING:
+            self._closeTimer = self._context.clock.callLater(CLOSE_TIMEOUT, self._abort)
+        elif state is CLOSED:
+            self._closed()
 
     def _abort(self):
+        """The closing handshake took too long: drop what is left."""
         self._closeTimer = None
         for direction in (self.toWorker, self.toUser):
             if direction.transport is not None:
                 direction.transport.abortConnection()
 
-    def _finished(self):
+    def _closed(self):
         if self._closeTimer is not None:
             if self._closeTimer.active():
                 self._closeTimer.cancel()
             self._closeTimer = None
-        factory = self._factory
+        context = self._context
         code, reason = self._reason or (
             (self.toWorker.closeCode, self.toWorker.closeReason) if self.toWorker.closeSeen
             else (self.toUser.closeCode, self.toUser.closeReason))
@@ -559,6 +474,6 @@ class Splice:
             reason=reason, clean=self.toWorker.closeSeen and self.toUser.closeSeen,
             bytes_from_user=self.toWorker.wireBytes, bytes_to_user=self.toUser.wireBytes,
         )
-        factory.gate.connectionLost(self.address)
-        factory.sessions.closed(self.key, self)
-        factory.sessions.release(self.key)
+        context.gate.connectionLost(self.address)
+        context.sessions.closed(self.key, self)
+        context.sessions.release(self.key)

@@ -1,9 +1,9 @@
 """
-The user's opening handshake read and answered by hand (RFC 6455 §4.2), for
-the byte relay: a relayed user needs its request checked, a 101 and its
-connection, not an autobahn server protocol of some fifty attributes that
-the relay drops the moment the handshake is done (a tenth of a short
-connection's CPU went to it). The framed relay keeps autobahn's (UserLeg).
+The user's opening handshake read and answered by hand (RFC 6455 §4.2): a
+relayed user needs its request checked, a 101 and its connection, not a
+WebSocket server protocol of some fifty attributes that the relay would
+drop the moment the handshake is done (with autobahn's, a tenth of a short
+connection's CPU went to it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from twisted.internet.protocol import Protocol
 from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
-from wslb.proxy.splice import Splice, noDelay, writeNow
+from wslb.proxy.splice import Splice
+from wslb.proxy.transports import noDelay, writeNow
 from wslb.proxy.worker_handshake import acceptFor
 
 log = Logger()
@@ -143,10 +144,13 @@ class UserHandshake(OpensSessions, Protocol):
     _opening = None  # the Deferred of _open, while the handshake is held
     _discarding = False  # refused: reading only until it is closed
 
+    def __init__(self, context):
+        self.context = context
+
     def connectionMade(self):
-        factory = self.factory
+        gate = self.context.gate
         noDelay(self.transport)
-        factory.gate.connectionMade(factory.gate.address(self))
+        gate.connectionMade(gate.address(self))
         self._startRequestTimer(self._tooSlow)
 
     def dataReceived(self, data):
@@ -155,7 +159,7 @@ class UserHandshake(OpensSessions, Protocol):
         data = self.data = self.data + data
         if self._opening is not None:
             if len(data) > MAX_REQUEST_HEAD:  # talking while its handshake is held
-                self.factory.gate.limitHit("request_head_size")
+                self.context.gate.limitHit("request_head_size")
                 self.transport.abortConnection()
             return
         end = data.find(b"\r\n\r\n", 0, MAX_REQUEST_HEAD)
@@ -170,15 +174,15 @@ class UserHandshake(OpensSessions, Protocol):
         except HandshakeRefused as refused:
             self._refuse(refused)
             return
-        self._opening = defer.ensureDeferred(self._open(request, relayBytes=True))
+        self._opening = defer.ensureDeferred(self._open(request))
         self._opening.addCallbacks(self._accept, self._refused, callbackArgs=(key,))
 
     def _accept(self, headers, key):
         self._opening = None
         worker, self.worker = self.worker, None
         writeNow(self.transport, switchingProtocols(key, worker.websocket_protocol_in_use, headers))
-        relay = Splice.replace(self, worker, self.factory)
-        self._relaying(relay, worker.websocket_protocol_in_use, "bytes")
+        relay = Splice.replace(self, worker, self.context)
+        self._relaying(relay, worker.websocket_protocol_in_use)
 
     def _refused(self, failure):
         self._opening = None
@@ -202,7 +206,7 @@ class UserHandshake(OpensSessions, Protocol):
         # and lose the answer: answer, half-close, and read until it leaves.
         self._stopRequestTimer()
         self._discarding = True
-        self.factory.gate.limitHit("request_head_size")
+        self.context.gate.limitHit("request_head_size")
         self._refusing(431, "Request Header Fields Too Large")
         self.transport.write(refusal(431, "Request Header Fields Too Large"))
         self.transport.loseWriteConnection()
@@ -214,7 +218,7 @@ class UserHandshake(OpensSessions, Protocol):
 
     def _tooSlow(self):
         self._requestTimer = None
-        self.factory.gate.limitHit("open_handshake_timeout")
+        self.context.gate.limitHit("open_handshake_timeout")
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
@@ -224,5 +228,5 @@ class UserHandshake(OpensSessions, Protocol):
         if self.worker is not None:  # connected to the worker, never relayed
             self.worker.transport.abortConnection()
             self.worker = None
-        self.factory.gate.connectionLost(self.factory.gate.address(self))
+        self.context.gate.connectionLost(self.context.gate.address(self))
         self._release()

@@ -1,7 +1,12 @@
 """
-wslb's opening handshake with a worker, written out by hand for the byte
-relay: the relay needs the connection and the worker's answer, not an
-autobahn client protocol that it would drop the moment the handshake is done.
+wslb's opening handshake with a worker, written out by hand: the relay
+needs the connection and the worker's answer, not a WebSocket client
+protocol that it would drop the moment the handshake is done.
+
+``WorkerConnector.connect`` fires once the worker accepted the handshake, so
+the user's handshake can be answered with the worker's own answer; any
+failure before that is a L{WorkerUnavailable} (the user gets 502, never an
+accepted-then-closed socket).
 """
 
 from __future__ import annotations
@@ -9,16 +14,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from urllib.parse import urlsplit
 
+from twisted.internet import defer, endpoints
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import Factory, Protocol
 
-from wslb.proxy.splice import noDelay, writeNow
+from wslb.proxy.transports import noDelay, writeNow
 
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # The most a worker may answer before its blank line.
 MAX_RESPONSE_HEAD = 16 * 1024
+
+# Worker endpoints kept at most (a pool's workers, plus some churn).
+MAX_KNOWN_WORKERS = 1024
+
+
+class WorkerUnavailable(Exception):
+    """The worker could not be reached, or refused the handshake."""
 
 
 def acceptFor(key):
@@ -131,3 +146,84 @@ class HandshakeFactory(Factory):
         self.accept = accept
         self.protocols = protocols
         self.opened = None  # the Deferred connect() waits on
+
+
+class WorkerConnector:
+    """Opens connections to workers and does wslb's handshake on them."""
+
+    def __init__(self, reactor, timeout):
+        self._reactor = reactor
+        self._timeout = timeout
+        self._endpoints = {}  # worker URL -> what _endpoint made of it
+
+    def _endpoint(self, workerUrl):
+        """("host:port", client endpoint) for a worker, made once per worker."""
+        known = self._endpoints.get(workerUrl)
+        if known is not None:
+            return known
+        reactor, timeout = self._reactor, self._timeout
+        parts = urlsplit(workerUrl)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
+        if isIPAddress(host):  # no name to resolve: skip the resolver's thread hop
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+        if parts.scheme == "wss":
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        if len(self._endpoints) >= MAX_KNOWN_WORKERS:
+            self._endpoints.clear()  # workers come and go: forget the old ones now and then
+        known = self._endpoints[workerUrl] = (parts.netloc, endpoint)
+        return known
+
+    def connect(self, workerUrl, uri, headers, protocols):
+        """
+        Connect to ``workerUrl`` (ws:// or wss://) with a handshake for the
+        request ``uri`` (path and query, as the user sent them). Fires within
+        the timeout with the L{WorkerHandshake} whose connection the relay
+        takes over; else fails with L{WorkerUnavailable}.
+        """
+        reactor, timeout = self._reactor, self._timeout
+        netloc, endpoint = self._endpoint(workerUrl)
+        request, accept = handshakeRequest(netloc, uri, headers, protocols)
+        factory = HandshakeFactory(request, accept, protocols or [])
+        opened = factory.opened = defer.Deferred()
+        connecting = endpoint.connect(factory)
+
+        def connectFailed(failure):
+            if factory.opened is not None:
+                factory.opened = None
+                opened.errback(WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}"))
+
+        def abort(handshake):
+            if handshake is not None:
+                handshake.transport.abortConnection()
+
+        def giveUp(failure):
+            # Timed out, or the user left: take the half-open connection down.
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            factory.opened = None
+            connecting.cancel()
+            connecting.addCallback(abort)
+            if failure.check(defer.TimeoutError):
+                raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
+            return failure
+
+        def forget(handshake):
+            # The connection keeps the endpoint's factory, and with it this
+            # Deferred, for its whole life: it must not keep the handshake too.
+            connecting.addCallback(lambda _: None)
+            return handshake
+
+        def refused(failure):
+            failure.trap(HandshakeFailed)
+            raise WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}")
+
+        connecting.addErrback(connectFailed)
+        opened.addTimeout(timeout, reactor)
+        opened.addCallbacks(forget, giveUp)
+        opened.addErrback(refused)
+        return opened

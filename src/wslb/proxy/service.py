@@ -1,0 +1,165 @@
+"""
+makeProxy: the data path's front door. It builds the parts a connection
+meets (see L{wslb.proxy}) from the config, and hands back the listening
+factory and the services to start before the listener.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from wslb.proxy.capacity import LargestCapacity
+from wslb.proxy.errors import unavailable
+from wslb.proxy.frames import CLOSE_GOING_AWAY
+from wslb.proxy.gate import Gate
+from wslb.proxy.identity import Identifier
+from wslb.proxy.idle import IdleSweeper
+from wslb.proxy.keepalive import KeepAlive
+from wslb.proxy.router import Router
+from wslb.proxy.sessions import LiveSessions
+from wslb.proxy.signing import Signer
+from wslb.proxy.user_handshake import UserHandshake
+from wslb.proxy.worker_handshake import WorkerConnector
+
+log = Logger()
+
+# How long closing users may take to say goodbye before we stop anyway.
+CLOSE_BOUND = 3.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """
+    What the handshakes and relays of one listener share, and all they may
+    reach: given to each, read only.
+    """
+
+    clock: Any
+    registry: Any
+    gate: Gate
+    identifier: Identifier
+    router: Router
+    sessions: LiveSessions
+    connectWorker: Any  # WorkerConnector.connect
+    traffic: Any  # metrics.Traffic
+    requestTimeout: float  # [listen] open_handshake_timeout
+    forwardedProto: str  # [listen] forwarded_proto: "auto", "https" or "http"
+    maxMessageSize: int
+    endCloseCode: int
+
+
+class UserFactory(Factory):
+    """The listener's factory: a L{UserHandshake} for each connection."""
+
+    noisy = False
+
+    def __init__(self, context):
+        self.context = context
+
+    def buildProtocol(self, addr):
+        return UserHandshake(self.context)
+
+
+class Drain(service.Service):
+    """
+    On stop: report unhealthy at once (the NLB stops sending users), give
+    connected users ``period`` seconds, then close them with 1001.
+    """
+
+    def __init__(self, clock, sessions, period):
+        self._clock = clock
+        self._sessions = sessions
+        self._period = period
+        self.stopping = False
+
+    async def _drain(self):
+        self.stopping = True
+        sessions = self._sessions
+        if sessions.legs():
+            await task.deferLater(self._clock, self._period, lambda: None)
+        for relay in sessions.legs():
+            relay.closeWith(CLOSE_GOING_AWAY, "wslb is shutting down")
+        waited = 0.0
+        while sessions.legs() and waited < CLOSE_BOUND:
+            await task.deferLater(self._clock, 0.1, lambda: None)
+            waited += 0.1
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._drain())
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """What makeProxy built: ``factory`` for the listener, ``services`` to start first."""
+
+    factory: UserFactory
+    services: tuple  # start in this order (stopped in reverse), before the listener
+    drain: Drain  # start after the admin API: stopped first, /healthz then says 503
+    gate: Gate
+    sessions: LiveSessions
+
+
+def makeSigner(session, clock):
+    """
+    The session key L{Signer} whenever any verification material is set (a
+    secret, or a public key alone for RS256/ES256 tokens); else None, with
+    a warning: keys are then trusted as sent.
+    """
+    if not session.secret and not session.jwt_public_key_file:
+        log.warn("[session] secret is not set: session keys are trusted as sent; "
+                 "anyone who knows a key can reach that user's worker")
+        return None
+    publicKey = None
+    if session.jwt_public_key_file:
+        with open(session.jwt_public_key_file, "rb") as f:
+            publicKey = f.read()
+    return Signer(
+        session.secret, session.previous_secrets, clock,
+        algorithms=session.jwt_algorithms, publicKey=publicKey,
+        audience=session.jwt_audience, issuer=session.jwt_issuer,
+        requireExp=session.jwt_require_exp, maxAge=session.max_age,
+    )
+
+
+def makeProxy(config, registry, metrics, clock, instance):
+    """The data path of one wslb instance (``instance`` names it in the registry)."""
+    listen, session = config.listen, config.session
+    sessions = LiveSessions(registry, clock, instance, session.reconnect_grace,
+                            session.end_close_code)
+    router = Router(
+        registry, clock, instance, config.pool.placement,
+        config.queue.max_length, config.queue.timeout, unavailable, metrics,
+        allowOvertake=config.queue.allow_overtake,
+    )
+    router.setName("router")
+    largestCapacity = LargestCapacity(registry, clock, config.pool.capacity)
+    identifier = Identifier(session, config.cost, config.pool.default_cost,
+                            largestCapacity, makeSigner(session, clock))
+    gate = Gate(
+        listen.max_connections, listen.allowed_origins, router.retryAfter, metrics, clock,
+        perIpConnections=listen.per_ip_connections, perIpRate=listen.per_ip_rate,
+    )
+    context = Context(
+        clock=clock, registry=registry, gate=gate, identifier=identifier, router=router,
+        sessions=sessions,
+        connectWorker=WorkerConnector(clock, listen.open_handshake_timeout).connect,
+        traffic=metrics.traffic, requestTimeout=listen.open_handshake_timeout,
+        forwardedProto=listen.forwarded_proto, maxMessageSize=listen.max_message_size,
+        endCloseCode=session.end_close_code,
+    )
+    services = [sessions, router, largestCapacity]
+    if listen.auto_ping > 0:
+        services.append(KeepAlive(clock, sessions, listen.auto_ping))
+    if listen.idle_timeout > 0:
+        services.append(IdleSweeper(clock, sessions, listen.idle_timeout, gate.limitHit))
+    return Proxy(
+        factory=UserFactory(context), services=tuple(services),
+        drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,
+    )
