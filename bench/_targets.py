@@ -160,24 +160,26 @@ class Wslb:
     creates tens of thousands of sessions (each kept for the reconnect grace)
     and must never queue; spread matches HAProxy's round robin.
 
-    ``relay = "frames"`` measures the framed relay the byte relay replaced.
-    With ``processes`` > 1 (Redis only), that many twistd processes share one
-    ``reuseport:`` listening port and the target's redis-server; the kernel
-    spreads connections among them. Each has its own admin port.
+    ``twistd`` runs another checkout's wslb (``--baseline``), labelled
+    ``label``, to compare against in the same run. With ``processes`` > 1
+    (Redis only), that many twistd processes share one ``reuseport:``
+    listening port and the target's redis-server; the kernel spreads
+    connections among them. Each has its own admin port.
     """
 
     proxied = True
     scaleOf = None  # with several processes: the one-process target's name
 
     def __init__(self, children, workers, logDir, backend="memory", redisServer=None,
-                 processes=1, relay="bytes"):
+                 processes=1, twistd=None, label=None):
         self._children = children
         self._processes = []
+        self._twistd = twistd or twistdPath()
         self.name = "wslb" if backend == "memory" else f"wslb-{backend}"
         self.label = "wslb" if backend == "memory" else f"wslb ({backend})"
-        if relay != "bytes":
-            self.name += f"-{relay}"
-            self.label += f" relay={relay}"
+        if label is not None:
+            self.name += "-baseline"
+            self.label = label
         if processes > 1:
             self.name += f"-x{processes}"
             self.label += f" x{processes} processes"
@@ -191,7 +193,6 @@ class Wslb:
             "pool.capacity=100000",
             "pool.placement=spread",
             f"registry.backend={backend}",
-            f"listen.relay={relay}",
         ]
         self._redisPort = None
         if backend == "redis":
@@ -231,7 +232,7 @@ class Wslb:
 
     def _startTwistd(self, logDir, name, overrides):
         # Its log goes to stdout, as under systemd or in a container.
-        args = [twistdPath(), "-n", "--pidfile=", "wslb"]
+        args = [self._twistd, "-n", "--pidfile=", "wslb"]
         for override in overrides:
             args += ["--set", override]
         self.logs.append(logDir / f"{name}.out")

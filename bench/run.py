@@ -2,7 +2,8 @@
 wslb's benchmark: wslb against HAProxy and against no proxy at all, driven by
 the same node load generator, interleaved over several rounds.
 
-    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--no-frames] [--no-x2] [--no-record]
+    python bench/run.py [--rounds 3] [--quick] [--workers 2] [--baseline DIR] [--no-x2]
+                        [--no-record]
     python bench/run.py --profile [SCENARIO]   # py-spy of wslb (default pingpong-50)
 
 Run it with the project's venv Python (its twistd is used). Everything listens
@@ -48,8 +49,9 @@ def parseArgs(argv):
     parser.add_argument("--idle", type=int, help=f"idle connections held ({IDLE_CONNECTIONS})")
     parser.add_argument("--only", help="comma-separated scenario names to run")
     parser.add_argument("--no-redis", action="store_true", help="skip wslb with the Redis registry")
-    parser.add_argument("--no-frames", action="store_true",
-                        help="skip wslb with listen.relay=frames (the framed relay)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure the wslb of another checkout (its DIR/.venv/bin/twistd),"
+                             " interleaved, with a column wslb / baseline")
     parser.add_argument("--no-x2", action="store_true",
                         help="skip two wslb processes on one port (Redis registry)")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
@@ -141,8 +143,11 @@ class Run:
             targets.append(HAProxy(self.children, self.haproxy, self.workers, self.logDir))
             self.haproxyLabel = targets[-1].label
         targets.append(Wslb(self.children, self.workers, self.logDir))
-        if not self.args.no_frames:
-            targets.append(Wslb(self.children, self.workers, self.logDir, relay="frames"))
+        if self.args.baseline:
+            targets[-1].scaleOf = "wslb-baseline"
+            twistd, label = baseline(self.args.baseline)
+            targets.append(Wslb(self.children, self.workers, self.logDir, twistd=twistd,
+                                label=label))
         if not self.redisSkipped:
             try:
                 targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
@@ -227,6 +232,16 @@ class Run:
             "software": _report.software(self.node, nodeModuleVersions(), self.haproxyLabel),
         }
         return _report.render(self.results, self.scenarios, list(self.seen.values()), settings)
+
+
+def baseline(checkout):
+    """The twistd of another checkout's venv, and a label naming its revision."""
+    twistd = Path(checkout).resolve() / ".venv" / "bin" / "twistd"
+    if not twistd.exists():
+        sys.exit(f"--baseline: no {twistd} (python3 -m venv .venv; .venv/bin/pip install -e .)")
+    head = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+    return str(twistd), f"wslb baseline {head or checkout}"
 
 
 def profileWslb(args, children, node, logDir):

@@ -7,6 +7,7 @@ real Redis sharing a port, one of them killed with -9.
 import os
 import signal
 import socket
+from functools import partial
 
 import pytest
 import pytest_twisted
@@ -20,7 +21,7 @@ from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from wslb.config import ConfigError, load_config
+from wslb.config import ConfigError, load_config, parseEndpoints
 from wslb.reuseport import ReusePortEndpoint
 
 USERS = 24  # P(all on one of two processes) = 2 ** -23
@@ -124,9 +125,10 @@ def test_reuseport_with_the_redis_registry_is_accepted():
 
 @pytest.mark.timeout(10)
 def test_a_malformed_reuseport_string_names_the_key():
+    config = load_config(environ={}, overrides=[
+        "listen.endpoint=reuseport:8080:backlog=lots", "registry.backend=redis"])
     with pytest.raises(ConfigError) as raised:
-        load_config(environ={}, overrides=[
-            "listen.endpoint=reuseport:8080:backlog=lots", "registry.backend=redis"])
+        parseEndpoints(config, partial(serverFromString, reactor))
     [problem] = raised.value.problems
     assert problem.startswith("listen.endpoint: expected a Twisted server endpoint")
     assert "backlog 'lots'" in problem

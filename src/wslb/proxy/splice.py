@@ -131,8 +131,12 @@ class Direction:
             if end - pos < head:
                 break
             if length >= 126:
-                lengthEnd = pos + (4 if length == 126 else 10)
-                length = int.from_bytes(data[pos + 2 : lengthEnd], "big")
+                wide = length == 127
+                length = int.from_bytes(data[pos + 2 : pos + (10 if wide else 4)], "big")
+                if length < (65536 if wide else 126) or length >> 63:
+                    # RFC 6455 §5.2: the shortest form, and the top bit clear
+                    self._stop(data, sent, pos, CLOSE_PROTOCOL_ERROR, "bad frame length")
+                    return
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             if b0 & 0x70 or bool(b1 & 0x80) is not self._masked:
