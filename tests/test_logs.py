@@ -68,7 +68,7 @@ def _failure():
 
 @pytest.mark.parametrize("event", [
     {"log_format": "{key} relaying to {worker}", "key": "k1", "worker": "w:1",
-     "log_namespace": "wslb.proxy.user_leg", "log_level": LogLevel.info},
+     "log_namespace": "wslb.proxy.opening", "log_level": LogLevel.info},
     {"log_format": "two\nlines {x!r}", "x": b"\xff", "log_system": "-",
      "log_level": LogLevel.warn},
     {"log_format": "{f()} calls", "f": lambda: 3, "log_namespace": "n"},
