@@ -112,9 +112,10 @@ def render(results, scenarios, targets, settings):
     """The Markdown section for this run."""
     names = [t.name for t in targets]
     labels = {t.name: t.label for t in targets}
-    subjects = [n for n in names if n.startswith("wslb")]
+    # TLS targets are compared with each other only (a plaintext reference would mislead).
+    subjects = [t.name for t in targets if t.name.startswith("wslb") and t.tls is None]
     references = [n for n in ("direct", "haproxy") if n in names]
-    scaled = [(t.name, t.scaleOf) for t in targets if getattr(t, "scaleOf", None) in names]
+    scaled = [(t.name, t.comparedWith) for t in targets if t.comparedWith in names]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         f"## {now}: {settings['rounds']} round(s){' (quick)' if settings['quick'] else ''}\n",

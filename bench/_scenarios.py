@@ -155,6 +155,8 @@ def run(children, node, scenario, target, workers, timing, prefix):
     """
     spec = dict(scenario.spec, urls=target.urls, prefix=prefix,
                 warmup=timing.warmup, duration=timing.duration)
+    if target.tls is not None:
+        spec["ca"] = str(target.tls.ca)
     if spec["mode"] == "idle":
         return _memory(children, node, spec, target)
     spec["limit"] = timing.warmup + timing.duration + SLACK

@@ -8,14 +8,18 @@ as "the proxy". All listen on 127.0.0.1 only.
 """
 
 import base64
+import datetime
+import ipaddress
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from _procs import freePort, waitListening
@@ -42,7 +46,7 @@ defaults
     timeout client-fin 5s
 
 frontend websocket
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{tls}
     maxconn {maxconn}
     default_backend echo
 
@@ -58,10 +62,49 @@ def twistdPath():
     return str(beside) if beside.exists() else shutil.which("twistd")
 
 
-def probeHandshake(port, session="bench-probe", timeout=5.0):
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed 2048-bit RSA certificate for 127.0.0.1, as PEM files."""
+
+    ca: Path  # the certificate itself, which clients trust
+    key: Path
+    combined: Path  # certificate and key in one file, as HAProxy's crt wants
+
+
+def makeCertificate(directory):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    certPem = cert.public_bytes(serialization.Encoding.PEM)
+    keyPem = key.private_bytes(serialization.Encoding.PEM,
+                               serialization.PrivateFormat.TraditionalOpenSSL,
+                               serialization.NoEncryption())
+    paths = Certificate(directory / "tls-cert.pem", directory / "tls-key.pem",
+                        directory / "tls-combined.pem")
+    paths.ca.write_bytes(certPem)
+    paths.key.write_bytes(keyPem)
+    paths.combined.write_bytes(certPem + keyPem)
+    return paths
+
+
+def probeHandshake(port, session="bench-probe", timeout=5.0, tls=None):
     """One WebSocket handshake and a clean close; raises unless the answer is 101."""
     key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout) as plain:
+        s = plain if tls is None else ssl.create_default_context(
+            cafile=str(tls.ca)).wrap_socket(plain, server_hostname="127.0.0.1")
         s.sendall(
             f"GET /?session={session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -105,7 +148,16 @@ class EchoWorkers:
         self.pids = [p.pid for p in self.processes]
 
 
-class Direct:
+class Target:
+    """What the runner asks of every target."""
+
+    proxied = True
+    tls = None  # a Certificate: clients speak wss:// to it
+    comparedWith = None  # the name of the target this one is a ratio of, besides the references
+    scenarios = None  # the scenario names it runs; None: all
+
+
+class Direct(Target):
     """The workers themselves: what a proxy costs is measured against this."""
 
     name = "direct"
@@ -120,28 +172,38 @@ class Direct:
         pass
 
 
-class HAProxy:
-    """HAProxy in ``mode http`` (WebSocket upgrades become tunnels), round robin."""
+# The TLS comparison: what terminating TLS costs each proxy (docs/aws.md cites it).
+TLS_SCENARIOS = ("pingpong-50", "connect")
 
-    name = "haproxy"
-    proxied = True
 
-    def __init__(self, children, haproxy, workers, logDir):
+class HAProxy(Target):
+    """
+    HAProxy in ``mode http`` (WebSocket upgrades become tunnels), round robin;
+    with ``tls``, terminating TLS (``bind ... ssl crt``).
+    """
+
+    def __init__(self, children, haproxy, workers, logDir, tls=None):
         self._children = children
+        self.name = "haproxy" if tls is None else "haproxy-tls"
         port = freePort()
         servers = "\n".join(
             f"    server w{i} 127.0.0.1:{p}" for i, p in enumerate(workers.ports, 1)
         )
-        config = logDir / "haproxy.cfg"
+        config = logDir / f"{self.name}.cfg"
         config.write_text(HAPROXY_CONFIG.format(
-            port=port, maxconn=HAPROXY_MAXCONN, servers=servers))
+            port=port, maxconn=HAPROXY_MAXCONN, servers=servers,
+            tls="" if tls is None else f" ssl crt {tls.combined}"))
         self.process = children.start([haproxy, "-db", "-f", str(config)],
-                                      log=logDir / "haproxy.log")
+                                      log=logDir / f"{self.name}.log")
         waitListening(port, self.process, READY_TIMEOUT, "haproxy")
-        probeHandshake(port)
-        self.urls = [f"ws://127.0.0.1:{port}/"]
+        probeHandshake(port, tls=tls)
+        self.tls = tls
+        self.urls = [f"{'ws' if tls is None else 'wss'}://127.0.0.1:{port}/"]
         self.pids = [self.process.pid]
         self.label = "HAProxy " + haproxyVersion(haproxy)
+        if tls is not None:
+            self.label += " TLS (bind ssl)"
+            self.scenarios = TLS_SCENARIOS
 
     def stop(self):
         self._children.stop(self.process)
@@ -152,9 +214,10 @@ def haproxyVersion(haproxy):
     return out.split()[2].split("-")[0] if out.startswith("HAProxy version") else "?"
 
 
-class Wslb:
+class Wslb(Target):
     """
-    ``twistd -n wslb`` with the static provider over the echo workers.
+    ``twistd -n wslb`` with the static provider over the echo workers; with
+    ``tls``, terminating TLS on an ``ssl:`` listener.
 
     ``pool.capacity`` is large and ``placement`` is spread: the benchmark
     creates tens of thousands of sessions (each kept for the reconnect grace)
@@ -167,11 +230,8 @@ class Wslb:
     connections among them. Each has its own admin port.
     """
 
-    proxied = True
-    scaleOf = None  # with several processes: the one-process target's name
-
     def __init__(self, children, workers, logDir, backend="memory", redisServer=None,
-                 processes=1, twistd=None, label=None):
+                 processes=1, twistd=None, label=None, tls=None):
         self._children = children
         self._processes = []
         self._twistd = twistd or twistdPath()
@@ -183,9 +243,16 @@ class Wslb:
         if processes > 1:
             self.name += f"-x{processes}"
             self.label += f" x{processes} processes"
-            self.scaleOf = self.name.rpartition("-")[0]
+            self.comparedWith = self.name.rpartition("-")[0]
         port = freePort()
         listen = f"reuseport:{port}" if processes > 1 else f"tcp:{port}"
+        self.tls = tls
+        if tls is not None:
+            self.name += "-tls"
+            self.label += " TLS (ssl:)"
+            self.comparedWith = "haproxy-tls"
+            self.scenarios = TLS_SCENARIOS
+            listen = f"ssl:{port}:privateKey={tls.key}:certKey={tls.ca}"
         shared = [
             f"listen.endpoint={listen}:interface=127.0.0.1",
             "pool.provider=static",
@@ -216,7 +283,7 @@ class Wslb:
                 twistds.append(process)
                 waitListening(port, process, READY_TIMEOUT, name)
                 self._waitHealthy(adminPort, len(workers.urls), process)
-            probeHandshake(port)
+            probeHandshake(port, tls=tls)
             if backend == "redis":
                 self._checkRedisUsed()
         except Exception as e:
@@ -225,7 +292,7 @@ class Wslb:
             if exited:
                 raise RuntimeError(f"{e}; its output ends:\n{_tail(self.logs)}") from e
             raise
-        self.urls = [f"ws://127.0.0.1:{port}/"]
+        self.urls = [f"{'ws' if tls is None else 'wss'}://127.0.0.1:{port}/"]
         # The Redis server works for wslb here: its CPU counts as the proxy's.
         self.pids = [p.pid for p in reversed(self._processes)]
         self.process = twistds[0]

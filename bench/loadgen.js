@@ -5,7 +5,8 @@
 // Spec fields (all modes): urls (list; connection i uses urls[i % n]),
 // connections, warmup and duration (seconds), limit (seconds: hard bound on
 // the whole run), keys ("none" | "fixed" | "fresh") and prefix (session keys
-// sent as ?session=...).
+// sent as ?session=...); ca (optional: a PEM file that wss:// servers' certificates
+// must chain to).
 //
 // Modes:
 //   pingpong  every connection keeps `inflight` messages of `size` bytes
@@ -22,11 +23,13 @@
 // finally "RESULT {json}".
 'use strict';
 
+const fs = require('fs');
 const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 
 const spec = JSON.parse(process.argv[2]);
 const CLIENT_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 10000, maxPayload: 0 };
+if (spec.ca) CLIENT_OPTIONS.ca = fs.readFileSync(spec.ca);
 const MAX_SAMPLES = 2000000;
 const CLOSE_WAIT_MS = 5000;
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import _report
 from _procs import QUIET_LIMIT, Children, raiseOpenFileLimit, waitQuiet
 from _scenarios import LoadgenFailed, run, scenarios
-from _targets import Direct, EchoWorkers, HAProxy, Wslb
+from _targets import Direct, EchoWorkers, HAProxy, Wslb, makeCertificate
 
 BENCH = Path(__file__).resolve().parent
 IDLE_CONNECTIONS = 5000
@@ -54,6 +54,8 @@ def parseArgs(argv):
                              " interleaved, with a column wslb / baseline")
     parser.add_argument("--no-x2", action="store_true",
                         help="skip two wslb processes on one port (Redis registry)")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="skip TLS terminated by HAProxy and by wslb (ssl:)")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     parser.add_argument("--profile", nargs="?", const="pingpong-50", metavar="SCENARIO",
                         help="instead: py-spy wslb under one scenario (default pingpong-50), "
@@ -130,6 +132,7 @@ class Run:
         self.pairSkipped = args.no_redis or args.no_x2
         self.redisServer = shutil.which("redis-server")
         self.workers = EchoWorkers(children, node, args.workers, logDir)
+        self.tls = None if args.no_tls else makeCertificate(logDir)
         self.scenarios = [s for s in scenarios(args.idle)
                           if not args.only or s.name in args.only.split(",")]
         self.haproxyLabel = None
@@ -144,7 +147,7 @@ class Run:
             self.haproxyLabel = targets[-1].label
         targets.append(Wslb(self.children, self.workers, self.logDir))
         if self.args.baseline:
-            targets[-1].scaleOf = "wslb-baseline"
+            targets[-1].comparedWith = "wslb-baseline"
             twistd, label = baseline(self.args.baseline)
             targets.append(Wslb(self.children, self.workers, self.logDir, twistd=twistd,
                                 label=label))
@@ -162,6 +165,11 @@ class Run:
             except Exception as e:
                 self.pairSkipped = True
                 self.skipped(f"two wslb processes on one reuseport port skipped: {e}")
+        if self.tls is not None:
+            if self.haproxy:
+                targets.append(HAProxy(self.children, self.haproxy, self.workers, self.logDir,
+                                       tls=self.tls))
+            targets.append(Wslb(self.children, self.workers, self.logDir, tls=self.tls))
         return targets
 
     def skipped(self, note):
@@ -180,6 +188,8 @@ class Run:
                     if scenario.proxiedOnly and not target.proxied:
                         continue
                     if scenario.firstRoundOnly and number > 0:
+                        continue
+                    if target.scenarios is not None and scenario.name not in target.scenarios:
                         continue
                     self.measure(number, scenario, target)
         finally:
@@ -221,7 +231,9 @@ class Run:
                  "wslb: twistd -n wslb, static "
                  "provider, pool.capacity=100000, placement=spread, default logging; "
                  "x2 processes: two such twistd on one reuseport: port and one redis-server, "
-                 "their CPU and memory summed")
+                 "their CPU and memory summed; TLS: a self-signed 2048-bit RSA certificate, "
+                 "wss:// clients verifying it, TLS ended by HAProxy (bind ssl crt) or wslb "
+                 "(ssl: listener), plain ws:// to the workers")
         revision = _report.revision()
         if revision != self.revision:
             revision = (f"{self.revision} at the start, {revision} at the end "
