@@ -104,7 +104,7 @@ class LoadgenFailed(Exception):
     pass
 
 
-class _Loadgen:
+class Loadgen:
     """One running bench/loadgen.js, its output lines read on a thread."""
 
     def __init__(self, children, node, spec):
@@ -123,12 +123,18 @@ class _Loadgen:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
-    def next(self):
-        """The next (kind, name, data) line, e.g. ("EVENT", "held", {...})."""
+    def next(self, wait=None):
+        """
+        The next (kind, name, data) line, e.g. ("EVENT", "held", {...});
+        None when none came within ``wait`` seconds (None: up to the limit).
+        """
         remaining = self._deadline - time.monotonic()
         try:
-            line = self._lines.get(timeout=max(0.0, remaining))
+            line = self._lines.get(
+                timeout=max(0.0, remaining if wait is None else min(remaining, wait)))
         except queue.Empty:
+            if wait is not None and remaining > wait:
+                return None
             raise LoadgenFailed(
                 f"load generator silent past {self.limit + SLACK:.0f} s") from None
         if line is None:
@@ -160,7 +166,7 @@ def run(children, node, scenario, target, workers, timing, prefix):
     if spec["mode"] == "idle":
         return _memory(children, node, spec, target)
     spec["limit"] = timing.warmup + timing.duration + SLACK
-    loadgen = _Loadgen(children, node, spec)
+    loadgen = Loadgen(children, node, spec)
     meter = CpuMeter({"loadgen": [loadgen.process.pid], "proxy": target.pids,
                       "workers": workers.pids})
     cpu = None
@@ -194,7 +200,7 @@ def _memory(children, node, spec, target):
 
 def _holdIdle(children, node, spec, target, whileHeld):
     spec = dict(spec, limit=spec["connections"] / 20 + 60)
-    loadgen = _Loadgen(children, node, spec)
+    loadgen = Loadgen(children, node, spec)
     try:
         while True:
             kind, name, data = loadgen.next()

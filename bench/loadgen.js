@@ -17,6 +17,14 @@
 //   idle      opens `connections` (at most `concurrency` handshakes at once),
 //             one echo each, prints "EVENT held", holds them until a line
 //             "release" arrives on stdin, then closes them.
+//   crowd     `users` users arrive evenly spread over `spread` seconds (0: all
+//             at once), user i with key PREFIX-i; each waits (however long:
+//             queued) for its handshake and then holds its connection.
+//             Prints "EVENT settled {ms, opened, refused}" once every user is in
+//             or was refused, keeps every
+//             user's handshake time (ms from its arrival), and on a line
+//             "release" on stdin closes them all. A line "mark" notes the time:
+//             the result tells the users in before it from those after.
 //
 // Output, one line each: "EVENT measure-start {}", "EVENT measure-end {}"
 // (bracketing the measured window, so the runner can read CPU counters), and
@@ -245,4 +253,55 @@ function idle() {
   });
 }
 
-({ pingpong, connect, idle })[spec.mode]();
+function crowd() {
+  const started = performance.now();
+  const sockets = [];
+  const handshakes = []; // [user, ms its handshake took, ms since start when it opened]
+  const refused = {}; // HTTP status (or "error") -> users
+  let markedAt = null;
+  let settled = 0;
+  const settle = () => {
+    if (++settled === spec.users) {
+      say('EVENT', 'settled', { ms: performance.now() - started, opened: handshakes.length, refused });
+    }
+  };
+  const arrive = (i) => {
+    const t0 = performance.now();
+    const ws = new WebSocket(urlFor(i, `${spec.prefix}-${i}`), CLIENT_OPTIONS);
+    let done = false;
+    ws.on('error', () => {});
+    ws.once('unexpected-response', (request, response) => {
+      done = true;
+      refused[response.statusCode] = (refused[response.statusCode] || 0) + 1;
+      response.resume();
+      ws.terminate();
+      settle();
+    });
+    ws.once('open', () => {
+      done = true;
+      const now = performance.now();
+      handshakes.push([i, now - t0, now - started]);
+      sockets.push(ws);
+      settle();
+    });
+    ws.once('close', () => {
+      if (!done) { done = true; refused.error = (refused.error || 0) + 1; settle(); }
+    });
+  };
+  for (let i = 0; i < spec.users; i++) {
+    setTimeout(() => arrive(i), (spec.spread * 1000 * i) / spec.users);
+  }
+  let input = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    input += chunk;
+    if (markedAt === null && input.includes('mark')) markedAt = performance.now() - started;
+    if (!input.includes('release')) return;
+    closeAll(sockets, () => finish({
+      mode: 'crowd', users: spec.users, opened: handshakes.length, refused,
+      marked_at_ms: markedAt, handshakes,
+    }));
+  });
+}
+
+({ pingpong, connect, idle, crowd })[spec.mode]();

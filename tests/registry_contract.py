@@ -208,6 +208,22 @@ class RegistryContract:
         assert bare == [dataclasses.replace(w, sessions=None) for w in full]
 
     @pytest_twisted.inlineCallbacks
+    def test_aWorkerWithoutItsSessions(self, registry):
+        """getWorker and setWorkerState can leave the list out: it grows with the sessions."""
+        yield addHealthy(registry, "w1", capacity=10)
+        yield registry.assign(request("a"), 1)
+        full = yield registry.getWorker("w1")
+        assert full.sessions == ("a",)
+        bare = dataclasses.replace(full, sessions=None)
+        assert (yield registry.getWorker("w1", sessions=False)) == bare
+        moved = yield registry.setWorkerState("w1", UNHEALTHY, 2, sessions=False)
+        assert moved == dataclasses.replace(bare, state=UNHEALTHY, state_since=2)
+        refused = yield registry.setWorkerState(
+            "w1", DEAD, 3, allowedFrom=(STARTING,), sessions=False)
+        assert refused == moved
+        assert (yield registry.getWorker("nope", sessions=False)) is None
+
+    @pytest_twisted.inlineCallbacks
     def test_unknownWorker(self, registry):
         assert (yield registry.getWorker("nope")) is None
         assert (yield registry.setWorkerState("nope", HEALTHY, 1)) is None

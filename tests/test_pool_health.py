@@ -224,6 +224,22 @@ def test_a_round_reads_the_starting_workers_and_the_fleet_once_per_interval(serv
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_check_reads_no_session_list(serve, checked):
+    """A worker's sessions may be thousands: a check costs the same without them."""
+    url, _ = serve()
+    c = checked()
+    yield c.add("w", url)
+    asked = []
+    for name in ("getWorker", "setWorkerState"):
+        method = getattr(c.registry, name)
+        setattr(c.registry, name, lambda *a, _m=method, _n=name, **kw: (
+            asked.append((_n, kw.get("sessions"))), _m(*a, **kw))[1])
+    yield c.checker.check()
+    assert asked == [("getWorker", False), ("setWorkerState", False)]
+    assert (yield c.worker("w")).state == HEALTHY
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_check_that_hangs_fails_after_the_timeout(serve, checked):
     url, endpoint = serve()
     endpoint.hang = True
@@ -284,8 +300,8 @@ def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve, checked)
     yield c.add("w", url)
     read = c.registry.getWorker
 
-    def readThenDie(worker_id):
-        d = read(worker_id)
+    def readThenDie(worker_id, **kw):
+        d = read(worker_id, **kw)
         return d.addCallback(lambda worker: c.set(worker_id, DEAD).addCallback(lambda _: worker))
 
     c.registry.getWorker = readThenDie  # e.g. a Lambda's "terminated" right then

@@ -161,14 +161,16 @@ class HealthChecker:
         self._failures[worker_id] = failures
         # Decide on a fresh record (state_since, provider); the registry's
         # guard then keeps a worker that died or moved meanwhile as it is.
-        worker = yield self._registry.getWorker(worker_id)
+        # Its sessions are not read: a check costs the same however many.
+        worker = yield self._registry.getWorker(worker_id, sessions=False)
         if worker is None:
             return
         now = self._clock.seconds()
         event = self._input(worker, passed, failures, now)
         if event is None:
             return
-        after = yield lifecycle.apply(self._registry, worker_id, event, now, worker.provider)
+        after = yield lifecycle.apply(self._registry, worker_id, event, now, worker.provider,
+                                      sessions=False)
         if after is not None and after.state != worker.state:
             self.log.info(
                 "worker {worker}: {old} -> {new} ({input})",

@@ -52,7 +52,8 @@ class Scaler:
 
     def _workerDied(self, worker_id):
         # Dead at once, so no user is sent there; the next tick replaces it.
-        d = lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, self._clock.seconds())
+        d = lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, self._clock.seconds(),
+                            sessions=False)
         d.addErrback(lambda failure: self._log.failure(
             "could not mark {worker} dead", failure, worker=worker_id))
 
@@ -100,7 +101,8 @@ class Scaler:
         ]
         for worker_id in lost:
             if managed:
-                after = yield lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, now)
+                after = yield lifecycle.apply(self._registry, worker_id, INSTANCE_GONE, now,
+                                              sessions=False)
             else:
                 yield self._registry.removeWorker(worker_id)
                 after = None

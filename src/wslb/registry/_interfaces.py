@@ -127,8 +127,11 @@ class IRegistry(Interface):
         record is returned unchanged. Fires with the L{Worker}.
         """
 
-    def getWorker(worker_id):
-        """Fire with the L{Worker}, or None."""
+    def getWorker(worker_id, sessions=True):
+        """
+        Fire with the L{Worker}, or None. With ``sessions`` False its
+        ``sessions`` is None (not read: the list grows with the sessions).
+        """
 
     def listWorkers(sessions=True, state=None, after=None, limit=None):
         """
@@ -161,7 +164,7 @@ class IRegistry(Interface):
         status page's history).
         """
 
-    def setWorkerState(worker_id, state, now, allowedFrom=None):
+    def setWorkerState(worker_id, state, now, allowedFrom=None, sessions=True):
         """
         Move a worker to ``state`` (any of WORKER_STATES); ``state_since``
         changes only when the state does. A worker moved to ``dead`` loses
@@ -177,7 +180,8 @@ class IRegistry(Interface):
         it was. See L{wslb.registry.lifecycle} for the table that picks them.
 
         Fires with the L{Worker} as it is afterwards (unchanged when the
-        guard refused), or None when unknown.
+        guard refused), or None when unknown; with ``sessions`` False its
+        ``sessions`` is None.
         """
 
     def setDraining(worker_id, draining):

@@ -88,11 +88,12 @@ def sources(event, provider=None):
     return frozenset(state for state, e in _table(provider) if e == event)
 
 
-def apply(registry, worker_id, event, now, provider=None):
+def apply(registry, worker_id, event, now, provider=None, sessions=True):
     """
     Apply ``event`` in one atomic registry call. Fires with the worker
     afterwards: in ``target(event)`` unless the event did not apply to its
-    state (then unchanged); None when the registry does not know it.
+    state (then unchanged); None when the registry does not know it. With
+    ``sessions`` False the worker's ``sessions`` is None (not read).
     """
     return registry.setWorkerState(
-        worker_id, target(event), now, allowedFrom=sources(event, provider))
+        worker_id, target(event), now, allowedFrom=sources(event, provider), sessions=sessions)

@@ -136,9 +136,9 @@ class MemoryRegistry:
         return self._worker(self._workers[worker_id])
 
     @_deferred
-    def getWorker(self, worker_id):
+    def getWorker(self, worker_id, sessions=True):
         record = self._workers.get(worker_id)
-        return None if record is None else self._worker(record)
+        return None if record is None else self._worker(record, listed=sessions)
 
     @_deferred
     def listWorkers(self, sessions=True, state=None, after=None, limit=None):
@@ -162,7 +162,7 @@ class MemoryRegistry:
         return {"load": sum(w.load for w in live), "capacity": sum(w.capacity for w in live)}
 
     @_deferred
-    def setWorkerState(self, worker_id, state, now, allowedFrom=None):
+    def setWorkerState(self, worker_id, state, now, allowedFrom=None, sessions=True):
         for named in (state, *(allowedFrom or ())):
             if named not in WORKER_STATES:
                 raise ValueError(f"unknown worker state {named!r}")
@@ -170,7 +170,7 @@ class MemoryRegistry:
         if record is None:
             return None
         if allowedFrom is not None and record.state not in allowedFrom:
-            return self._worker(record)
+            return self._worker(record, listed=sessions)
         changed = record.state != state
         if changed:
             record.state = state
@@ -181,7 +181,7 @@ class MemoryRegistry:
             self._end(sorted(record.sessions), now)
         if changed and state in (HEALTHY, DEAD):
             self._tellCapacity()
-        return self._worker(record)
+        return self._worker(record, listed=sessions)
 
     @_deferred
     def setDraining(self, worker_id, draining):

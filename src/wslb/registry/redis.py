@@ -172,8 +172,8 @@ class RedisRegistry(Service):
     def addWorker(self, worker_id, url, provider, capacity, now):
         return self._run(redis_ops.addWorker, worker_id, url, provider, capacity, now)
 
-    def getWorker(self, worker_id):
-        return self._run(redis_ops.getWorker, worker_id)
+    def getWorker(self, worker_id, sessions=True):
+        return self._run(redis_ops.getWorker, worker_id, sessions)
 
     def listWorkers(self, sessions=True, state=None, after=None, limit=None):
         return self._paged(
@@ -189,8 +189,8 @@ class RedisRegistry(Service):
     def workerTotals(self):
         return self._run(redis_ops.workerTotals)
 
-    def setWorkerState(self, worker_id, state, now, allowedFrom=None):
-        return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom)
+    def setWorkerState(self, worker_id, state, now, allowedFrom=None, sessions=True):
+        return self._run(redis_ops.setWorkerState, worker_id, state, now, allowedFrom, sessions)
 
     def setDraining(self, worker_id, draining):
         return self._run(redis_ops.setDraining, worker_id, draining)

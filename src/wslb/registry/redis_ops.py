@@ -43,7 +43,7 @@ _LUA = resources.files("wslb.registry") / "lua"
 # The most records one listing script reads: each record costs Redis a few
 # microseconds, and a script holds Redis for its whole run, so longer lists
 # are read as several pages (several calls), between which other calls run.
-PAGE = 50
+PAGE = 25
 
 
 @cache
@@ -168,8 +168,8 @@ def addWorker(worker_id, url, provider, capacity, now) -> Op:
               _decodeWorker)
 
 
-def getWorker(worker_id) -> Op:
-    return Op("get_worker", (worker_id,), _decodeWorker)
+def getWorker(worker_id, sessions=True) -> Op:
+    return Op("get_worker", (worker_id, "1" if sessions else "0"), _decodeWorker)
 
 
 def listWorkers(sessions=True, state=None, after=None, limit=PAGE) -> Op:
@@ -193,12 +193,13 @@ def workerTotals() -> Op:
     return Op("worker_totals", (), _decodePlain)
 
 
-def setWorkerState(worker_id, state, now, allowedFrom=None) -> Op:
+def setWorkerState(worker_id, state, now, allowedFrom=None, sessions=True) -> Op:
     for named in (state, *(allowedFrom or ())):
         if named not in WORKER_STATES:
             raise ValueError(f"unknown worker state {named!r}")
     guard = () if allowedFrom is None else (" ".join(sorted(allowedFrom)),)
-    return Op("set_worker_state", (worker_id, state, _time(now), *guard), _decodeWorker)
+    return Op("set_worker_state", (worker_id, state, _time(now), "1" if sessions else "0",
+                                   *guard), _decodeWorker)
 
 
 def setDraining(worker_id, draining) -> Op:

@@ -59,6 +59,12 @@ local function workerSnapshot(id)
   return worker
 end
 
+-- A worker with or without its sessions (their list grows with them), or nil.
+local function worker(id, withSessions)
+  if withSessions then return workerSnapshot(id) end
+  return record(workerKey(id))
+end
+
 local function sessionSnapshot(key)
   return record(sessionKey(key))
 end

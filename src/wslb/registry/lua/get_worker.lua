@@ -1,3 +1,3 @@
--- ARGV: [1] worker id
+-- ARGV: [1] worker id, [2] "0": without its sessions, else with them
 -- Reply: the worker, or null.
-return cjson.encode(workerSnapshot(ARGV[1]))
+return cjson.encode(worker(ARGV[1], ARGV[2] ~= '0'))

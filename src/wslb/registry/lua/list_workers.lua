@@ -9,6 +9,6 @@ local ids = redis.call('ZRANGE', state == '' and WORKERS or stateKey(state),
   after == '' and '-' or '(' .. after, '+', 'BYLEX', 'LIMIT', 0, limit)
 local workers = {}
 for _, id in ipairs(ids) do
-  table.insert(workers, withSessions and workerSnapshot(id) or record(workerKey(id)))
+  table.insert(workers, worker(id, withSessions))
 end
 return cjson.encode(workers)
