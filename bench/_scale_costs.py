@@ -152,6 +152,7 @@ class Fleet:
         m("count_workers", (redis_ops.countWorkers() for _ in range(BATCH)))
         m("count_sessions", (redis_ops.countSessions() for _ in range(BATCH)))
         m("largest_capacity", (redis_ops.largestCapacity() for _ in range(BATCH)))
+        m("worker_totals", (redis_ops.workerTotals() for _ in range(BATCH)))
         starts = [ids[(i * 7) % max(1, size - PAGE)] for i in range(BATCH)]
         m(f"list_workers: a page ({PAGE}), without sessions", (
             redis_ops.listWorkers(False, after=w, limit=PAGE) for w in starts))

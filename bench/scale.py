@@ -37,6 +37,7 @@ HOT = [
     ("fleet", "expire_sessions (none due)"), ("fleet", "instance_heartbeat"),
     ("fleet", "epoch"), ("fleet", "sweep_instances (none gone)"),
     ("fleet", "largest_capacity"), ("fleet", "count_workers"), ("fleet", "count_sessions"),
+    ("fleet", "worker_totals"),
     ("fleet", f"list_workers: a page ({_scale_costs.PAGE}), without sessions"),
     ("fleet", "get_worker, without sessions"),
     ("fleet", "set_worker_state: health check passed"),
