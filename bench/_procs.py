@@ -8,10 +8,14 @@ failure or Ctrl-C leaves nothing behind.
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STOP_WAIT = 5.0
@@ -156,3 +160,27 @@ class Children:
     def stopAll(self):
         for process in reversed(list(self._processes)):
             self.stop(process)
+
+
+def runWithChildren(prefix, work):
+    """
+    ``work(children, logDir)`` with a fresh temp directory for the logs; every
+    child is stopped at the end, also on failure or Ctrl-C, and the logs are
+    deleted after a success, named after a failure. Returns the exit status.
+    """
+    children = Children()
+    logDir = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
+    try:
+        work(children, logDir)
+        ok = True
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        children.stopAll()
+        if ok:
+            shutil.rmtree(logDir, ignore_errors=True)
+        else:
+            print(f"logs kept in {logDir}", file=sys.stderr)
+    return 0

@@ -170,6 +170,14 @@ def render(results, scenarios, targets, settings):
     return "\n".join(out)
 
 
+def publish(section, keep=True):
+    """Print this run's section, and record it in bench/RESULTS.md unless told not to."""
+    print("\n" + section)
+    if keep:
+        record(section)
+        print("recorded in bench/RESULTS.md")
+
+
 def record(section):
     """Put this run's section first in bench/RESULTS.md."""
     previous = RESULTS.read_text() if RESULTS.exists() else ""

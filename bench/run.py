@@ -18,12 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import _report
-from _procs import QUIET_LIMIT, Children, raiseOpenFileLimit, waitQuiet
+from _procs import QUIET_LIMIT, raiseOpenFileLimit, runWithChildren, waitQuiet
 from _scenarios import LoadgenFailed, run, scenarios
 from _targets import Direct, EchoWorkers, HAProxy, Wslb, makeCertificate
 
@@ -278,32 +277,17 @@ def main(argv=None):
     haproxy = None if args.profile else ensureHaproxy()
     if not args.profile and not haproxy:
         print("NOTE: haproxy is not installed and could not be; running without it")
-    children = Children()
-    logDir = Path(tempfile.mkdtemp(prefix="wslb-bench-"))
-    ok = False
-    try:
+
+    def work(children, logDir):
         if args.profile:
             profileWslb(args, children, node, logDir)
-        else:
-            bench = Run(args, children, node, haproxy, logDir)
-            for number in range(args.rounds):
-                bench.round(number)
-            section = bench.report()
-            print("\n" + section)
-            if not args.no_record:
-                _report.record(section)
-                print("recorded in bench/RESULTS.md")
-        ok = True
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        return 130
-    finally:
-        children.stopAll()
-        if ok:
-            shutil.rmtree(logDir, ignore_errors=True)
-        else:
-            print(f"logs kept in {logDir}", file=sys.stderr)
-    return 0
+            return
+        bench = Run(args, children, node, haproxy, logDir)
+        for number in range(args.rounds):
+            bench.round(number)
+        _report.publish(bench.report(), not args.no_record)
+
+    return runWithChildren("wslb-bench-", work)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ import argparse
 import datetime
 import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import _crowd
 import _report
 import _scale_costs
-from _procs import Children, freePort, raiseOpenFileLimit, waitListening
+from _procs import freePort, raiseOpenFileLimit, runWithChildren, waitListening
 from run import ensureWs, nodeModuleVersions, stopOnSignals
 
 PARTS = ("costs", "once", "crowd")
@@ -223,35 +221,21 @@ def main(argv=None):
     ensureWs(node)
     with open("/proc/loadavg") as f:
         args.load = " ".join(f.read().split()[:3])
-    children = Children()
-    logDir = Path(tempfile.mkdtemp(prefix="wslb-scale-"))
     revision = _report.revision()
-    results = {}
-    ok = False
-    try:
+
+    def work(children, logDir):
         began = time.monotonic()
+        results = {}
         if "costs" in args.parts:
             results["costs"] = costs(children, redisServer, logDir, args.rounds)
         if "once" in args.parts:
             results["once"] = once(children, node, redisServer, logDir)
         if "crowd" in args.parts:
             results["crowd"] = crowd(children, node, redisServer, logDir, args)
-        section = render(results, args, revision)
-        print("\n" + section + f"\n({time.monotonic() - began:.0f} s)")
-        if not args.no_record:
-            _report.record(section)
-            print("recorded in bench/RESULTS.md")
-        ok = True
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        return 130
-    finally:
-        children.stopAll()
-        if ok:
-            shutil.rmtree(logDir, ignore_errors=True)
-        else:
-            print(f"logs kept in {logDir}", file=sys.stderr)
-    return 0
+        _report.publish(render(results, args, revision), not args.no_record)
+        print(f"({time.monotonic() - began:.0f} s)")
+
+    return runWithChildren("wslb-scale-", work)
 
 
 if __name__ == "__main__":

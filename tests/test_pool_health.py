@@ -86,6 +86,19 @@ def serve():
         port.stopListening()
 
 
+def spy(registry, name):
+    """Wrap ``registry.<name>``; the list it returns gets each call's keyword arguments."""
+    calls = []
+    method = getattr(registry, name)
+
+    def spied(*args, **kwargs):
+        calls.append(kwargs)
+        return method(*args, **kwargs)
+
+    setattr(registry, name, spied)
+    return calls
+
+
 @pytest_twisted.async_yield_fixture()
 async def checked():
     """checked(failures=3) -> a L{Checked}; their kept-alive connections are closed after."""
@@ -214,13 +227,12 @@ def test_a_round_reads_the_starting_workers_and_the_fleet_once_per_interval(serv
     url, _ = serve()
     c = checked()
     yield c.add("w", url)
-    reads = []
-    listWorkers = c.registry.listWorkers
-    c.registry.listWorkers = lambda **kw: reads.append(kw.get("state")) or listWorkers(**kw)
+    reads = spy(c.registry, "listWorkers")
     yield c.checker.check()
     for _ in range(10):
         yield c.round(1)
-    assert reads == [None] + [STARTING] * 4 + [None] + [STARTING] * 4 + [None]
+    whole, starting = {"sessions": False, "state": None}, {"sessions": False, "state": STARTING}
+    assert reads == [whole] + [starting] * 4 + [whole] + [starting] * 4 + [whole]
 
 
 @pytest_twisted.inlineCallbacks
@@ -229,13 +241,9 @@ def test_a_check_reads_no_session_list(serve, checked):
     url, _ = serve()
     c = checked()
     yield c.add("w", url)
-    asked = []
-    for name in ("getWorker", "setWorkerState"):
-        method = getattr(c.registry, name)
-        setattr(c.registry, name, lambda *a, _m=method, _n=name, **kw: (
-            asked.append((_n, kw.get("sessions"))), _m(*a, **kw))[1])
+    got, moved = spy(c.registry, "getWorker"), spy(c.registry, "setWorkerState")
     yield c.checker.check()
-    assert asked == [("getWorker", False), ("setWorkerState", False)]
+    assert [kw["sessions"] for kw in got + moved] == [False, False]
     assert (yield c.worker("w")).state == HEALTHY
 
 
