@@ -14,10 +14,11 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from wslb import proxyssl
 from wslb.proxy.capacity import LargestCapacity
 from wslb.proxy.errors import unavailable
 from wslb.proxy.frames import CLOSE_GOING_AWAY
-from wslb.proxy.gate import Gate
+from wslb.proxy.gate import Gate, connectionLimit
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.keepalive import KeepAlive
@@ -106,6 +107,11 @@ class Proxy:
     sessions: LiveSessions
 
 
+def readsProxyHeader(endpoint):
+    """Whether a listener reads a PROXY header first: the client's address comes with it."""
+    return endpoint.startswith(("haproxy:", f"{proxyssl.PREFIX}:"))
+
+
 def makeSigner(session, clock):
     """
     The session key L{Signer} whenever any verification material is set (a
@@ -143,8 +149,9 @@ def makeProxy(config, registry, metrics, clock, instance):
     identifier = Identifier(session, config.cost, config.pool.default_cost,
                             largestCapacity, makeSigner(session, clock))
     gate = Gate(
-        listen.max_connections, listen.allowed_origins, router.retryAfter, metrics, clock,
+        connectionLimit(listen.max_connections), listen.allowed_origins, metrics, clock,
         perIpConnections=listen.per_ip_connections, perIpRate=listen.per_ip_rate,
+        proxied=readsProxyHeader(listen.endpoint),
     )
     context = Context(
         clock=clock, registry=registry, gate=gate, identifier=identifier, router=router,
@@ -155,6 +162,8 @@ def makeProxy(config, registry, metrics, clock, instance):
         endCloseCode=session.end_close_code,
     )
     services = [sessions, router, largestCapacity]
+    if (sweeper := gate.sweeper()) is not None:
+        services.append(sweeper)
     if listen.auto_ping > 0:
         services.append(KeepAlive(clock, sessions, listen.auto_ping))
     if listen.idle_timeout > 0:

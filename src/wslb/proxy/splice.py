@@ -310,7 +310,7 @@ class Splice:
     """
 
     __slots__ = (
-        "key", "cost", "placement", "address", "activity", "maxMessageSize", "traffic",
+        "key", "cost", "placement", "counted", "activity", "maxMessageSize", "traffic",
         "_context", "toWorker", "toUser", "_awaiting", "_state", "_closeTimer", "_reason",
         "_workerEnded",
     )
@@ -319,7 +319,7 @@ class Splice:
         self.key = user.key
         self.cost = user.cost
         self.placement = user.placement
-        self.address = context.gate.address(user)
+        self.counted = user.counted  # as the gate counts the user's connection
         self.activity = 0  # payload bytes both ways, for the idle sweep
         self.maxMessageSize = context.maxMessageSize
         self.traffic = context.traffic
@@ -478,6 +478,6 @@ class Splice:
             reason=reason, clean=self.toWorker.closeSeen and self.toUser.closeSeen,
             bytes_from_user=self.toWorker.wireBytes, bytes_to_user=self.toUser.wireBytes,
         )
-        context.gate.connectionLost(self.address)
+        context.gate.connectionLost(self.counted)
         context.sessions.closed(self.key, self)
         context.sessions.release(self.key)

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol
 
 from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused, badRequest
+from wslb.proxy.gate import UNKNOWN
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
 from wslb.proxy.splice import Splice
 from wslb.proxy.transports import noDelay, writeNow
@@ -141,6 +142,7 @@ class UserHandshake(OpensSessions, Protocol):
     """
 
     data = b""  # read and not yet handled: the head, or frames sent early
+    counted = None  # what the gate counts this connection as (None: refused)
     _opening = None  # the Deferred of _open, while the handshake is held
     _discarding = False  # refused: reading only until it is closed
 
@@ -148,14 +150,23 @@ class UserHandshake(OpensSessions, Protocol):
         self.context = context
 
     def connectionMade(self):
-        gate = self.context.gate
         noDelay(self.transport)
-        gate.connectionMade(gate.address(self))
+        self.counted = self.context.gate.accept(self)
+        if self.counted is None:
+            self._discarding = True
+            self.transport.abortConnection()  # a limit: nothing is read
+            return
         self._startRequestTimer(self._tooSlow)
 
     def dataReceived(self, data):
         if self._discarding:
             return
+        if self.counted is UNKNOWN:  # the PROXY header was read: the address is known
+            self.counted = self.context.gate.identified(self)
+            if self.counted is None:
+                self._discarding = True
+                self.transport.abortConnection()
+                return
         data = self.data = self.data + data
         if self._opening is not None:
             if len(data) > MAX_REQUEST_HEAD:  # talking while its handshake is held
@@ -228,5 +239,5 @@ class UserHandshake(OpensSessions, Protocol):
         if self.worker is not None:  # connected to the worker, never relayed
             self.worker.transport.abortConnection()
             self.worker = None
-        self.context.gate.connectionLost(self.context.gate.address(self))
+        self.context.gate.connectionLost(self.counted)
         self._release()
