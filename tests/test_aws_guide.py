@@ -297,3 +297,24 @@ def test_a_handler_runs_from_the_unpacked_zip_as_lambda_runs_it(lambda_zip, redi
                  "print(worker_event({'worker': 'i-0', 'event': 'heartbeat'}, None)['outcome'])",
                  task, WSLB_REDIS_URL=redis_server.url, WSLB_NAMESPACE="guide-zip")
     assert (done.returncode, done.stdout.strip()) == (0, "unknown worker"), done.stderr
+
+
+# --- where TLS ends: the numbers the guide cites are recorded -----------------------------
+
+
+def test_the_tls_recommendation_cites_a_recorded_run_of_the_tls_rows():
+    text = " ".join(guide.GUIDE.read_text().split())
+    cited = re.search(r"the TLS rows of the run of (\d{4}-\d\d-\d\d \d\d:\d\d)", text)
+    assert cited, "the guide cites no run of bench/RESULTS.md"
+    results = (PROJECT / "bench" / "RESULTS.md").read_text()
+    start = results.index(f"## {cited[1]} UTC")
+    section = results[start:results.find("\n## ", start + 1)]
+    [pingpong] = [line for line in section.splitlines()
+                  if line.startswith("| 50 connections ping-pong, 32 B | msg/s |")]
+    [connect] = [line for line in section.splitlines()
+                 if line.startswith("| new connections") and "| conn/s |" in line]
+    header = next(line for line in section.splitlines() if line.startswith("| scenario | unit"))
+    assert header.split(" | ")[-1].startswith("wslb TLS (ssl:) / HAProxy")
+    for line, ratio in ((pingpong, "0.80"), (connect, "0.91")):
+        assert line.rstrip(" |").split(" | ")[-1] == ratio
+        assert f"{ratio}x" in text
