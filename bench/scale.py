@@ -19,12 +19,13 @@ import sys
 import time
 
 import _crowd
+import _pool
 import _report
 import _scale_costs
 from _procs import freePort, raiseOpenFileLimit, runWithChildren, waitListening
 from run import ensureWs, nodeModuleVersions, stopOnSignals
 
-PARTS = ("costs", "once", "crowd")
+PARTS = ("costs", "pool", "once", "crowd")
 PERIODIC_BOUND = 200.0  # µs of Redis per call, for any call made periodically or per handshake
 
 # The calls an instance makes per handshake or periodically (the leader's
@@ -68,13 +69,14 @@ def parseArgs(argv):
     return args
 
 
-def costs(children, redisServer, logDir, rounds):
+def withRedis(children, redisServer, logDir, name, measure, *args):
+    """``measure(port, *args)`` against a redis-server of its own."""
     port = freePort()
     process = children.start([redisServer, "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], log=logDir / "costs-redis.log")
+                              "--save", "", "--appendonly", "no"], log=logDir / f"{name}.log")
     try:
         waitListening(port, process, 30, "redis-server")
-        return _scale_costs.run(port, rounds)
+        return measure(port, *args)
     finally:
         children.stop(process)
 
@@ -159,6 +161,23 @@ def renderCosts(c):
     return out
 
 
+def renderPool(results):
+    out = ["", f"Command connections per instance: {_pool.INSTANCES} client processes (each a "
+               "RedisRegistry) on one Redis with 10,000 workers and 10,000 sessions, each "
+               f"running {_pool.CONCURRENCY} handshake loops (assign of a known key, release) "
+               f"for {_pool.SECONDS:g} s; the first, the leader, also reads the whole fleet "
+               "in pages over and over. Assign round trips in µs, medians over the rounds:", "",
+           "| connections | all: calls | all: p50 | all: p99 | all: max | leader: p50 | "
+           "leader: p99 | leader: max | leader's fleet reads |",
+           "|" + " --- |" * 9]
+    for pool, r in results.items():
+        a, lead = r["all"], r["leader"]
+        out.append(f"| {pool} | {a['calls']:,.0f} | {_us(a['p50'])} | {_us(a['p99'])} | "
+                   f"{_us(a['max'])} | {_us(lead['p50'])} | {_us(lead['p99'])} | "
+                   f"{_us(lead['max'])} | {r['passes']:.0f} |")
+    return out
+
+
 def renderOnce(results):
     out = ["", "1,000 users opening a WebSocket at the same moment, round robin over 3 wslb "
                "instances (twistd, Redis registry) on one redis-server:", "",
@@ -205,6 +224,8 @@ def render(results, args, revision):
            ""]
     if "costs" in results:
         out += renderCosts(results["costs"])
+    if "pool" in results:
+        out += renderPool(results["pool"])
     if "once" in results:
         out += renderOnce(results["once"])
     if "crowd" in results:
@@ -227,7 +248,11 @@ def main(argv=None):
         began = time.monotonic()
         results = {}
         if "costs" in args.parts:
-            results["costs"] = costs(children, redisServer, logDir, args.rounds)
+            results["costs"] = withRedis(children, redisServer, logDir, "costs-redis",
+                                         _scale_costs.run, args.rounds)
+        if "pool" in args.parts:
+            results["pool"] = withRedis(children, redisServer, logDir, "pool-redis",
+                                        _pool.run, args.rounds)
         if "once" in args.parts:
             results["once"] = once(children, node, redisServer, logDir)
         if "crowd" in args.parts:

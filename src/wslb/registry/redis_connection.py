@@ -154,14 +154,15 @@ class RedisConnection:
 
     def _target(self):
         """
-        The command connection when it is up, else txredisapi's handler,
-        which waits for one: going through the handler costs a generator
-        and two Deferreds per command, on every handshake.
+        The connected command connection with the fewest replies pending,
+        else txredisapi's handler, which waits for one: going through the
+        handler costs a generator and two Deferreds per command, on every
+        handshake.
         """
-        for protocol in self._commands.pool:
-            if protocol.connected:
-                return protocol
-        return self._commands.handler
+        connected = [protocol for protocol in self._commands.pool if protocol.connected]
+        if not connected:
+            return self._commands.handler
+        return min(connected, key=lambda protocol: len(protocol.replyQueue.waiting))
 
 
 class _Authenticating:
