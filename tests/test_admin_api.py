@@ -2,6 +2,7 @@
 
 import gc
 import json
+from urllib.parse import quote
 
 import pytest_twisted
 import treq
@@ -11,7 +12,7 @@ from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from wslb.admin.api import makeAdminRoutes, makeAdminSite
+from wslb.admin.api import MAX_PAGE, PAGE, makeAdminRoutes, makeAdminSite
 from wslb.admin.web import Response
 from wslb.registry import HEALTHY, Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
@@ -138,6 +139,36 @@ async def test_sessions_list_and_one(admin):
 
 
 @pytest_twisted.ensureDeferred
+async def test_lists_come_in_pages_that_name_the_next(admin):
+    registry, clock = admin.registry, admin.clock
+    ids = [f"10.0.0.{i}:9000" for i in range(12)]
+    for worker_id in ids:
+        await addHealthyWorker(registry, clock, worker_id, capacity=100)
+    keys = [f"user{i:03}" for i in range(PAGE + 2)]
+    for key in keys:
+        await registry.assign(AssignRequest(key, 1, "wslb-1"), clock.seconds())
+    ids.sort()
+
+    code, first = await admin.get("/api/v1/workers?limit=5")
+    assert (code, [w["id"] for w in first["workers"]], first["next"]) == (200, ids[:5], ids[4])
+    code, second = await admin.get(f"/api/v1/workers?limit=5&cursor={quote(first['next'])}")
+    assert [w["id"] for w in second["workers"]] == ids[5:10]
+    code, last = await admin.get(f"/api/v1/workers?limit=5&cursor={quote(second['next'])}")
+    assert [w["id"] for w in last["workers"]] == ids[10:] and "next" not in last
+    code, exact = await admin.get("/api/v1/workers?limit=12")
+    assert len(exact["workers"]) == 12 and "next" not in exact
+
+    code, page = await admin.get("/api/v1/sessions")  # PAGE by default
+    assert [s["key"] for s in page["sessions"]] == keys[:PAGE] and page["next"] == keys[PAGE - 1]
+    code, rest = await admin.get(f"/api/v1/sessions?cursor={page['next']}")
+    assert [s["key"] for s in rest["sessions"]] == keys[PAGE:] and "next" not in rest
+
+    for bad in ("0", "-1", "x", str(MAX_PAGE + 1)):
+        code, body = await admin.get(f"/api/v1/sessions?limit={bad}")
+        assert code == 400 and "limit" in body["error"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_queue_length_and_oldest_wait(admin):
     assert await admin.get("/api/v1/queue") == (200, {"length": 0, "oldest_wait_seconds": 0})
     for key in ("q1", "q2"):
@@ -170,7 +201,7 @@ async def test_head_answers_like_get_without_a_body(admin):
 class StalledRegistry(MemoryRegistry):
     """A registry whose listing never answers (as Redis does while unreachable)."""
 
-    def listWorkers(self):
+    def listWorkers(self, **kwargs):
         return defer.Deferred()
 
 

@@ -10,6 +10,7 @@ from _admin_helpers import T0, AdminServer
 from conftest import free_port
 from twisted.internet import utils
 
+from wslb.admin.api import PAGE
 from wslb.config import describe, load_config
 from wslb.registry import AssignRequest, Queued
 
@@ -99,6 +100,19 @@ async def test_status_shows_workers_sessions_and_queue(admin):
     assert ["alice", "10.0.2.110:9000", "1", "yes", "2022-02-08T15:27:00Z"] in rows
     assert ["bob", "10.0.2.110:9000", "1", "no", "2022-02-08T15:27:00Z"] in rows
     assert "queue: 1 waiting, the oldest for 2.5 s" in out.splitlines()
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_follows_the_pages(admin):
+    """More sessions than one page of the API holds: every one is listed."""
+    await admin.addHealthyWorker("10.0.2.110:9000", capacity=PAGE + 1)
+    keys = [f"user{i:04}" for i in range(PAGE + 1)]
+    for key in keys:
+        await admin.registry.assign(AssignRequest(key, 1, "i1"), T0)
+    code, out, err = await wslb("status", "--admin", admin.url)
+    assert (code, err) == (0, "")
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("user")]
+    assert listed == keys
 
 
 @pytest_twisted.ensureDeferred

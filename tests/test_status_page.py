@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from wslb.admin.api import makeAdminRoutes, makeAdminSite
+from wslb.admin.api import PAGE, makeAdminRoutes, makeAdminSite
 from wslb.admin.history import History
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.metrics import Metrics
@@ -203,6 +203,39 @@ async def test_with_a_token_the_page_keeps_it_for_the_tab_and_polls_with_it(guar
     assert len(dom.byId("workers").rows()) == 6
     assert {row[0] for row in dom.byId("sessions").rows()} == {HOSTILE, "alice", "bob", "carol"}
     assert legends(dom) == LAST_SAMPLE  # the charts' history came with the token too
+
+
+@pytest_twisted.async_yield_fixture()
+async def crowded():
+    """More sessions than a page of the API holds: PAGE + 20, on one worker."""
+    site = StatusSite()
+    site.history.startService()
+    await site.registry.addWorker("w-big", "ws://w-big", "static", PAGE + 100, T0)
+    await site.registry.setWorkerState("w-big", HEALTHY, T0)
+    for i in range(PAGE + 20):
+        await site.assign(f"user{i:04}", 1)
+    site.clock.advance(site.history.interval)  # a sample of them
+    yield site
+    await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_table_shows_a_page_and_links_the_next(crowded, tmp_path):
+    html, _ = await render(crowded.url + "/status", tmp_path)
+    dom = parse(html)
+    keys = [row[0] for row in dom.byId("sessions").rows()]
+    assert keys == [f"user{i:04}" for i in range(PAGE)]
+    assert dom.byId("sessions-total").text() == str(PAGE + 20)  # the pool's count, not the page's
+    [following] = dom.byId("sessions-pager").all("a")
+    assert following.attrs["href"] == f"?sessions=user{PAGE - 1:04}"
+    assert dom.byId("workers-pager").all("a") == []
+
+    html, _ = await render(crowded.url + "/status" + following.attrs["href"], tmp_path)
+    dom = parse(html)
+    assert [row[0] for row in dom.byId("sessions").rows()] == [
+        f"user{i:04}" for i in range(PAGE, PAGE + 20)]
+    [first] = dom.byId("sessions-pager").all("a")
+    assert (first.text(), first.attrs["href"]) == ("first page", "?")
 
 
 @pytest_twisted.ensureDeferred

@@ -64,6 +64,17 @@ class AdminClient:
                              f"{e.__class__.__name__}: {e}") from None
 
 
+    def listed(self, path, name):
+        """Every record of a paged list endpoint, following each page's ``next``."""
+        records, query = [], ""
+        while True:
+            page = self.call("GET", path + query)
+            records += page[name]
+            if "next" not in page:
+                return records
+            query = "?cursor=" + quote(page["next"], safe="")
+
+
 def _errorOf(response):
     """The ``error`` of a JSON error body, or the start of whatever came."""
     text = response.read(4096).decode("utf-8", "replace")
@@ -118,8 +129,8 @@ def checkConfig(args):
 
 def status(args):
     admin = _client(args)
-    workers = admin.call("GET", "/api/v1/workers")["workers"]
-    sessions = admin.call("GET", "/api/v1/sessions")["sessions"]
+    workers = admin.listed("/api/v1/workers", "workers")
+    sessions = admin.listed("/api/v1/sessions", "sessions")
     queue = admin.call("GET", "/api/v1/queue")
     lines = table(
         ("WORKER", "STATE", "DRAINING", "LOAD/CAPACITY", "SESSIONS", "LAST SEEN"),

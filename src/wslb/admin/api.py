@@ -25,6 +25,8 @@ log = Logger()
 
 DEFAULT_TIMEOUT = 3.0  # seconds the registry may take; NLB health checks wait ~5 s
 REGISTERED = "registered"  # the provider of workers registered through the API
+PAGE = 500  # records per answer of a list endpoint, unless ?limit= says otherwise
+MAX_PAGE = 5000
 
 
 def isoTime(seconds):
@@ -74,6 +76,34 @@ def registeredUrl(url):
             and parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)):
         raise bad
     return f"{parts.scheme}://{hostPort(url)}"
+
+
+def pageOf(request):
+    """
+    (cursor, limit) of a list request: ``?cursor=`` is the ``next`` of the
+    page before (absent: the first page), ``?limit=`` at most how many
+    records (default PAGE).
+    """
+    cursor = request.args.get(b"cursor", [b""])[-1].decode("utf-8", "replace") or None
+    limit = request.args.get(b"limit", [str(PAGE).encode()])[-1]
+    try:
+        limit = int(limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise HTTPError(400, f"limit must be an integer from 1 to {MAX_PAGE}")
+    return cursor, limit
+
+
+def paged(name, records, limit, cursorOf, record):
+    """
+    The JSON body of one page: ``records`` were asked for with ``limit + 1``,
+    so one more than ``limit`` means more remain: ``next`` is the cursor.
+    """
+    body = {name: [record(r) for r in records[:limit]]}
+    if len(records) > limit:
+        body["next"] = cursorOf(records[limit - 1])
+    return body
 
 
 def positiveInt(value, name):
@@ -127,8 +157,9 @@ class AdminAPI:
         return Response(200 if serving else 503, {"ok": bool(serving)})
 
     async def listWorkers(self, request):
-        workers = await self._ask(self._registry.listWorkers())
-        return Response(200, {"workers": [workerRecord(w) for w in workers]})
+        cursor, limit = pageOf(request)
+        workers = await self._ask(self._registry.listWorkers(after=cursor, limit=limit + 1))
+        return Response(200, paged("workers", workers, limit, lambda w: w.id, workerRecord))
 
     async def getWorker(self, request, id):
         worker = await self._ask(self._registry.getWorker(id))
@@ -137,8 +168,9 @@ class AdminAPI:
         return Response(200, workerRecord(worker))
 
     async def listSessions(self, request):
-        sessions = await self._ask(self._registry.listSessions())
-        return Response(200, {"sessions": [sessionRecord(s) for s in sessions]})
+        cursor, limit = pageOf(request)
+        sessions = await self._ask(self._registry.listSessions(after=cursor, limit=limit + 1))
+        return Response(200, paged("sessions", sessions, limit, lambda s: s.key, sessionRecord))
 
     async def getSession(self, request, key):
         session = await self._ask(self._registry.getSession(key))

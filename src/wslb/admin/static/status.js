@@ -6,12 +6,17 @@
 (() => {
   const POLL_MS = 2000;
   const TIMEOUT_MS = 5000;
-  const MAX_ROWS = 500; // per table; the API has the rest
+  const PAGE = 500; // rows per table: one page of the API's list
   const STATES = ["healthy", "starting", "unhealthy", "dead"];
   const ACTIONS = ["launch", "terminate", "adopt", "lost"];
   const OUTCOMES = ["ok", "400", "401", "403", "429", "502", "503"];
-  const API = ["api/v1/workers", "api/v1/sessions", "api/v1/queue", "api/v1/status"];
   const HISTORY = "api/v1/history";
+  // Which page each table shows: the page's URL names its cursor
+  // (?workers=CURSOR&sessions=CURSOR; none: the first page).
+  const view = new URLSearchParams(location.search);
+  const listed = (name) => `api/v1/${name}?limit=${PAGE}` +
+    (view.get(name) ? `&cursor=${encodeURIComponent(view.get(name))}` : "");
+  const API = [listed("workers"), listed("sessions"), "api/v1/queue", "api/v1/status"];
 
   const byId = (id) => document.getElementById(id);
   let lastGood = null; // Date of the last complete poll
@@ -45,16 +50,27 @@
   }
 
   function fillTable(id, items, row, emptyText) {
-    const rows = items.slice(0, MAX_ROWS).map(row);
-    const columns = byId(id).tHead.rows[0].cells.length;
-    const note = (text) => {
-      const cell = el("td", "note", text);
-      cell.colSpan = columns;
-      return el("tr", "", cell);
-    };
-    if (!items.length) rows.push(note(emptyText));
-    if (items.length > MAX_ROWS) rows.push(note(`… and ${items.length - MAX_ROWS} more`));
+    const rows = items.map(row);
+    if (!items.length) {
+      const cell = el("td", "note", emptyText);
+      cell.colSpan = byId(id).tHead.rows[0].cells.length;
+      rows.push(el("tr", "", cell));
+    }
     byId(id).tBodies[0].replaceChildren(...rows);
+  }
+
+  // Links to the first page and the next one of a paged table ("" drops the cursor).
+  function pager(name, next) {
+    const link = (text, cursor) => {
+      const params = new URLSearchParams(view);
+      if (cursor) params.set(name, cursor); else params.delete(name);
+      const a = el("a", "", text);
+      a.href = `?${params}`;
+      return a;
+    };
+    byId(`${name}-pager`).replaceChildren(
+      ...(view.get(name) ? [link("first page", "")] : []),
+      ...(next ? [link(`next ${PAGE} →`, next)] : []));
   }
 
   // -- time ------------------------------------------------------------------
@@ -86,24 +102,42 @@
 
   // -- rendering -------------------------------------------------------------
 
-  function renderCards(workers, sessions, queue, status) {
+  // The pool's totals: the history's last sample (counts the registry keeps),
+  // or, before there is one, what the tables' pages hold.
+  function totals(workersBody, sessionsBody) {
+    const sample = kept.samples[kept.samples.length - 1];
+    if (sample && sample.workers) return sample;
+    const { workers } = workersBody;
+    const { sessions } = sessionsBody;
     const live = workers.filter((w) => w.state !== "dead");
-    const counts = STATES.map((s) => [s, workers.filter((w) => w.state === s).length]);
-    const draining = workers.filter((w) => w.draining).length;
-    setText("workers-total", workers.length);
+    return {
+      workers: Object.fromEntries(STATES.map((s) => [s, workers.filter((w) => w.state === s).length])),
+      load: live.reduce((sum, w) => sum + w.load, 0),
+      capacity: live.reduce((sum, w) => sum + w.capacity, 0),
+      sessions: sessions.length,
+      sessions_in_grace: sessions.filter((s) => !s.connected).length,
+    };
+  }
+
+  function renderCards(workersBody, sessionsBody, queue, status) {
+    const pool = totals(workersBody, sessionsBody);
+    const counts = STATES.map((s) => [s, pool.workers[s] ?? 0]);
+    // Draining is a flag the counts do not have: told when one page holds every worker.
+    const whole = !view.get("workers") && !workersBody.next;
+    const draining = whole ? workersBody.workers.filter((w) => w.draining).length : 0;
+    setText("workers-total", counts.reduce((sum, [, n]) => sum + n, 0));
     byId("workers-states").replaceChildren(
       ...counts.filter(([, n]) => n).map(([s, n]) => el("span", `count state-${s}`, `${n} ${s}`)),
       ...(draining ? [el("span", "count draining", `${draining} draining`)] : []),
     );
 
-    const load = live.reduce((sum, w) => sum + w.load, 0);
-    const capacity = live.reduce((sum, w) => sum + w.capacity, 0);
+    const { load, capacity } = pool;
     setText("load-total", `${load} / ${capacity}`);
     byId("load-bar").style.width = `${capacity ? Math.min(100, (100 * load) / capacity) : 0}%`;
 
-    const connected = sessions.filter((s) => s.connected).length;
-    setText("sessions-total", sessions.length);
-    setText("sessions-split", `${connected} connected · ${sessions.length - connected} in grace`);
+    const connected = pool.sessions - pool.sessions_in_grace;
+    setText("sessions-total", pool.sessions);
+    setText("sessions-split", `${connected} connected · ${pool.sessions_in_grace} in grace`);
 
     setText("queue-length", queue.length);
     setText("queue-wait", queue.length ? `oldest waiting ${duration(queue.oldest_wait_seconds)}` : "nobody waiting");
@@ -145,17 +179,18 @@
   }
 
   function render([workersBody, sessionsBody, queue, status]) {
-    const { workers } = workersBody;
-    const { sessions } = sessionsBody;
     const now = Date.parse(status.now);
     setText("instance", status.instance);
     byId("role").replaceChildren(status.leader ? "leader" : "follower");
     byId("role").className = `pill ${status.leader ? "is-leader" : "is-follower"}`;
-    renderCards(workers, sessions, queue, status);
-    fillTable("workers", workers, (w) => workerRow(w, now), "No workers registered.");
-    fillTable("sessions", sessions, (s) => sessionRow(s, now), "No sessions.");
+    renderCards(workersBody, sessionsBody, queue, status);
+    fillTable("workers", workersBody.workers, (w) => workerRow(w, now), "No workers registered.");
+    pager("workers", workersBody.next);
+    fillTable("sessions", sessionsBody.sessions, (s) => sessionRow(s, now), "No sessions.");
+    pager("sessions", sessionsBody.next);
     fillTable("actions", status.scaler_actions, (a) => actionRow(a, now), "No scaler actions yet.");
-    document.title = `wslb · ${workers.length} workers · ${sessions.length} sessions · queue ${queue.length}`;
+    document.title = `wslb · ${byId("workers-total").textContent} workers · ` +
+      `${byId("sessions-total").textContent} sessions · queue ${queue.length}`;
   }
 
   // -- the last hour ---------------------------------------------------------
@@ -276,7 +311,7 @@
   async function poll() {
     try {
       const [views, span] = await Promise.all([Promise.all(API.map(getJSON)), pollHistory()]);
-      render(views);
+      render(views); // after the history: the cards read its last sample
       drawCharts(span);
       lastGood = new Date();
       setText("updated", `updated ${clockTime(lastGood)}`);
