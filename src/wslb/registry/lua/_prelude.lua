@@ -135,7 +135,8 @@ local function reindex(id)
   end
   if state == 'healthy' and draining == '0' then
     redis.call('ZADD', assignableKey(capacity), load, id)
-    redis.call('ZADD', ASSIGNABLE_CAPACITIES, capacity, capacity)
+    -- Indexed so before, it is in the set already: the capacity is listed.
+    if indexed ~= now then redis.call('ZADD', ASSIGNABLE_CAPACITIES, capacity, capacity) end
   end
 end
 
@@ -159,14 +160,18 @@ local function newWorker(id, url, provider, capacity, state, now)
   tellCapacity()
 end
 
--- Bind a new session to a worker (its cost joins the worker's load).
-local function bind(key, cost, workerId, now)
+-- Bind a new session to a worker (its cost joins the worker's load), with
+-- `connections` (>= 1) live connections via `instance`.
+local function bind(key, cost, workerId, now, instance, connections)
   redis.call('HSET', sessionKey(key), 'key', key, 'worker', workerId, 'cost', cost,
-    'since', now, 'connections', '0', 'disconnected_at', '')
+    'since', now, 'connections', connections, 'conn:' .. instance, connections,
+    'disconnected_at', '')
   redis.call('ZADD', SESSIONS, 0, key)
+  redis.call('SADD', instanceSessionsKey(instance), key)
   redis.call('SADD', workerSessionsKey(workerId), key)
-  redis.call('HINCRBY', workerKey(workerId), 'load', cost)
-  redis.call('HSET', workerKey(workerId), 'idle_since', '')
+  if redis.call('HINCRBY', workerKey(workerId), 'load', cost) == tonumber(cost) then
+    redis.call('HSET', workerKey(workerId), 'idle_since', '')  -- it was idle until now
+  end
   reindex(workerId)
 end
 

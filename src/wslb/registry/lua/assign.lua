@@ -93,8 +93,7 @@ if head == nil or head == ticket or overtaking then
   if worker then
     if overtaking then redis.call('HINCRBY', ticketKey(head), 'passed', 1) end
     if ticket ~= '' then dropTickets({ticket}) end
-    bind(key, ARGV[2], worker, now)
-    countConnections(key, instance, 1, now)
+    bind(key, ARGV[2], worker, now, instance, 1)
     return cjson.encode({assigned = record(workerKey(worker)), fresh = true})
   end
 end

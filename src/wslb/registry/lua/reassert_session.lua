@@ -16,10 +16,11 @@ if redis.call('EXISTS', workerKey(workerId)) == 0 then
 end
 local session = sessionSnapshot(key)
 if session == nil then
-  bind(key, ARGV[6], workerId, now)
-elseif session.worker ~= workerId then
+  bind(key, ARGV[6], workerId, now, instance, ARGV[8])
+elseif session.worker == workerId then
+  local mine = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance)) or 0
+  countConnections(key, instance, tonumber(ARGV[8]) - mine, now)
+else
   return cjson.encode(session)
 end
-local mine = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance)) or 0
-countConnections(key, instance, tonumber(ARGV[8]) - mine, now)
 return cjson.encode(sessionSnapshot(key))
