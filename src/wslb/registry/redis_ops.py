@@ -125,16 +125,29 @@ def _decodeWorker(reply):
     return _worker(_json(reply))
 
 
-def _decodeWorkers(reply):
-    return [_worker(fields) for fields in _json(reply) or ()]
+# What a listing reads of each record (HMGET: a row of values, not a map).
+WORKER_FIELDS = ("id", "url", "provider", "state", "draining", "capacity", "load",
+                 "started_at", "state_since", "idle_since", "last_seen")
+SESSION_FIELDS = ("key", "worker", "cost", "connections", "since", "disconnected_at")
+
+
+def _decodeWorkerRows(reply):
+    """Rows of WORKER_FIELDS' values, each followed by its sessions when they were read."""
+    workers = []
+    for row in _json(reply) or ():
+        fields = dict(zip(WORKER_FIELDS, row))
+        if len(row) > len(WORKER_FIELDS):
+            fields["sessions"] = row[-1]
+        workers.append(_worker(fields))
+    return workers
 
 
 def _decodeSession(reply):
     return _session(_json(reply))
 
 
-def _decodeSessions(reply):
-    return [_session(fields) for fields in _json(reply) or ()]
+def _decodeSessionRows(reply):
+    return [_session(dict(zip(SESSION_FIELDS, row))) for row in _json(reply) or ()]
 
 
 def _decodeSortedNames(reply):
@@ -177,8 +190,8 @@ def listWorkers(sessions=True, state=None, after=None, limit=PAGE) -> Op:
     if state is not None and state not in WORKER_STATES:
         raise ValueError(f"unknown worker state {state!r}")
     return Op("list_workers", (
-        "1" if sessions else "0", after or "", _pageSize(limit), state or "",
-    ), _decodeWorkers)
+        "1" if sessions else "0", after or "", _pageSize(limit), state or "", *WORKER_FIELDS,
+    ), _decodeWorkerRows)
 
 
 def countWorkers() -> Op:
@@ -251,7 +264,8 @@ def getSession(key) -> Op:
 
 def listSessions(after=None, limit=PAGE) -> Op:
     """One page: at most ``limit`` (<= PAGE) sessions; RedisRegistry pages through more."""
-    return Op("list_sessions", (after or "", _pageSize(limit)), _decodeSessions)
+    return Op("list_sessions", (after or "", _pageSize(limit), *SESSION_FIELDS),
+              _decodeSessionRows)
 
 
 def countSessions(connected=None) -> Op:
