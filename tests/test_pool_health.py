@@ -3,6 +3,7 @@ Health checks over real HTTP on 127.0.0.1 (the global reactor does the I/O)
 while a task.Clock drives the policy: intervals, timeouts, state ages.
 """
 
+
 import pytest
 import pytest_twisted
 from conftest import free_port
@@ -236,15 +237,21 @@ def test_a_round_reads_the_starting_workers_and_the_fleet_once_per_interval(serv
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_check_reads_no_session_list(serve, checked):
-    """A worker's sessions may be thousands: a check costs the same without them."""
-    url, _ = serve()
-    c = checked()
+def test_a_check_reads_no_session_list_and_a_pass_no_record(serve, checked):
+    """
+    A worker's sessions may be thousands: a check costs the same without
+    them. A pass is one registry call; a failure reads the worker first.
+    """
+    url, endpoint = serve()
+    c = checked(failures=1)
     yield c.add("w", url)
     got, moved = spy(c.registry, "getWorker"), spy(c.registry, "setWorkerState")
     yield c.checker.check()
-    assert [kw["sessions"] for kw in got + moved] == [False, False]
-    assert (yield c.worker("w")).state == HEALTHY
+    assert got == [] and [kw["sessions"] for kw in moved] == [False]
+    endpoint.code = 500
+    yield c.round()
+    assert got == [{"sessions": False}] and len(moved) == 2 and not moved[1]["sessions"]
+    assert (yield c.worker("w")).state == UNHEALTHY
 
 
 @pytest_twisted.inlineCallbacks
@@ -301,22 +308,32 @@ def test_a_worker_that_died_during_its_check_stays_dead(serve, checked):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve, checked):
-    """The move is guarded in the registry: no window between reading and setting."""
-    url, _ = serve()
-    c = checked()
+@pytest.mark.parametrize("passing", [True, False])
+def test_a_worker_that_died_after_its_record_was_read_stays_dead(serve, checked, passing):
+    """
+    The move is guarded in the registry: no window between reading and
+    setting, whether the decision rests on the round's listing (a pass) or
+    on a fresh read (a failure: how long the worker was in its state counts).
+    """
+    url, endpoint = serve()
+    endpoint.code = 200 if passing else 500
+    c = checked(failures=1)
     yield c.add("w", url)
-    read = c.registry.getWorker
+    if not passing:
+        yield c.set("w", HEALTHY)
+    name = "listWorkers" if passing else "getWorker"
+    read = getattr(c.registry, name)
 
-    def readThenDie(worker_id, **kw):
-        d = read(worker_id, **kw)
-        return d.addCallback(lambda worker: c.set(worker_id, DEAD).addCallback(lambda _: worker))
+    def readThenDie(*args, **kwargs):  # e.g. a Lambda's "terminated" right then
+        return read(*args, **kwargs).addCallback(
+            lambda found: c.set("w", DEAD).addCallback(lambda _: found))
 
-    c.registry.getWorker = readThenDie  # e.g. a Lambda's "terminated" right then
+    setattr(c.registry, name, readThenDie)
     yield c.checker.check()
-    del c.registry.getWorker
+    delattr(c.registry, name)
     worker = yield c.worker("w")
-    assert (worker.state, worker.last_seen) == (DEAD, None)
+    assert worker.state == DEAD
+    assert (worker.last_seen is None) == passing  # a pass never set it
 
 
 @pytest_twisted.inlineCallbacks

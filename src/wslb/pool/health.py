@@ -136,7 +136,7 @@ class HealthChecker:
     def _checkOne(self, worker):
         d = maybeDeferred(self._probe, worker.url)
         d.addCallback(self._counted)
-        d.addCallback(self._record, worker.id)
+        d.addCallback(self._record, worker)
         d.addErrback(lambda failure: self.log.failure(
             "health check of {worker} failed", failure, worker=worker.id))
         return d
@@ -156,15 +156,21 @@ class HealthChecker:
         return outcome == PASSED
 
     @inlineCallbacks
-    def _record(self, passed, worker_id):
+    def _record(self, passed, listed):
+        worker_id = listed.id
         failures = 0 if passed else self._failures.get(worker_id, 0) + 1
         self._failures[worker_id] = failures
-        # Decide on a fresh record (state_since, provider); the registry's
-        # guard then keeps a worker that died or moved meanwhile as it is.
-        # Its sessions are not read: a check costs the same however many.
-        worker = yield self._registry.getWorker(worker_id, sessions=False)
-        if worker is None:
-            return
+        worker = listed
+        if not passed:
+            # Decide on a fresh record: a failure's input depends on how long
+            # the worker has been in its state. A pass leads to one state
+            # whatever that age, so the record the round listed does. Either
+            # way the registry's guard keeps a worker that died or moved
+            # meanwhile as it is. Sessions are not read: a check costs the
+            # same however many.
+            worker = yield self._registry.getWorker(worker_id, sessions=False)
+            if worker is None:
+                return
         now = self._clock.seconds()
         event = self._input(worker, passed, failures, now)
         if event is None:
