@@ -36,8 +36,17 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# One connection runs commands in the order they were issued, as the memory
-# registry does; Redis serves one command at a time anyway.
+# Command connections (the subscriber has its own). With one, Redis runs an
+# instance's calls in the order they were issued, as the memory registry
+# does. What the registry's callers rely on is weaker, and holds for any
+# number: a call issued after another's Deferred fired sees all of that
+# call's effects (each call is one atomic script); notices reach listeners
+# in the order Redis published them (one subscriber connection); and calls
+# issued together without waiting (the router's ticket upkeep, a scrape's
+# reads, an end and a release of one key) do not depend on each other's
+# order. More connections did not cut the tail of handshake calls under load
+# (bench/scale.py --only pool; bench/RESULTS.md): Redis runs one script at a
+# time however many connections bring them. So: one.
 POOL_SIZE = 1
 
 # The longest wait between two connection attempts (txredisapi adds 12 %
