@@ -36,7 +36,7 @@ class Sampled:
         self.metrics.handshakes.labels(outcome).inc(n)
 
 
-def test_a_sample_every_interval_and_an_hour_at_most():
+def test_a_sample_every_interval_and_the_window_at_most():
     s = Sampled()
     s.history.startService()  # the first sample at once
     for _ in range(9):
