@@ -18,8 +18,8 @@ long view.
 from collections import deque
 from dataclasses import asdict
 
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from wslb.admin.web import HTTPError, Response
@@ -30,7 +30,7 @@ INTERVAL = 5.0  # seconds between samples
 WINDOW = 3600.0  # seconds of samples kept
 
 
-class History(Service):
+class History(TimerService):
     """
     Samples ``metrics`` (a L{wslb.metrics.Metrics}, refreshed from
     ``registry``) every ``interval`` seconds on ``clock``, keeping
@@ -39,36 +39,21 @@ class History(Service):
     """
 
     def __init__(self, clock, metrics, registry, interval=INTERVAL, window=WINDOW):
-        self._clock = clock
+        super().__init__(interval, lambda: defer.ensureDeferred(self._sample()))
+        self.clock = clock  # TimerService's, and ours
         self._metrics = metrics
         self._registry = registry
-        self.interval = interval
         self._samples = deque(maxlen=round(window / interval))
         self._seq = 0
         self._counted = None  # (time, handshake counts) of the sample before
-        self._loop = None
-        self._looping = None
-
-    def startService(self):
-        super().startService()
-        self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self._sample()))
-        self._loop.clock = self._clock
-        self._looping = self._loop.start(self.interval, now=True)
-
-    def stopService(self):
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-            return self._looping  # fires once a sample in progress is taken
-        return None
 
     async def _sample(self):
-        # LoopingCall stops for good on a failure: this never fails.
+        # A TimerService stops for good on a failure: this never fails.
         try:
-            await self._metrics.refresh(self._registry, self._clock)
+            await self._metrics.refresh(self._registry, self.clock)
         except Exception:
             log.failure("history: reading the registry failed")
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         pool = self._metrics.pool  # None when the registry did not answer: a gap
         self._seq += 1
         self._samples.append({
@@ -103,8 +88,8 @@ class History(Service):
             raise HTTPError(400, "after must be a sample's seq (an integer)") from None
         return Response(200, {
             "last": self._seq,  # below the page's last seq: this instance restarted
-            "interval": self.interval,
-            "window": self._samples.maxlen * self.interval,
-            "now": self._clock.seconds(),
+            "interval": self.step,
+            "window": self._samples.maxlen * self.step,
+            "now": self.clock.seconds(),
             "samples": self.samples(after),
         })
