@@ -47,6 +47,11 @@ class History(TimerService):
         self._seq = 0
         self._counted = None  # (time, handshake counts) of the sample before
 
+    @property
+    def interval(self):
+        """Seconds between two samples (TimerService's step)."""
+        return self.step
+
     async def _sample(self):
         # A TimerService stops for good on a failure: this never fails.
         try:
@@ -88,8 +93,8 @@ class History(TimerService):
             raise HTTPError(400, "after must be a sample's seq (an integer)") from None
         return Response(200, {
             "last": self._seq,  # below the page's last seq: this instance restarted
-            "interval": self.step,
-            "window": self._samples.maxlen * self.step,
+            "interval": self.interval,
+            "window": self._samples.maxlen * self.interval,
             "now": self.clock.seconds(),
             "samples": self.samples(after),
         })
