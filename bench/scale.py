@@ -214,23 +214,14 @@ def renderCrowd(r):
     ]
 
 
-def render(results, args, revision):
+def heading(args, revision):
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = [f"## {now}: fleet scale (`bench/scale.py`)\n",
-           f"- command: `{_report.command()}`",
-           f"- machine: {_report.machine()}; load average before the run: {args.load}",
-           f"- wslb: {revision}",
-           f"- software: node modules {nodeModuleVersions()}",
-           ""]
-    if "costs" in results:
-        out += renderCosts(results["costs"])
-    if "pool" in results:
-        out += renderPool(results["pool"])
-    if "once" in results:
-        out += renderOnce(results["once"])
-    if "crowd" in results:
-        out += renderCrowd(results["crowd"])
-    return "\n".join(out) + "\n"
+    return [f"## {now}: fleet scale (`bench/scale.py`)\n",
+            f"- command: `{_report.command()}`",
+            f"- machine: {_report.machine()}; load average before the run: {args.load}",
+            f"- wslb: {revision}",
+            f"- software: node modules {nodeModuleVersions()}",
+            ""]
 
 
 def main(argv=None):
@@ -244,20 +235,27 @@ def main(argv=None):
         args.load = " ".join(f.read().split()[:3])
     revision = _report.revision()
 
+    parts = {  # name: (measure it, render what it measured)
+        "costs": (lambda children, logDir: withRedis(
+            children, redisServer, logDir, "costs-redis", _scale_costs.run, args.rounds),
+            renderCosts),
+        "pool": (lambda children, logDir: withRedis(
+            children, redisServer, logDir, "pool-redis", _pool.run, args.rounds), renderPool),
+        "once": (lambda children, logDir: once(children, node, redisServer, logDir),
+                 renderOnce),
+        "crowd": (lambda children, logDir: crowd(children, node, redisServer, logDir, args),
+                  renderCrowd),
+    }
+
     def work(children, logDir):
         began = time.monotonic()
-        results = {}
-        if "costs" in args.parts:
-            results["costs"] = withRedis(children, redisServer, logDir, "costs-redis",
-                                         _scale_costs.run, args.rounds)
-        if "pool" in args.parts:
-            results["pool"] = withRedis(children, redisServer, logDir, "pool-redis",
-                                        _pool.run, args.rounds)
-        if "once" in args.parts:
-            results["once"] = once(children, node, redisServer, logDir)
-        if "crowd" in args.parts:
-            results["crowd"] = crowd(children, node, redisServer, logDir, args)
-        _report.publish(render(results, args, revision), not args.no_record)
+        section = heading(args, revision)
+        for name in args.parts:
+            measure, render = parts[name]
+            lines = render(measure(children, logDir))
+            print("\n".join(lines), flush=True)  # kept on screen should a later part fail
+            section += lines
+        _report.publish("\n".join(section) + "\n", not args.no_record)
         print(f"({time.monotonic() - began:.0f} s)")
 
     return runWithChildren("wslb-scale-", work)

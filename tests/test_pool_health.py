@@ -8,14 +8,14 @@ import pytest
 import pytest_twisted
 from conftest import free_port
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from wslb.pool.health import HealthChecker
+from wslb.pool.health import MAX_CHECKS, HealthChecker
 from wslb.registry import DEAD, HEALTHY, STARTING, UNHEALTHY
 from wslb.registry.memory import MemoryRegistry
 
@@ -252,6 +252,44 @@ def test_a_check_reads_no_session_list_and_a_pass_no_record(serve, checked):
     yield c.round()
     assert got == [{"sessions": False}] and len(moved) == 2 and not moved[1]["sessions"]
     assert (yield c.worker("w")).state == UNHEALTHY
+
+
+class HeldChecks:
+    """A treq-like client whose requests wait until the test answers them."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def get(self, url):
+        self.waiting.append(Deferred())
+        return self.waiting[-1]
+
+
+class Ok:
+    code = 200
+
+    def content(self):
+        return succeed(b"{}")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_whole_fleet_due_at_once_is_checked_a_bounded_number_at_a_time():
+    clock, http = Clock(), HeldChecks()
+    registry = MemoryRegistry(clock)
+    for i in range(MAX_CHECKS + 30):
+        yield registry.addWorker(f"w{i:03}", f"ws://127.0.0.1:{10000 + i}", "local", 1, 0)
+    checker = HealthChecker(registry, clock, "/health", INTERVAL, TIMEOUT, 3, START_TIMEOUT,
+                            UNHEALTHY_TIMEOUT, http=http)
+    done = checker.check()
+    assert len(http.waiting) == MAX_CHECKS
+    for answered in range(30):
+        http.waiting[answered].callback(Ok())
+    assert len(http.waiting) == MAX_CHECKS + 30  # each answer let one more start
+    for d in http.waiting[30:]:
+        d.callback(Ok())
+    yield done
+    states = {w.state for w in (yield registry.listWorkers(sessions=False))}
+    assert states == {HEALTHY}
 
 
 @pytest_twisted.inlineCallbacks

@@ -3,7 +3,13 @@
 from collections import Counter
 
 from treq.client import HTTPClient
-from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    DeferredList,
+    DeferredSemaphore,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
@@ -12,6 +18,10 @@ from wslb.registry import DEAD, STARTING, lifecycle
 from wslb.registry.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
 
 STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
+# Checks in flight at once. A whole fleet falls due together: thousands of
+# requests (and then registry calls) at once would starve the leader's
+# reactor past its own timeouts, the leader lock's renewal included.
+MAX_CHECKS = 100
 
 
 # What one check found: the outcomes of wslb_health_checks_total.
@@ -51,7 +61,8 @@ class HealthChecker:
     Each L{check} is one round over the workers that are due: a starting
     one (every round), any other once per C{interval}. Run rounds every
     L{pollInterval}. A round reads the starting workers only, and the whole
-    fleet (which the registry reads in pages) once per C{interval}.
+    fleet (which the registry reads in pages) once per C{interval}; at most
+    L{MAX_CHECKS} checks are in flight at once.
     """
 
     log = Logger()
@@ -77,6 +88,7 @@ class HealthChecker:
         self._lastCheck = {}  # worker id -> clock time its last check started
         self.outcomes = Counter({outcome: 0 for outcome in OUTCOMES})  # checks since start
         self._startingSince = None  # the longest-starting worker's state_since, last round
+        self._inFlight = DeferredSemaphore(MAX_CHECKS)
         self._lastPass = None  # clock time of the last round that read the whole fleet
 
     def close(self):
@@ -114,7 +126,7 @@ class HealthChecker:
         due = [worker for worker in workers if self._due(worker, now)]
         for worker in due:
             self._lastCheck[worker.id] = now
-        checks = DeferredList([self._checkOne(worker) for worker in due])
+        checks = DeferredList([self._inFlight.run(self._checkOne, worker) for worker in due])
         return checks.addCallback(lambda _: None)
 
     def _forgetAllBut(self, ids):
