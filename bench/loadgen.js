@@ -21,7 +21,7 @@
 //             at once), user i with key PREFIX-i; each waits (however long:
 //             queued) for its handshake and then holds its connection.
 //             Prints "EVENT settled {ms, opened, refused}" once every user is in
-//             or was refused, keeps every
+//             or was refused ("EVENT refused {status}" for each refusal), keeps every
 //             user's handshake time (ms from its arrival), and on a line
 //             "release" on stdin closes them all. A line "mark" notes the time:
 //             the result tells the users in before it from those after.
@@ -265,14 +265,17 @@ function crowd() {
       say('EVENT', 'settled', { ms: performance.now() - started, opened: handshakes.length, refused });
     }
   };
+  // A queued user waits as long as the queue holds it (the spec's limit).
+  const options = { ...CLIENT_OPTIONS, handshakeTimeout: spec.limit * 1000 };
   const arrive = (i) => {
     const t0 = performance.now();
-    const ws = new WebSocket(urlFor(i, `${spec.prefix}-${i}`), CLIENT_OPTIONS);
+    const ws = new WebSocket(urlFor(i, `${spec.prefix}-${i}`), options);
     let done = false;
     ws.on('error', () => {});
     ws.once('unexpected-response', (request, response) => {
       done = true;
       refused[response.statusCode] = (refused[response.statusCode] || 0) + 1;
+      say('EVENT', 'refused', { status: response.statusCode });
       response.resume();
       ws.terminate();
       settle();

@@ -210,7 +210,9 @@ def renderCrowd(r):
         f"(capacity {r['capacity']})",
         f"- the queue drained {_crowd.DRAIN_BATCH} freed slots at a time in {d['seconds']:.1f} s; "
         f"Redis bound the {d['bound']:,} queued users in the queue's order: "
-        + ("exactly" if d["fifo_exact"] else f"NO (first difference at {d['first_out_of_order']})"),
+        + ("exactly" if d["fifo_exact"] else f"NO (first difference at {d['first_out_of_order']})")
+        + (f"; {d['never_bound']} queued tickets were never bound (nobody held them: their "
+           "caller had timed out and was refused)" if d["never_bound"] else ""),
     ]
 
 
