@@ -83,3 +83,18 @@ async def _audit(registry):
     for cost, tickets in byCost.items():
         assert _pairs(await run("ZRANGE", p + "queue-cost:" + cost, 0, -1, "WITHSCORES")) == (
             tickets), cost
+
+    # Each connection a session counts is one "r:<request id>" field naming
+    # its instance; the per-instance counts and the total add them up.
+    for key in await run("ZRANGE", p + "sessions", 0, -1):
+        fields = dict(zip(*[iter(await run("HGETALL", p + "session:" + key))] * 2))
+        byInstance = defaultdict(int)
+        for name, value in fields.items():
+            if name.startswith("r:"):
+                byInstance[value.removeprefix("+")] += 1
+        counted = {name[5:]: int(value) for name, value in fields.items()
+                   if name.startswith("conn:")}
+        assert counted == byInstance, (key, fields)
+        assert int(fields["connections"]) == sum(byInstance.values()), (key, fields)
+        for instance in byInstance:
+            assert await run("SISMEMBER", p + "instance-sessions:" + instance, key), (key, instance)

@@ -35,6 +35,7 @@ from wslb.registry import (
     STARTING,
     UNHEALTHY,
     WORKER_STATES,
+    Abandoned,
     Assigned,
     AssignRequest,
     Queued,
@@ -708,6 +709,118 @@ class RegistryContract:
         yield registry.assign(request("a", instance="i1"), 1)
         session = yield registry.release("a", "i2", 2)
         assert (session.connections, session.disconnected_at) == (1, None)
+
+    # -- request ids: what keeps a registry call with an unknown outcome safe to repeat
+
+    @pytest_twisted.inlineCallbacks
+    def test_aRequestIdIsCountedOnce(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        first = request("a")
+        assigned = yield registry.assign(first, 1)
+        again = yield registry.assign(first, 2)  # a retry after an answer that was lost
+        assert (assigned.fresh, again.fresh, again.worker.id) == (True, True, "w1")
+        assert (yield registry.getSession("a")).connections == 1
+        other = yield registry.assign(request("a"), 3)
+        assert other.fresh is False
+        assert (yield registry.getSession("a")).connections == 2
+
+    @pytest_twisted.inlineCallbacks
+    def test_aReleaseByRequestIdCountsOnce(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        one, two = request("a"), request("a", instance="i2")
+        yield registry.assign(one, 1)
+        yield registry.assign(two, 1)
+        for _ in range(2):  # retried after an unknown outcome
+            session = yield registry.release("a", "i1", 2, one.request_id)
+            assert (session.connections, session.disconnected_at) == (1, None)
+        yield registry.release("a", "i2", 3, one.request_id)  # released already: nothing
+        assert (yield registry.getSession("a")).connections == 1
+        session = yield registry.release("a", "i2", 4, two.request_id)
+        assert (session.connections, session.disconnected_at) == (0, 4)
+
+    @pytest_twisted.inlineCallbacks
+    def test_abandonEndsTheSessionItsAssignBoundForNobody(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=1)
+        lost = request("a")
+        yield registry.assign(lost, 1)
+        capacity, ended = yield listen(registry, harness)
+        assert (yield registry.abandon("a", lost.request_id, 2)) is None
+        assert (yield registry.getSession("a")) is None  # ended, not in its grace
+        worker = yield registry.getWorker("w1")
+        assert (worker.load, worker.sessions, worker.idle_since) == (0, (), 2)
+        yield harness.settle()
+        assert ended.calls == [("a",)] and capacity.calls
+        assert (yield registry.abandon("a", lost.request_id, 3)) is None  # idempotent
+        assert isinstance((yield registry.assign(lost, 4)), Abandoned)
+        assert (yield registry.countSessions()) == 0
+        yield harness.audit()
+
+    @pytest_twisted.inlineCallbacks
+    def test_anAssignThatRunsAfterItsAbandonDoesNothing(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        late = request("a")
+        assert (yield registry.abandon("a", late.request_id, 1)) is None
+        assert isinstance((yield registry.assign(late, 2)), Abandoned)
+        assert (yield registry.getSession("a")) is None
+        assert (yield registry.queueInfo(2)).length == 0
+        assert (yield registry.assign(request("a"), 3)).fresh is True  # another request
+
+    @pytest_twisted.inlineCallbacks
+    def test_abandonLeavesASessionSomeoneHolds(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        lost, kept = request("a"), request("a", instance="i2")
+        yield registry.assign(lost, 1)
+        yield registry.assign(kept, 2)
+        session = yield registry.abandon("a", lost.request_id, 3)
+        assert (session.connections, session.disconnected_at) == (1, None)
+        assert (yield registry.getSession("a")) == session
+
+    @pytest_twisted.inlineCallbacks
+    def test_abandonOfAConnectionToAnOlderSessionStartsItsGrace(self, registry):
+        yield addHealthy(registry, "w1", capacity=1)
+        first = request("a")
+        yield registry.assign(first, 1)
+        yield registry.release("a", "i1", 2, first.request_id)
+        lost = request("a")
+        assert (yield registry.assign(lost, 3)).fresh is False
+        session = yield registry.abandon("a", lost.request_id, 4)
+        assert (session.connections, session.disconnected_at) == (0, 4)  # its user may come back
+        assert (yield registry.getSession("a")) == session
+
+    @pytest_twisted.inlineCallbacks
+    def test_abandonTakesTheTicketItsAssignQueued(self, registry, harness):
+        yield addHealthy(registry, "w1", capacity=1)
+        yield registry.assign(request("holder"), 1)
+        lost, behind = request("a"), request("b")
+        queued = yield registry.assign(lost, 2)
+        assert queued.ticket == lost.request_id
+        yield registry.assign(behind, 3)
+        yield registry.abandon("a", lost.request_id, 4)
+        info = yield registry.queueInfo(5)
+        assert (info.length, info.demand) == (1, 1)
+        yield registry.endSession("holder")
+        served = yield registry.assign(
+            dataclasses.replace(behind, ticket=behind.request_id), 6)
+        assert isinstance(served, Assigned)
+        yield harness.audit()
+
+    @pytest_twisted.inlineCallbacks
+    def test_reconcileCountsOutWhatTheInstanceNoLongerHolds(self, registry):
+        yield addHealthy(registry, "w1", capacity=10)
+        relayed, lostRelease, otherInstance = request("a"), request("a"), request("a", instance="i2")
+        for r in (relayed, lostRelease, otherInstance):
+            yield registry.assign(r, 1)
+        gone = request("b")
+        yield registry.assign(gone, 1)
+        held = {"a": [relayed.request_id], "c": ["not-counted"]}
+        assert (yield registry.reconcile("i1", held, 5)) == ["a", "b"]
+        a = yield registry.getSession("a")
+        b = yield registry.getSession("b")
+        assert (a.connections, b.connections, b.disconnected_at) == (2, 0, 5)
+        assert (yield registry.reconcile("i1", held, 6)) == []
+        assert (yield registry.getSession("c")) is None  # held but unknown: not made up
+        yield registry.release("a", "i1", 7, lostRelease.request_id)  # the lost one, late
+        assert (yield registry.getSession("a")).connections == 2
 
     @pytest_twisted.inlineCallbacks
     def test_expireSessionsEndsOnlyDisconnectedPastGrace(self, registry, harness):

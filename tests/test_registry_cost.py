@@ -55,6 +55,8 @@ def fleet(client, size):
     workers.runMany([redis_ops.setWorkerState(i, HEALTHY, 0) for i in ids])
     workers.runMany([assign(f"s{i:05}", placement=SPREAD) for i in range(size)])
     workers.runMany([redis_ops.release(f"s{i:05}", "i1", 2.0) for i in range(size)])
+    # Instance i3 relays three of them, whatever the size.
+    workers.runMany([assign(f"s{i:05}", instance="i3") for i in range(3)])
     queue = Registry(client, uuid.uuid4().hex[:8])
     queue.run(redis_ops.addWorker("full", "ws://full:1", "static", 1, 0))
     queue.run(redis_ops.setWorkerState("full", HEALTHY, 0))
@@ -106,6 +108,9 @@ CALLS = [
     ("touch tickets", "queue", lambda: redis_ops.touchTickets(["t1", "t2"], 3.0)),
     ("expire tickets (none due)", "queue", lambda: redis_ops.expireTickets(3.0, 60)),
     ("leave queue", "queue", lambda: redis_ops.leaveQueue("no-such-ticket")),
+    ("abandon", "workers", lambda: redis_ops.abandon("s00005", uuid.uuid4().hex, 3.0)),
+    ("reconcile: one instance's three sessions", "workers",
+     lambda: redis_ops.reconcile("i3", {}, 3.0)),
     ("instance heartbeat", "workers", lambda: redis_ops.instanceHeartbeat("i1", 5)),
     ("epoch", "workers", lambda: redis_ops.epoch(3.0)),
 ]

@@ -321,7 +321,7 @@ class TestLostDataAndDeadInstances:
         redis_server.flush()
         assert (yield registry.instanceHeartbeat("i1", 10)) is False
         session = yield registry.reassertSession(
-            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", 2, 50)
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", ["r1", "r2"], 50)
         assert (session.worker, session.cost, session.connections, session.since) == (
             "w1", 3, 2, 50)
         worker = yield registry.getWorker("w1")
@@ -329,16 +329,24 @@ class TestLostDataAndDeadInstances:
             HEALTHY, "ws://w1.test:9000", 10, 3, ("a",))
         assert worker.idle_since is None and worker.last_seen == 50
         # idempotent; another instance adds its own connections, not the cost
-        yield registry.reassertSession("a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", 2, 51)
+        yield registry.reassertSession(
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", ["r1", "r2"], 51)
         session = yield registry.reassertSession(
-            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i2", 1, 52)
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i2", ["r3"], 52)
         assert (session.connections, session.since) == (3, 50)
         assert (yield registry.getWorker("w1")).load == 3
         # the rebuilt registry works on: releases count down, new keys assign
-        yield registry.release("a", "i1", 53)
+        yield registry.release("a", "i1", 53, "r1")
+        yield registry.release("a", "i1", 53, "r1")  # once only
         assert (yield registry.getSession("a")).connections == 2
         fresh = yield registry.assign(request("b", cost=7), 54)
         assert (fresh.fresh, fresh.worker.id, fresh.worker.load) == (True, "w1", 10)
+        # re-asserted with other connections: those it had are counted out
+        session = yield registry.reassertSession(
+            "a", "w1", "ws://w1.test:9000", "static", 10, 3, "i1", ["r4", "r5"], 55)
+        assert session.connections == 3
+        assert (yield registry.release("a", "i1", 56, "r2")).connections == 3
+        yield auditRedisRegistry(registry)
 
     @pytest_twisted.inlineCallbacks
     def test_indexesAfterLostDataAndReassertion(self, registry, redis_server):
@@ -353,7 +361,7 @@ class TestLostDataAndDeadInstances:
         queued = yield registry.assign(request("new", cost=6), 2)
         assert isinstance(queued, Queued)
         yield auditRedisRegistry(registry)
-        yield registry.reassertSession("a", "w1", "ws://w1.test:9000", "static", 10, 4, "i1", 1, 3)
+        yield registry.reassertSession("a", "w1", "ws://w1.test:9000", "static", 10, 4, "i1", ["r"], 3)
         yield auditRedisRegistry(registry)
         assert (yield registry.countWorkers())[HEALTHY] == 1
         assert (yield registry.largestCapacity()) == 10
@@ -361,7 +369,7 @@ class TestLostDataAndDeadInstances:
         retried = yield registry.assign(request("new", cost=6, ticket=queued.ticket), 4)
         assert (retried.worker.id, retried.worker.load) == ("w1", 10)
         yield registry.reassertSession(
-            "big", "w2", "ws://w2.test:9000", "static", 30, 25, "i2", 1, 5)
+            "big", "w2", "ws://w2.test:9000", "static", 30, 25, "i2", ["r"], 5)
         assert (yield registry.largestCapacity()) == 30
         placed = yield registry.assign(request("more", cost=5), 6)
         assert (placed.worker.id, placed.worker.load) == ("w2", 30)
@@ -372,14 +380,14 @@ class TestLostDataAndDeadInstances:
         yield addHealthy(registry, "w2")
         yield registry.assign(request("a", instance="i2"), 1)
         session = yield registry.reassertSession(
-            "a", "w1", "ws://w1.test:9000", "static", 1, 1, "i1", 1, 2)
+            "a", "w1", "ws://w1.test:9000", "static", 1, 1, "i1", ["r"], 2)
         assert (session.worker, session.connections) == ("w2", 1)
         assert (yield registry.getWorker("w1")).sessions == ()
 
     @pytest_twisted.inlineCallbacks
     def test_reassertNeedsALiveConnection(self, registry):
         with pytest.raises(ValueError):
-            yield registry.reassertSession("a", "w1", "ws://w1:1", "static", 1, 1, "i1", 0, 2)
+            yield registry.reassertSession("a", "w1", "ws://w1:1", "static", 1, 1, "i1", [], 2)
 
     @pytest_twisted.inlineCallbacks
     def test_dropInstanceStartsTheGraceOfItsSessions(self, registry):
@@ -396,6 +404,7 @@ class TestLostDataAndDeadInstances:
         assert (yield registry.release("shared", "i1", 51)).connections == 1
         assert (yield registry.expireSessions(60, 10)) == ["mine"]
         assert (yield registry.dropInstance("i1", 70)) == []
+        yield auditRedisRegistry(registry)
 
     @pytest_twisted.inlineCallbacks
     def test_sweepDropsInstancesWhoseHeartbeatExpired(self, registry):

@@ -15,6 +15,13 @@ from wslb.registry.memory import MemoryRegistry
 GRACE = 300.0
 
 
+@pytest_twisted.inlineCallbacks
+def assignAndRelease(registry, sessions, key, now):
+    assigned = request(key)
+    yield registry.assign(assigned, now)
+    yield sessions.release(key, assigned.request_id)
+
+
 @pytest.fixture
 def graces():
     """(clock, registry with one large worker, running LiveSessions)."""
@@ -32,8 +39,7 @@ def graces():
 def test_one_timer_ends_every_grace_in_turn_and_spares_returning_users(graces):
     clock, registry, sessions = graces
     for i in range(100):  # released one second apart
-        yield registry.assign(request(f"k{i}"), clock.seconds())
-        yield sessions.release(f"k{i}")
+        yield assignAndRelease(registry, sessions, f"k{i}", clock.seconds())
         clock.advance(1)
     assert len(clock.getDelayedCalls()) == 1  # not one per session
 
@@ -51,12 +57,10 @@ def test_one_timer_ends_every_grace_in_turn_and_spares_returning_users(graces):
 @pytest_twisted.inlineCallbacks
 def test_a_session_released_again_gets_a_fresh_grace(graces):
     clock, registry, sessions = graces
-    yield registry.assign(request("k"), clock.seconds())
-    yield sessions.release("k")
+    yield assignAndRelease(registry, sessions, "k", clock.seconds())
     clock.advance(GRACE / 2)
-    yield registry.assign(request("k"), clock.seconds())  # back, then gone again
-    sessions.opened("k", object())
-    yield sessions.release("k")
+    sessions.opened("k", object())  # back, then gone again
+    yield assignAndRelease(registry, sessions, "k", clock.seconds())
     clock.advance(GRACE / 2 + 1)  # the first grace's deadline: not this one's
     assert [s.key for s in (yield registry.listSessions())] == ["k"]
     clock.advance(GRACE / 2)

@@ -11,6 +11,7 @@ subprotocol.
 
 from __future__ import annotations
 
+import uuid
 from typing import NamedTuple
 
 from twisted.internet.interfaces import ISSLTransport
@@ -69,6 +70,7 @@ class OpensSessions:
     cost = None
     placement = None  # WorkerRef: the worker this session is bound to
     worker = None  # the worker's handshake (and connection), until relayed
+    requestId = None  # what the registry counts this connection by (IRegistry.assign)
     _counted = False  # assign() counted this connection: release() it once
     _assigned = None  # (fresh, seconds waited) for the log
     _requestTimer = None  # bounds reading the request, or a refused client's stay
@@ -92,7 +94,8 @@ class OpensSessions:
         self.key = identity.key
         self.cost = identity.cost
         asked = context.clock.seconds()
-        assigned = await context.router.route(identity.key, identity.cost)
+        self.requestId = uuid.uuid4().hex
+        assigned = await context.router.route(identity.key, identity.cost, self.requestId)
         worker = assigned.worker
         # Only what re-asserting the session needs: a Worker snapshot would
         # keep the whole list of its sessions alive with every connection.
@@ -105,8 +108,8 @@ class OpensSessions:
         except WorkerUnavailable as e:
             log.info("worker {worker} unavailable for {key}: {why}",
                      worker=worker.id, key=self.key, why=str(e))
-            if assigned.fresh:
-                context.registry.endSession(self.key)
+            self._counted = False  # abandoned: a session bound for it alone ends
+            context.sessions.abandon(self.key, self.requestId)
             raise HandshakeRefused(502, "the worker is unavailable") from e
         return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
 
@@ -144,4 +147,4 @@ class OpensSessions:
         """The connection is over before a relay took it: count it out of its session."""
         if self._counted:
             self._counted = False
-            self.context.sessions.release(self.key)
+            self.context.sessions.release(self.key, self.requestId)

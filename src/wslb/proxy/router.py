@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 
 from wslb.logs import Logger
-from wslb.registry import Assigned, AssignRequest, QueueFull
+from wslb.registry import Assigned, AssignRequest, Queued
 
 log = Logger()
 
@@ -45,8 +45,9 @@ class Router(Service):
     """
 
     def __init__(self, registry, clock, instance, placement, maxQueue,
-                 queueTimeout, refuse, metrics, allowOvertake=False):
+                 queueTimeout, refuse, metrics, held, allowOvertake=False):
         self._registry = registry
+        self._held = held  # a wslb.proxy.held.Held: every request id is held, then settled
         self._clock = clock
         self._instance = instance
         self._placement = placement
@@ -71,8 +72,8 @@ class Router(Service):
         super().stopService()
         if self._heartbeat.running:
             self._heartbeat.stop()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        for waiter in list(self._waiters):
+            self._forget(waiter)
             waiter.deferred.errback(self._refuse("wslb is shutting down", self.retryAfter))
 
     @property
@@ -80,27 +81,33 @@ class Router(Service):
         return len(self._waiters)
 
     @defer.inlineCallbacks
-    def route(self, key, cost):
+    def route(self, key, cost, requestId):
         """
-        Fire with the L{Assigned} for ``key``. Cancelling the Deferred (the
-        client went away) takes its ticket out of the queue at once.
+        Fire with the L{Assigned} for ``key``; every assign for it names
+        ``requestId`` (the connection's, which its release names too).
+        Cancelling the Deferred (the client went away) takes its ticket out
+        of the queue at once. Whenever it fails, the registry is told to
+        abandon the request: an assign that timed out here may still run.
         """
         request = AssignRequest(
             key=key, cost=cost, instance=self._instance,
             placement=self._placement, max_queue=self._maxQueue,
-            allow_overtake=self._allowOvertake,
+            allow_overtake=self._allowOvertake, request_id=requestId,
         )
         started = self._clock.seconds()
+        self._held.hold(key, requestId)
         try:
             result = yield self._registry.assign(request, started)
         except Exception as e:
+            self._held.abandon(key, requestId)
             self._metrics.registryErrors.inc()
             log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
             raise self._refuse("the registry is unavailable", self.retryAfter) from e
         self._metrics.assignSeconds.observe(self._clock.seconds() - started)
         if isinstance(result, Assigned):
             return result
-        if isinstance(result, QueueFull):
+        if not isinstance(result, Queued):  # QueueFull (Abandoned: not with a new id)
+            self._held.forget(key, requestId)  # nothing counted, nothing queued
             self._metrics.limitHits.labels("queue_length").inc()
             raise self._refuse("the queue is full", self.retryAfter)
         log.info("{key} queued at position {position}", event="queued", key=key,
@@ -119,11 +126,10 @@ class Router(Service):
         return waiter.deferred
 
     def _forget(self, waiter):
+        """It waits no more: its ticket leaves the queue, an assign under way is undone."""
         if waiter in self._waiters:
             self._waiters.remove(waiter)
-            self._registry.leaveQueue(waiter.request.ticket).addErrback(
-                lambda f: log.failure("leaving the queue", f)
-            )
+            self._held.abandon(waiter.request.key, waiter.request.request_id)
 
     def retry(self):
         """Try the queued waiters again, oldest first (capacity may be free)."""
@@ -153,14 +159,11 @@ class Router(Service):
                 result = yield self._registry.assign(waiter.request, self._clock.seconds())
             except Exception:
                 self._metrics.registryErrors.inc()
-                raise  # logged by retry(); the heartbeat tries again
+                # Logged by retry(); the heartbeat tries again with the same
+                # request id, which the registry counts once.
+                raise
             if waiter not in self._waiters:
-                # The client left while we asked; give back what we got.
-                if isinstance(result, Assigned):
-                    yield self._registry.release(
-                        waiter.request.key, self._instance, self._clock.seconds()
-                    )
-                continue
+                continue  # the client left meanwhile: its abandon undoes this assign
             if not isinstance(result, Assigned):
                 if not self._allowOvertake:
                     return  # strict FIFO: nobody behind it can go first

@@ -141,7 +141,7 @@ def makeProxy(config, registry, metrics, clock, instance):
                             session.end_close_code)
     router = Router(
         registry, clock, instance, config.pool.placement,
-        config.queue.max_length, config.queue.timeout, unavailable, metrics,
+        config.queue.max_length, config.queue.timeout, unavailable, metrics, sessions.held,
         allowOvertake=config.queue.allow_overtake,
     )
     router.setName("router")

@@ -1,7 +1,8 @@
 """
 This instance's live sessions: which user legs hold which key, when a
 disconnected session's reconnect grace runs out, and closing the legs of a
-session that was ended anywhere.
+session that was ended anywhere. What the registry counts for them is
+``held`` (L{wslb.proxy.held.Held}).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import deque
 from twisted.application.service import Service
 
 from wslb.logs import Logger
+from wslb.proxy.held import Held
 
 log = Logger()
 
@@ -28,10 +30,12 @@ class LiveSessions(Service):
         self._graces = deque()  # (deadline, key), earliest first
         self._deadlines = {}  # key -> its running grace's deadline
         self._graceTimer = None
+        self.held = Held(registry, clock, instance, self._released)
         registry.addSessionEndedListener(self.sessionEnded)
 
     def stopService(self):
         super().stopService()
+        self.held.stop()
         if self._graceTimer is not None and self._graceTimer.active():
             self._graceTimer.cancel()
         self._graceTimer = None
@@ -56,15 +60,17 @@ class LiveSessions(Service):
             if not legs:
                 del self._legs[key]
 
-    def release(self, key):
+    def release(self, key, requestId):
         """
-        The handshake of a connection counted by ``assign`` is over; count it
-        out, and start the reconnect grace when it was the session's last.
+        The connection ``assign`` counted for ``requestId`` is over; count
+        it out (retried until the registry answers), and start the reconnect
+        grace when it was the session's last.
         """
-        d = self._registry.release(key, self._instance, self._clock.seconds())
-        d.addCallback(self._released)
-        d.addErrback(lambda f: log.failure("releasing session {key}", f, key=key))
-        return d
+        return self.held.release(key, requestId)
+
+    def abandon(self, key, requestId):
+        """Its user never had the session ``assign`` gave: undo it (IRegistry.abandon)."""
+        return self.held.abandon(key, requestId)
 
     def _released(self, session):
         if session is None or session.connected or not self.running:

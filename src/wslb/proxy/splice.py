@@ -310,7 +310,7 @@ class Splice:
     """
 
     __slots__ = (
-        "key", "cost", "placement", "counted", "activity", "maxMessageSize", "traffic",
+        "key", "cost", "placement", "requestId", "counted", "activity", "maxMessageSize", "traffic",
         "_context", "toWorker", "toUser", "_awaiting", "_state", "_closeTimer", "_reason",
         "_workerEnded",
     )
@@ -319,6 +319,7 @@ class Splice:
         self.key = user.key
         self.cost = user.cost
         self.placement = user.placement
+        self.requestId = user.requestId  # what the registry counts this connection by
         self.counted = user.counted  # as the gate counts the user's connection
         self.activity = 0  # payload bytes both ways, for the idle sweep
         self.maxMessageSize = context.maxMessageSize
@@ -480,4 +481,4 @@ class Splice:
         )
         context.gate.connectionLost(self.counted)
         context.sessions.closed(self.key, self)
-        context.sessions.release(self.key)
+        context.sessions.release(self.key, self.requestId)

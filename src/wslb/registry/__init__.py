@@ -9,6 +9,7 @@ from wslb.registry._interfaces import (
     STARTING,
     UNHEALTHY,
     WORKER_STATES,
+    Abandoned,
     Assigned,
     AssignRequest,
     IRegistry,
@@ -22,6 +23,6 @@ from wslb.registry._interfaces import (
 __all__ = [
     "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SPREAD", "STARTING", "UNHEALTHY",
     "WORKER_STATES",
-    "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
+    "Abandoned", "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
     "Session", "Worker",
 ]

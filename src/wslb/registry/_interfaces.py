@@ -10,6 +10,7 @@ in the Redis implementation). Times are seconds from the injected clock
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from zope.interface import Interface
@@ -27,6 +28,11 @@ SPREAD = "spread"
 # queue head that fits nowhere; then the queue is strict FIFO until that head
 # is served. Bounded, so a large session is never starved by small ones.
 MAX_OVERTAKES = 10
+
+
+# How long an abandoned request id is remembered (IRegistry.abandon): longer
+# than an assign sent before the abandon may take to arrive.
+ABANDONED_FOR = 600.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,15 @@ class AssignRequest:
     max_queue: int = 1000
     ticket: str | None = None  # set when a queued caller retries
     allow_overtake: bool = False  # may pass a head that fits nowhere (see assign)
+    # One connection's assigns, its retries included, share it: the connection
+    # is counted once, a ticket it queues has this id, and release/abandon name it.
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """``assign`` ran for a request id that was abandoned first: it did nothing."""
 
 
 class IRegistry(Interface):
@@ -227,17 +241,51 @@ class IRegistry(Interface):
             it is served: small sessions use capacity a large head cannot,
             but never starve it;
           - otherwise keep ``request.ticket`` queued, or enqueue a new ticket
+            (whose id is ``request.request_id``)
             at the tail: L{Queued}; or L{QueueFull} when a new ticket would
             make the queue longer than ``request.max_queue``.
 
         On L{Queued} and L{QueueFull} no connection is counted.
+
+        A connection is counted once per ``request.request_id``: an assign
+        for an id already counted (a retry after a lost answer) counts
+        nothing more and fires L{Assigned} with ``fresh`` as the first one
+        had it. An assign for an abandoned id does nothing: L{Abandoned}.
         """
 
-    def release(key, instance, now):
+    def release(key, instance, now, request_id=None):
         """
-        Count one live connection less for ``key``; at zero set
+        Count one live connection less for ``key``: the one ``assign``
+        counted for ``request_id`` (nothing when it counts none: released
+        already, so a release retried after an unknown outcome counts once),
+        or without an id any one ``instance`` counts. At zero set
         ``disconnected_at`` (its reconnect grace starts). Fires with the
         L{Session} or None.
+        """
+
+    def abandon(key, request_id, now):
+        """
+        The caller of ``assign`` for ``request_id`` gave up on its answer (it
+        timed out, or its user left), so its outcome is unknown: undo it,
+        whether that assign ran already or is still to run. The connection
+        it counted is counted out; a session it bound that no connection
+        holds now is ended (its user never had it: no reconnect grace), and
+        capacity listeners are told; a ticket it queued leaves the queue;
+        and an ``assign`` for ``request_id`` that runs later (a call still
+        on its way) does nothing and fires L{Abandoned}. Idempotent, so it
+        can be retried until it is answered. Fires with the L{Session} as it
+        is afterwards, or None (ended, or none).
+        """
+
+    def reconcile(instance, held, now):
+        """
+        Make the connections ``instance`` counts match what it holds:
+        ``held`` maps session keys to the request ids of its connections
+        (those relayed, and those whose assign, release or abandon is still
+        under way). Every connection it counts for another request id (its
+        release or abandon was lost) is counted out, as ``release`` would.
+        Costs in proportion to the instance's own sessions. Fires with the
+        keys whose counts changed, sorted.
         """
 
     def endSession(key):

@@ -17,9 +17,14 @@ strings, as the callers' clocks give them); "" stands for None.
   P worker-sessions:<id>       SET   keys of the sessions bound to the worker
   P sessions                   ZSET  session key -> 0
   P session:<key>              HASH  key worker cost since connections disconnected_at,
-                                     and conn:<instance> = live connections via that instance
+                                     conn:<instance> = live connections via that instance,
+                                     and r:<request id> = the instance holding the connection
+                                     that request counted ("+" in front: it bound the session)
+  P abandoned:<request id>     STRING an abandoned request (abandon.lua), PX ABANDONED_FOR:
+                                     an assign for it that still arrives does nothing
   P disconnected               ZSET  session key -> disconnected_at (no live connection)
-  P queue                      ZSET  ticket -> arrival number (FIFO order)
+  P queue                      ZSET  ticket (the request id that queued it) -> arrival
+                                     number (FIFO order)
   P queue-seq                  STRING counter of arrivals
   P ticket-heartbeats          ZSET  ticket -> last heartbeat
   P ticket:<ticket>            HASH  key cost instance enqueued_at, and passed = sessions

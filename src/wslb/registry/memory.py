@@ -9,9 +9,8 @@ inside a registry call, so a listener may call the registry again.
 
 from __future__ import annotations
 
-import uuid
 from bisect import bisect_left, insort
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import wraps
 from itertools import islice, takewhile
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wslb.registry._interfaces import (
+    ABANDONED_FOR,
     DEAD,
     HEALTHY,
     MAX_OVERTAKES,
@@ -28,6 +28,7 @@ from wslb.registry._interfaces import (
     SPREAD,
     STARTING,
     WORKER_STATES,
+    Abandoned,
     Assigned,
     IRegistry,
     Queued,
@@ -99,6 +100,10 @@ class _SessionRecord:
     # dropped without touching the others'.
     connections: Counter = field(default_factory=Counter)
     disconnected_at: float | None = None
+    # The request id that counted each connection -> (instance, whether that
+    # request bound the session): what keeps assign, release and abandon
+    # idempotent (IRegistry.assign).
+    requests: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +125,8 @@ class MemoryRegistry:
         self._workers: dict[str, _WorkerRecord] = {}
         self._sessions: dict[str, _SessionRecord] = {}
         self._queue: dict[str, _Ticket] = {}  # insertion order is arrival order
+        self._abandoned: dict[str, float] = {}  # request id -> until when it is remembered
+        self._abandonedOrder = deque()  # (until, request id), earliest first
         self._capacityListeners = []
         self._sessionEndedListeners = []
 
@@ -225,10 +232,12 @@ class MemoryRegistry:
     def assign(self, request, now):
         if request.placement not in _PICK:
             raise ValueError(f"unknown placement {request.placement!r}")
+        if self._abandoned.get(request.request_id, now) > now:
+            return Abandoned()
         session = self._sessions.get(request.key)
         if session is not None:
             self._dropTickets([request.ticket])
-            return self._connect(session, request.instance, fresh=False)
+            return self._connect(session, request, fresh=False, now=now)
         head = self._head()
         overtaking = head not in (None, request.ticket) and self._mayOvertake(request)
         if head is None or head == request.ticket or overtaking:
@@ -238,12 +247,12 @@ class MemoryRegistry:
                     self._queue[head].passed += 1
                 self._dropTickets([request.ticket])
                 session = self._bind(request.key, request.cost, worker, now)
-                return self._connect(session, request.instance, fresh=True)
+                return self._connect(session, request, fresh=True, now=now)
         if request.ticket in self._queue:
             return Queued(request.ticket, list(self._queue).index(request.ticket))
         if len(self._queue) >= request.max_queue:
             return QueueFull()
-        ticket = uuid.uuid4().hex
+        ticket = request.request_id
         self._queue[ticket] = _Ticket(
             key=request.key, cost=request.cost, instance=request.instance,
             enqueued_at=now, heartbeat=now,
@@ -251,17 +260,49 @@ class MemoryRegistry:
         return Queued(ticket, len(self._queue) - 1)
 
     @_deferred
-    def release(self, key, instance, now):
+    def release(self, key, instance, now, request_id=None):
         session = self._sessions.get(key)
         if session is None:
             return None
-        if session.connections[instance] > 0:
-            session.connections[instance] -= 1
-            if not session.connections[instance]:
-                del session.connections[instance]
-            if not session.connections:
-                session.disconnected_at = now
+        if request_id is None:
+            request_id = next(
+                (r for r, (held, _) in session.requests.items() if held == instance), None)
+        self._disconnect(session, request_id, now)
         return self._session(session)
+
+    @_deferred
+    def abandon(self, key, request_id, now):
+        while self._abandonedOrder and self._abandonedOrder[0][0] <= now:
+            until, forgotten = self._abandonedOrder.popleft()
+            if self._abandoned.get(forgotten) == until:
+                del self._abandoned[forgotten]
+        until = now + ABANDONED_FOR
+        self._abandoned[request_id] = until
+        self._abandonedOrder.append((until, request_id))
+        self._dropTickets([request_id])
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        held = self._disconnect(session, request_id, now)
+        if held and held[1] and not session.connections:
+            self._end([key], now)
+            self._tellCapacity()
+            return None
+        return self._session(session)
+
+    @_deferred
+    def reconcile(self, instance, held, now):
+        # The memory registry serves one instance: its sessions are all there are.
+        changed = []
+        for key, session in sorted(self._sessions.items()):
+            mine = set(held.get(key, ()))
+            stale = [r for r, (holder, _) in session.requests.items()
+                     if holder == instance and r not in mine]
+            for request_id in stale:
+                self._disconnect(session, request_id, now)
+            if stale:
+                changed.append(key)
+        return changed
 
     @_deferred
     def endSession(self, key):
@@ -392,10 +433,26 @@ class MemoryRegistry:
         worker.idle_since = None
         return session
 
-    def _connect(self, session, instance, fresh):
-        session.connections[instance] += 1
-        session.disconnected_at = None
-        return Assigned(self._worker(self._workers[session.worker], listed=False), fresh)
+    def _connect(self, session, request, fresh, now):
+        """Count the connection of ``request``, once (IRegistry.assign)."""
+        held = session.requests.get(request.request_id)
+        if held is None:
+            held = session.requests[request.request_id] = (request.instance, fresh)
+            session.connections[request.instance] += 1
+            session.disconnected_at = None
+        return Assigned(self._worker(self._workers[session.worker], listed=False), held[1])
+
+    def _disconnect(self, session, request_id, now):
+        """Count out the connection of ``request_id``; its (instance, fresh), or None."""
+        held = session.requests.pop(request_id, None)
+        if held is not None:
+            instance = held[0]
+            session.connections[instance] -= 1
+            if not session.connections[instance]:
+                del session.connections[instance]
+            if not session.connections:
+                session.disconnected_at = now
+        return held
 
     def _end(self, keys, now):
         """Delete sessions; a worker left empty becomes idle at ``now``."""

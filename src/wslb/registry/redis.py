@@ -43,16 +43,19 @@ class IRedisRegistryExtras(Interface):
       - on the leader, every scale interval, ``sweepInstances(now)`` (drops
         the connection counts of instances whose heartbeat expired) and
         ``expireSessions(now, grace)`` (their sessions' grace timers died
-        with them).
+        with them);
+      - every so often, ``reconcile(instance, held, now)`` (IRegistry): a
+        release or abandon lost with Redis does not count forever.
     """
 
     def reassertSession(key, worker_id, worker_url, provider, capacity, cost, instance,
-                        connections, now):
+                        requests, now):
         """
         Put back a session this instance relays right now, after Redis lost
         it: recreate the worker (state healthy) if missing, bind the key to
-        it if unbound (adding its cost to the load), and set this instance's
-        connection count to ``connections`` (>= 1). Fires with the L{Session}
+        it if unbound (adding its cost to the load), and make this
+        instance's connections of it those of the request ids ``requests``
+        (at least one: see IRegistry.assign). Fires with the L{Session}
         as the registry has it; when its worker is not ``worker_id`` the key
         was re-bound meanwhile and nothing changed: close the user (1012).
         """
@@ -209,8 +212,14 @@ class RedisRegistry(Service):
     def assign(self, request, now):
         return self._run(redis_ops.assign, request, now)
 
-    def release(self, key, instance, now):
-        return self._run(redis_ops.release, key, instance, now)
+    def release(self, key, instance, now, request_id=None):
+        return self._run(redis_ops.release, key, instance, now, request_id)
+
+    def abandon(self, key, request_id, now):
+        return self._run(redis_ops.abandon, key, request_id, now)
+
+    def reconcile(self, instance, held, now):
+        return self._run(redis_ops.reconcile, instance, held, now)
 
     def endSession(self, key):
         # IRegistry.endSession carries no ``now``: the clock dates idle_since.
@@ -250,9 +259,9 @@ class RedisRegistry(Service):
     # -- lost data, dead instances (IRedisRegistryExtras) ---------------
 
     def reassertSession(self, key, worker_id, worker_url, provider, capacity, cost,
-                        instance, connections, now):
+                        instance, requests, now):
         return self._run(redis_ops.reassertSession, key, worker_id, worker_url, provider,
-                         capacity, cost, instance, connections, now)
+                         capacity, cost, instance, requests, now)
 
     def dropInstance(self, instance, now):
         return self._run(redis_ops.dropInstance, instance, now)

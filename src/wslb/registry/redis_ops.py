@@ -26,10 +26,12 @@ from functools import cache
 from importlib import resources
 
 from wslb.registry._interfaces import (
+    ABANDONED_FOR,
     MAX_OVERTAKES,
     PACK,
     SPREAD,
     WORKER_STATES,
+    Abandoned,
     Assigned,
     Queued,
     QueueFull,
@@ -156,6 +158,8 @@ def _decodeSortedNames(reply):
 
 def _decodeAssignment(reply):
     answer = _json(reply)
+    if "abandoned" in answer:
+        return Abandoned()
     if "assigned" in answer:
         return Assigned(_worker(answer["assigned"]), answer["fresh"])
     if "queued" in answer:
@@ -234,19 +238,38 @@ def claimIdleWorker(worker_id) -> Op:
 # -- sessions -----------------------------------------------------------
 
 
-def assign(request, now, new_ticket=None) -> Op:
-    """``new_ticket``: the id a new queue ticket gets (random by default)."""
+def _requestId(request_id):
+    """A request id as the scripts take it: listed with spaces between, so none inside."""
+    if not request_id or any(c.isspace() for c in request_id):
+        raise ValueError(f"a request id is a non-empty word, not {request_id!r}")
+    return request_id
+
+
+def assign(request, now) -> Op:
     if request.placement not in (PACK, SPREAD):
         raise ValueError(f"unknown placement {request.placement!r}")
     return Op("assign", (
         request.key, str(int(request.cost)), request.instance, request.placement,
         str(int(request.max_queue)), request.ticket or "", _time(now),
-        new_ticket or uuid.uuid4().hex, str(MAX_OVERTAKES if request.allow_overtake else 0),
+        _requestId(request.request_id), str(MAX_OVERTAKES if request.allow_overtake else 0),
     ), _decodeAssignment)
 
 
-def release(key, instance, now) -> Op:
-    return Op("release", (key, instance, _time(now)), _decodeSession)
+def release(key, instance, now, request_id=None) -> Op:
+    request = "" if request_id is None else _requestId(request_id)
+    return Op("release", (key, instance, _time(now), request), _decodeSession)
+
+
+def abandon(key, request_id, now) -> Op:
+    return Op("abandon", (key, _requestId(request_id), _time(now),
+                          str(round(ABANDONED_FOR * 1000))), _decodeSession)
+
+
+def reconcile(instance, held, now) -> Op:
+    """``held``: session key -> the request ids of its connections ``instance`` holds."""
+    pairs = [part for key, ids in sorted(held.items())
+             for part in (key, " ".join(_requestId(i) for i in ids))]
+    return Op("reconcile", (instance, _time(now), *pairs), _decodeSortedNames)
 
 
 def endSession(key, now) -> Op:
@@ -306,12 +329,12 @@ def queueInfo(now) -> Op:
 
 
 def reassertSession(key, worker_id, worker_url, provider, capacity, cost, instance,
-                    connections, now) -> Op:
-    if connections < 1:
-        raise ValueError(f"reassert needs at least one live connection, not {connections}")
+                    requests, now) -> Op:
+    if not requests:
+        raise ValueError("reassert needs at least one live connection's request id")
     return Op("reassert_session", (
         key, worker_id, worker_url, provider, str(int(capacity)), str(int(cost)),
-        instance, str(int(connections)), _time(now),
+        instance, " ".join(_requestId(r) for r in requests), _time(now),
     ), _decodeSession)
 
 

@@ -38,6 +38,7 @@ local function instanceSessionsKey(id) return P .. 'instance-sessions:' .. id en
 local function assignableKey(capacity) return P .. 'assignable:' .. capacity end
 local function stateKey(state) return P .. 'state:' .. state end
 local function queueCostKey(cost) return P .. 'queue-cost:' .. cost end
+local function abandonedKey(request) return P .. 'abandoned:' .. request end
 local ASSIGNABLE_CAPACITIES = P .. 'assignable-capacities'
 local CAPACITIES = P .. 'capacities'
 local TOTALS = P .. 'totals'
@@ -161,11 +162,16 @@ local function newWorker(id, url, provider, capacity, state, now)
 end
 
 -- Bind a new session to a worker (its cost joins the worker's load), with
--- `connections` (>= 1) live connections via `instance`.
-local function bind(key, cost, workerId, now, instance, connections)
-  redis.call('HSET', sessionKey(key), 'key', key, 'worker', workerId, 'cost', cost,
-    'since', now, 'connections', connections, 'conn:' .. instance, connections,
-    'disconnected_at', '')
+-- the live connections of `requests` (request ids, at least one) via
+-- `instance` (see connect(); `fresh`: they bound it).
+local function bind(key, cost, workerId, now, instance, requests, fresh)
+  local fields = {'key', key, 'worker', workerId, 'cost', cost, 'since', now,
+    'connections', #requests, 'conn:' .. instance, #requests, 'disconnected_at', ''}
+  for _, request in ipairs(requests) do
+    table.insert(fields, 'r:' .. request)
+    table.insert(fields, (fresh and '+' or '') .. instance)
+  end
+  redis.call('HSET', sessionKey(key), unpack(fields))
   redis.call('ZADD', SESSIONS, 0, key)
   redis.call('SADD', instanceSessionsKey(instance), key)
   redis.call('SADD', workerSessionsKey(workerId), key)
@@ -194,6 +200,48 @@ local function countConnections(key, instance, n, now)
     redis.call('HSET', sk, 'disconnected_at', now)
     redis.call('ZADD', DISCONNECTED, now, key)
   end
+end
+
+-- The connections a session counts are also its fields "r:<request id>",
+-- one per request id (IRegistry.assign), whose value is the instance that
+-- holds it, with "+" in front when that request bound the session. They
+-- keep assign, release and abandon idempotent; countConnections keeps the
+-- counts they add up to.
+local function holder(value) return (string.gsub(value, '^%+', '')) end
+
+-- Count the connection of request `request` via `instance`, once. Returns
+-- whether the request that counted it bound the session.
+local function connect(key, instance, request, fresh, now)
+  local sk = sessionKey(key)
+  local held = redis.call('HGET', sk, 'r:' .. request)
+  if held then return string.sub(held, 1, 1) == '+' end
+  redis.call('HSET', sk, 'r:' .. request, (fresh and '+' or '') .. instance)
+  countConnections(key, instance, 1, now)
+  return fresh
+end
+
+-- Count out the connection of request `request`. Returns its field's value,
+-- or nil when it counts none.
+local function disconnect(key, request, now)
+  local sk = sessionKey(key)
+  local held = redis.call('HGET', sk, 'r:' .. request)
+  if held then
+    redis.call('HDEL', sk, 'r:' .. request)
+    countConnections(key, holder(held), -1, now)
+  end
+  return held
+end
+
+-- The request ids of the connections `instance` counts for a session.
+local function requestsOf(key, instance)
+  local found = {}
+  local flat = redis.call('HGETALL', sessionKey(key))
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 'r:' and holder(flat[i + 1]) == instance then
+      table.insert(found, string.sub(flat[i], 3))
+    end
+  end
+  return found
 end
 
 -- Delete sessions; a worker left empty becomes idle at `now`.
@@ -277,12 +325,12 @@ end
 local function dropInstance(instance, now)
   local graceStarted = {}
   for _, key in ipairs(redis.call('SMEMBERS', instanceSessionsKey(instance))) do
-    local mine = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance))
-    if mine then
-      countConnections(key, instance, -mine, now)
-      if redis.call('HGET', sessionKey(key), 'connections') == '0' then
-        table.insert(graceStarted, key)
-      end
+    for _, request in ipairs(requestsOf(key, instance)) do disconnect(key, request, now) end
+    -- Counted by a wslb from before requests were recorded.
+    local rest = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance))
+    if rest then countConnections(key, instance, -rest, now) end
+    if redis.call('HGET', sessionKey(key), 'connections') == '0' then
+      table.insert(graceStarted, key)
     end
   end
   redis.call('DEL', instanceSessionsKey(instance), instanceKey(instance))

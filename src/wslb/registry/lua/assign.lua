@@ -7,17 +7,22 @@
 -- the head was passed fewer than [9] times, the key is bound likewise and
 -- the head's `passed` count grows; otherwise the ticket stays queued, or a
 -- new one joins the tail, or the queue is full.
+-- A connection is counted once per request id; an abandoned request id
+-- (abandon.lua ran first) does nothing.
 -- ARGV: [1] key, [2] cost, [3] instance, [4] placement ("pack"|"spread"),
 --       [5] max queue length, [6] ticket held by the caller ("" for none),
---       [7] now, [8] id for a new ticket (used only when one is created),
+--       [7] now, [8] the request id (also the id of a ticket it queues),
 --       [9] how many may pass one head (MAX_OVERTAKES; "0": strict FIFO)
 -- Reply: {"assigned": worker (without sessions), "fresh": bool} | {"queued": ticket,
---        "position": n} (0 is the head) | {"full": true}
+--        "position": n} (0 is the head) | {"full": true} | {"abandoned": true}
 local key, cost, instance, placement = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local maxQueue, ticket, now, newTicket = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local maxQueue, ticket, now, request = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
 local maxOvertakes = tonumber(ARGV[9])
 if placement ~= 'pack' and placement ~= 'spread' then
   return redis.error_reply('unknown placement ' .. placement)
+end
+if redis.call('EXISTS', abandonedKey(request)) == 1 then
+  return cjson.encode({abandoned = true})
 end
 
 -- The worker `placement` picks for `cost`, from the assignable index: per
@@ -83,8 +88,8 @@ end
 local session = sessionSnapshot(key)
 if session then
   if ticket ~= '' then dropTickets({ticket}) end
-  countConnections(key, instance, 1, now)
-  return cjson.encode({assigned = record(workerKey(session.worker)), fresh = false})
+  local fresh = connect(key, instance, request, false, now)
+  return cjson.encode({assigned = record(workerKey(session.worker)), fresh = fresh})
 end
 local head = queueHead()
 local overtaking = head ~= nil and head ~= ticket and mayOvertake(head)
@@ -93,7 +98,7 @@ if head == nil or head == ticket or overtaking then
   if worker then
     if overtaking then redis.call('HINCRBY', ticketKey(head), 'passed', 1) end
     if ticket ~= '' then dropTickets({ticket}) end
-    bind(key, ARGV[2], worker, now, instance, 1)
+    bind(key, ARGV[2], worker, now, instance, {request}, true)
     return cjson.encode({assigned = record(workerKey(worker)), fresh = true})
   end
 end
@@ -102,5 +107,5 @@ if ticket ~= '' and redis.call('ZSCORE', QUEUE, ticket) then
 end
 local length = redis.call('ZCARD', QUEUE)
 if length >= maxQueue then return cjson.encode({full = true}) end
-enqueue(newTicket, key, ARGV[2], instance, now)
-return cjson.encode({queued = newTicket, position = length})
+enqueue(request, key, ARGV[2], instance, now)
+return cjson.encode({queued = request, position = length})

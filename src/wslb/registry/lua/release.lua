@@ -1,8 +1,10 @@
--- Count one live connection less for a session via an instance (nothing if
--- that instance counts none); at zero the reconnect grace starts.
--- ARGV: [1] key, [2] instance, [3] now
+-- Count out one live connection of a session: the one request [4] counted
+-- (nothing when it counts none, so a release retried after an unknown
+-- outcome counts once), or with [4] = "" any one instance [2] counts. At
+-- zero the reconnect grace starts.
+-- ARGV: [1] key, [2] instance, [3] now, [4] request id or ""
 -- Reply: the session, or null.
-local key, instance = ARGV[1], ARGV[2]
-local mine = tonumber(redis.call('HGET', sessionKey(key), 'conn:' .. instance))
-if mine and mine > 0 then countConnections(key, instance, -1, ARGV[3]) end
+local key, instance, now, request = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if request == '' then request = requestsOf(key, instance)[1] end
+if request then disconnect(key, request, now) end
 return cjson.encode(sessionSnapshot(key))
