@@ -266,7 +266,7 @@ async def test_ec2_example_launches_min_spare_instances_from_its_template(
         # What was launched for an empty pool (a session below takes a worker,
         # after which the scaler rightly launches another spare).
         reservations = (await threads.deferToThread(ec2.describe_instances, Filters=[
-            {"Name": f"tag:{POOL_TAG}", "Values": [config.registry.namespace]}]))["Reservations"]
+            {"Name": f"tag:{POOL_TAG}", "Values": [config.pool.ec2.pool_id]}]))["Reservations"]
         instances = {i["InstanceId"]: i for r in reservations for i in r["Instances"]}
         asked = dict(resolver.asked)
         seen = await echoThrough(f"ws://127.0.0.1:{users.getHost().port}/?session=cloud")

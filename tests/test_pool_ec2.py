@@ -38,7 +38,7 @@ from wslb.pool.service import PoolService, makeProvider
 from wslb.registry import DEAD, HEALTHY, STARTING
 from wslb.registry.memory import MemoryRegistry
 
-NAMESPACE = "ec2test"
+POOL_ID = "ec2test@redis.test:6379/0"
 TEMPLATE = "wslb-workers"
 DEADLINE = 10.0  # real seconds any wait below may take
 
@@ -101,7 +101,7 @@ async def providers(aws, guard, echo_ports):
     def make(**overrides):
         settings = dict(
             region=REGION, launch_template=TEMPLATE, port=9000, address="private_ip",
-            namespace=NAMESPACE, endpoint_url=aws.url,
+            poolId=POOL_ID, endpoint_url=aws.url,
             resolveAddress=LoopbackWorkers(echo_ports),
         )
         settings.update(overrides)
@@ -116,8 +116,8 @@ async def providers(aws, guard, echo_ports):
         await provider.stopService()
 
 
-def poolTag(namespace=NAMESPACE):
-    return {"Name": "tag:wslb:pool", "Values": [namespace]}
+def poolTag(poolId=POOL_ID):
+    return {"Name": "tag:wslb:pool", "Values": [poolId]}
 
 
 def tags(instance):
@@ -180,9 +180,9 @@ def test_makeProvider_builds_it_from_config(aws, guard):
     config = load_config(overrides=[
         'pool.provider="ec2"', f'pool.ec2.launch_template="{aws.templateId}"',
         f'pool.ec2.endpoint_url="{aws.url}"', f'pool.ec2.region="{REGION}"',
-        "pool.ec2.port=9100", 'pool.ec2.address="private_dns"',
+        "pool.ec2.port=9100", 'pool.ec2.address="private_dns"', 'pool.ec2.pool_id="pool7"',
     ])
-    provider = makeProvider(reactor, config.pool, "pool7")
+    provider = makeProvider(reactor, config.pool)
     verifyObject(IProvider, provider)
     assert (provider.name, provider.managed) == ("ec2", True)
     provider.startService()
@@ -219,7 +219,7 @@ def test_launch_runs_the_template_tagged_for_the_pool(providers, aws, template, 
     field = {"private_ip": "PrivateIpAddress", "private_dns": "PrivateDnsName"}[address]
     for worker in launched:
         instance = instances[worker.id]
-        assert tags(instance)["wslb:pool"] == NAMESPACE
+        assert tags(instance)["wslb:pool"] == POOL_ID
         assert tags(instance)["aws:ec2launchtemplate:id"] == aws.templateId
         assert instance["ImageId"] == aws.imageId
         # The provider's own address (never contacted), mapped to a loopback echo worker.
@@ -239,10 +239,10 @@ def test_without_resolveAddress_the_url_is_the_instances_address(providers, aws)
 def test_list_shows_the_pools_live_instances_only(providers, aws):
     provider = providers()
     launched = yield timely(provider.launch(2))
-    orphan = aws.run(tags=[("wslb:pool", NAMESPACE)])
+    orphan = aws.run(tags=[("wslb:pool", POOL_ID)])
     aws.run(tags=[("wslb:pool", "another-pool")])
     aws.run()
-    gone = aws.run(tags=[("wslb:pool", NAMESPACE)])
+    gone = aws.run(tags=[("wslb:pool", POOL_ID)])
     aws.terminate(gone)
     listed = yield timely(provider.list())
     assert sorted(worker.id for worker in listed) == sorted(
@@ -266,7 +266,7 @@ def test_an_instance_that_disappears_goes_to_the_death_listeners(providers, aws)
     assert (yield timely(provider.terminate([second]))) == [second]
     assert (yield timely(provider.list())) == []
     assert died == [first]
-    assert aws.states(NAMESPACE)[second] in ("shutting-down", "terminated")
+    assert aws.states(POOL_ID)[second] in ("shutting-down", "terminated")
 
 
 @pytest_twisted.inlineCallbacks
@@ -302,7 +302,7 @@ def test_tag_addresses_are_polled_for_and_an_instance_without_one_is_terminated(
     assert provider.resolver.asked == {
         with_port: "worker-a.internal:9100", bare: "worker-b.internal:9000"}
     assert clock.seconds() >= ec2.ADDRESS_TIMEOUT
-    assert aws.states(NAMESPACE)[never] in ("shutting-down", "terminated")
+    assert aws.states(POOL_ID)[never] in ("shutting-down", "terminated")
     assert any("have no address" in event.get("log_format", "") for event in logged)
     assert sorted(worker.id for worker in (yield timely(provider.list()))) == [with_port, bare]
 
@@ -421,7 +421,7 @@ def test_scaler_terminates_surplus_idle_instances(providers, aws):
     yield shrunk.tick()
     [terminated] = shrunk.actions("terminate")
     assert len(terminated) == 2
-    states = aws.states(NAMESPACE)
+    states = aws.states(POOL_ID)
     assert {states[instance_id] for instance_id in terminated} <= {"shutting-down", "terminated"}
     kept = set(states) - set(terminated)
     assert len(kept) == 1 and states[kept.pop()] == "running"
@@ -444,13 +444,13 @@ def test_scaler_replaces_an_instance_terminated_behind_its_back(providers, aws):
     assert victim not in states and states[survivor] == HEALTHY
     [replacement] = set(states) - {survivor}
     assert states[replacement] == STARTING
-    assert aws.states(NAMESPACE)[replacement] == "running"
+    assert aws.states(POOL_ID)[replacement] == "running"
     assert [victim] in pool.actions("terminate") and [replacement] in pool.actions("launch")
 
 
 @pytest_twisted.inlineCallbacks
 def test_scaler_adopts_an_orphan_tagged_instance(providers, aws):
-    orphan = aws.run(tags=[("wslb:pool", NAMESPACE)])
+    orphan = aws.run(tags=[("wslb:pool", POOL_ID)])
     pool = Pool(providers(), min_spare=1)
     yield pool.tick()
     assert (yield pool.states()) == {orphan: STARTING}

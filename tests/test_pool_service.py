@@ -27,17 +27,17 @@ def poolConfig(*overrides):
 
 
 def test_makeProvider_chooses_by_config():
-    local = makeProvider(reactor, poolConfig("pool.local.ports=9300-9310"), "wslb")
+    local = makeProvider(reactor, poolConfig("pool.local.ports=9300-9310"))
     assert isinstance(local, LocalProvider) and local.name == "local"
     static = makeProvider(
-        reactor, poolConfig('pool.provider="static"', 'pool.static.workers=["ws://10.0.0.1:9000"]'),
-        "wslb")
+        reactor, poolConfig('pool.provider="static"', 'pool.static.workers=["ws://10.0.0.1:9000"]'))
     assert isinstance(static, StaticProvider)
     ec2 = makeProvider(reactor, poolConfig('pool.provider="ec2"', 'pool.ec2.launch_template="lt-1"',
-                                           'pool.ec2.region="eu-central-1"'), "wslb")
+                                           'pool.ec2.region="eu-central-1"',
+                                           'pool.ec2.pool_id="prod"'))
     assert isinstance(ec2, Ec2Provider) and ec2.name == "ec2"
     with pytest.raises(ValueError, match="pool.provider = 'nope'"):
-        makeProvider(reactor, dataclasses.replace(poolConfig(), provider="nope"), "wslb")
+        makeProvider(reactor, dataclasses.replace(poolConfig(), provider="nope"))
 
 
 class FlakyProvider(RecordingProvider):
@@ -84,7 +84,7 @@ def test_a_pool_of_echo_workers_keeps_its_spares_and_replaces_a_killed_one():
         "pool.health.interval=0.2", f"pool.local.ports={first}-{first + 20}",
     )
     registry = MemoryRegistry(reactor)
-    provider = makeProvider(reactor, config, "wslb")
+    provider = makeProvider(reactor, config)
     pool = PoolService(registry, provider, AlwaysLeader(), reactor, config)
     pool.startService()
     try:

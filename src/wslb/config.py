@@ -313,6 +313,13 @@ def _ec2_address(value):
     raise _bad('"private_ip", "private_dns" or "tag:<TagKey>"', value)
 
 
+def _tag_value(value):
+    """An EC2 tag value: up to 256 letters, digits, spaces and + - = . _ : / @."""
+    if isinstance(value, str) and re.fullmatch(r"[\w .:/=+\-@]{0,256}", value, re.ASCII):
+        return value
+    raise _bad("an EC2 tag value: up to 256 of A-Za-z0-9, spaces and + - = . _ : / @", value)
+
+
 def _cost_classes(value):
     if not isinstance(value, dict):
         raise _bad("a table of class names to costs such as { simple = 100 }", value)
@@ -486,6 +493,7 @@ class StaticConfig:
 class Ec2Config:
     region: str = _key("", _string)
     launch_template: str = _key("", _string)
+    pool_id: str = _key("", _tag_value)
     port: int = _key(9000, _integer(1, 65535))
     address: str = _key("private_ip", _ec2_address)
     endpoint_url: str = _key("", _http_url_or_empty)
@@ -583,6 +591,14 @@ def _relations(config):
         yield (
             ("pool.ec2.launch_template", "pool.provider"),
             'pool.ec2.launch_template: required when pool.provider = "ec2", got ""',
+        )
+    if pool.provider == "ec2" and not pool.ec2.pool_id:
+        yield (
+            ("pool.ec2.pool_id", "pool.provider"),
+            'pool.ec2.pool_id: required when pool.provider = "ec2", got "" (the wslb:pool tag'
+            " of this deployment's instances: unique in the AWS account and region; a"
+            " deployment from before this key keeps its instances with pool_id ="
+            f" {_show(config.registry.namespace)}, its registry.namespace)",
         )
 
 

@@ -147,7 +147,7 @@ def makeService(config, reactor=None):
     for part in (registry, leader):
         if service.IService.providedBy(part):
             part.setServiceParent(top)  # first in, last out: they outlive the rest
-    provider = makeProvider(reactor, config.pool, config.registry.namespace)
+    provider = makeProvider(reactor, config.pool)
     pool = PoolService(registry, provider, leader, reactor, config.pool,
                        ready=registryReady(registry, reactor))
     pool.setName("pool")

@@ -17,7 +17,9 @@ from zope.interface import implementer
 
 from wslb.pool._interfaces import IProvider, LaunchedWorker
 
-POOL_TAG = "wslb:pool"  # value: the registry namespace; only tagged instances are ours
+# Its value is [pool.ec2] pool_id: only instances tagged with ours are ours. (The
+# registry namespace alone is "wslb" in every deployment of an account.)
+POOL_TAG = "wslb:pool"
 LIVE_STATES = ("pending", "running")
 TERMINABLE_STATES = ("pending", "running", "stopping", "stopped")
 
@@ -73,7 +75,7 @@ def _describeAll(ec2, filters):
 class Ec2Provider(Service):
     """
     Launches workers from C{launch_template} (a name, or an id C{lt-...}),
-    tagged C{wslb:pool=<namespace>}: worker id = instance id, url
+    tagged C{wslb:pool=<poolId>}: worker id = instance id, url
     C{ws://<address>:<port>}. C{address} is C{"private_ip"},
     C{"private_dns"}, or C{"tag:<TagKey>"} (that tag holds C{host:port}, or
     a host to which C{port} is added). C{resolveAddress(instance_id,
@@ -89,10 +91,12 @@ class Ec2Provider(Service):
     managed = True
     log = Logger()
 
-    def __init__(self, reactor, region, launch_template, port, address, namespace,
+    def __init__(self, reactor, region, launch_template, port, address, poolId,
                  endpoint_url="", threadpool=None, clock=None, resolveAddress=None):
         if not launch_template:
             raise ValueError("pool.ec2.launch_template is required for the ec2 provider")
+        if not poolId:
+            raise ValueError("pool.ec2.pool_id is required for the ec2 provider")
         self._reactor = reactor
         self._clock = clock or reactor
         self._region = region or None  # None: boto3 finds it (AWS_DEFAULT_REGION, profile)
@@ -103,7 +107,7 @@ class Ec2Provider(Service):
         self._addressTag = address[len("tag:"):] if address.startswith("tag:") else None
         self._addressField = {"private_ip": "PrivateIpAddress",
                               "private_dns": "PrivateDnsName"}.get(address)
-        self._namespace = namespace
+        self._poolId = poolId
         self._resolve = resolveAddress or (lambda instance_id, host_port: host_port)
         self._ownsThreads = threadpool is None
         self._threads = threadpool or ThreadPool(minthreads=0, maxthreads=2, name="wslb-ec2")
@@ -166,7 +170,7 @@ class Ec2Provider(Service):
                 delay *= 2
 
     def _describe(self, *filters):
-        filters = [{"Name": f"tag:{POOL_TAG}", "Values": [self._namespace]}, *filters]
+        filters = [{"Name": f"tag:{POOL_TAG}", "Values": [self._poolId]}, *filters]
         return self._call("DescribeInstances", lambda ec2: _describeAll(ec2, filters))
 
     # -- addresses ----------------------------------------------------------
@@ -215,7 +219,7 @@ class Ec2Provider(Service):
             ClientToken=uuid.uuid4().hex,  # a retried request launches nothing twice
             TagSpecifications=[{
                 "ResourceType": "instance",
-                "Tags": [{"Key": POOL_TAG, "Value": self._namespace}],
+                "Tags": [{"Key": POOL_TAG, "Value": self._poolId}],
             }],
         )
         response = yield self._call("RunInstances", lambda ec2: ec2.run_instances(**params))
@@ -313,6 +317,7 @@ class Ec2Provider(Service):
 
     def startService(self):
         super().startService()
+        self.log.info("EC2 pool: instances tagged {tag}={pool}", tag=POOL_TAG, pool=self._poolId)
         self._stopped = False
         if self._ownsThreads and not self._threads.started:
             self._threads.start()

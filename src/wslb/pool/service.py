@@ -12,8 +12,8 @@ from wslb.pool.scaler import Scaler
 from wslb.pool.static import StaticProvider
 
 
-def makeProvider(reactor, pool_config, namespace):
-    """The provider C{pool.provider} names. (C{namespace} tags EC2 instances.)"""
+def makeProvider(reactor, pool_config):
+    """The provider C{pool.provider} names."""
     if pool_config.provider == "local":
         local = pool_config.local
         return LocalProvider(reactor, local.command, local.host, local.ports)
@@ -22,7 +22,7 @@ def makeProvider(reactor, pool_config, namespace):
     if pool_config.provider == "ec2":
         ec2 = pool_config.ec2
         return Ec2Provider(reactor, ec2.region, ec2.launch_template, ec2.port, ec2.address,
-                           namespace, endpoint_url=ec2.endpoint_url)
+                           ec2.pool_id, endpoint_url=ec2.endpoint_url)
     raise ValueError(
         f"pool.provider = {pool_config.provider!r}: use \"local\", \"static\" or \"ec2\""
     )

@@ -134,9 +134,23 @@ def makeSigner(session, clock):
     )
 
 
+def warnOfCookiesFromAnyOrigin(listen, session, cost):
+    """
+    A browser sends its cookies with a WebSocket any page opens (the
+    handshake is not bound by CORS): with a cookie source and no
+    allowed_origins, any web site can open its visitors' sessions.
+    """
+    cookies = [str(s) for s in (*session.sources, *cost.sources) if s.kind == "cookie"]
+    if cookies and not listen.allowed_origins:
+        log.warn("{sources} read with [listen] allowed_origins empty: any web page can open a "
+                 "WebSocket with its visitors' cookies (cross-site WebSocket hijacking); list "
+                 "your sites' origins", sources=", ".join(cookies))
+
+
 def makeProxy(config, registry, metrics, clock, instance):
     """The data path of one wslb instance (``instance`` names it in the registry)."""
     listen, session = config.listen, config.session
+    warnOfCookiesFromAnyOrigin(listen, session, config.cost)
     sessions = LiveSessions(registry, clock, instance, session.reconnect_grace,
                             session.end_close_code)
     router = Router(
