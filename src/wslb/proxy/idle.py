@@ -12,7 +12,7 @@ from wslb.proxy.frames import CLOSE_POLICY
 
 
 class IdleSweeper(TimerService):
-    """Every ``timeout / 4`` (at least 1 s): close legs idle for ``timeout``."""
+    """Every ``timeout / 4`` (at least 1 s): close relays idle for ``timeout``."""
 
     def __init__(self, clock, sessions, timeout, limitHit):
         super().__init__(max(1.0, timeout / 4), self.sweep)
@@ -20,18 +20,18 @@ class IdleSweeper(TimerService):
         self._sessions = sessions
         self._timeout = timeout
         self._limitHit = limitHit
-        self._seen = {}  # user leg -> (payload bytes both ways, when that last changed)
+        self._seen = {}  # relay -> (payload bytes both ways, when that last changed)
 
     def sweep(self):
         now = self.clock.seconds()
         seen = {}
-        for leg in self._sessions.legs():
-            activity = leg.activity
-            before, since = self._seen.get(leg, (None, now))
+        for relay in self._sessions.legs():
+            activity = relay.activity
+            before, since = self._seen.get(relay, (None, now))
             if activity != before:
                 since = now
             elif now - since >= self._timeout - self.step / 2:  # sweeps come a bit late
                 self._limitHit("idle_timeout")
-                leg.closeWith(CLOSE_POLICY, "idle timeout")
-            seen[leg] = (activity, since)
+                relay.closeWith(CLOSE_POLICY, "idle timeout")
+            seen[relay] = (activity, since)
         self._seen = seen
