@@ -358,7 +358,7 @@ class Splice:
 
     def closeWith(self, code, reason):
         """Close both sides with ``code`` (session ended, idle, shutdown, moved)."""
-        if self._state is CLOSED:
+        if self._state == CLOSED:
             return
         if self._reason is None:
             self._reason = (code, reason)
@@ -371,7 +371,7 @@ class Splice:
         One ``auto_ping`` tick: drop a side that did not answer the last
         ping, ping the others.
         """
-        if self._state is not RELAYING:
+        if self._state != RELAYING:
             return  # closing anyway
         for direction, before in self._awaiting:
             # Anything from that side since its ping counts, not just the pong
@@ -453,9 +453,9 @@ class Splice:
         if state is None:
             return
         self._state = state
-        if state is CLOSING:
+        if state == CLOSING:
             self._closeTimer = self._context.clock.callLater(CLOSE_TIMEOUT, self._abort)
-        elif state is CLOSED:
+        elif state == CLOSED:
             self._closed()
 
     def _abort(self):
