@@ -16,6 +16,8 @@ connection meets these modules in this order:
     splice.py            ... the byte relay (IRelay, interfaces.py): frames parsed by their
                          headers (frames.py), bytes forwarded (transports.writeNow)
     sessions.py          the live relays by key; reconnect graces; ended sessions closed
+                         (held.py: the registry's counts this instance holds, released
+                         safely however long the registry takes to answer)
     keepalive.py         auto_ping, one tick for all relays
     idle.py              idle_timeout, one sweep for all relays
     service.py           Drain: on shutdown, users closed with 1001
