@@ -18,8 +18,9 @@ connection meets these modules in this order:
     sessions.py          the live relays by key; reconnect graces; ended sessions closed
                          (held.py: the registry's counts this instance holds, released
                          safely however long the registry takes to answer)
-    keepalive.py         auto_ping, one tick for all relays
-    idle.py              idle_timeout, one sweep for all relays
+    keepalive.py         auto_ping, and ...
+    idle.py              ... idle_timeout: each relay visited once per period, the
+                         relays spread over it (wheel.py), so no turn visits them all
     service.py           Drain: on shutdown, users closed with 1001
 
 errors.py holds HandshakeRefused (the HTTP answer a refused user gets);

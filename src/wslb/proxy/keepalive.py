@@ -1,30 +1,18 @@
 """
-``[listen] auto_ping``: one shared tick instead of a timer per connection.
+``[listen] auto_ping``: each relay pinged once per interval, the relays
+spread over the interval (L{wslb.proxy.wheel}) rather than all at one tick.
 """
 
 from __future__ import annotations
 
-from twisted.application.internet import TimerService
-
-from wslb.logs import Logger
-
-log = Logger()
+from wslb.proxy.wheel import TimerWheel
 
 
-class KeepAlive(TimerService):
+class KeepAlive(TimerWheel):
     """
-    Every ``interval``: each session pings its user and its worker, and drops
-    a side that did not answer the previous tick's ping.
+    Once per ``interval``, each relay pings its user and its worker and drops
+    a side that did not answer the previous ping (L{IRelay.keepAlive}).
     """
 
-    def __init__(self, clock, sessions, interval):
-        super().__init__(interval, self.tick)
-        self.clock = clock
-        self._sessions = sessions
-
-    def tick(self):
-        for relay in self._sessions.legs():
-            try:
-                relay.keepAlive()
-            except Exception:
-                log.failure("pinging {key}", key=relay.key)
+    def __init__(self, clock, interval):
+        super().__init__(clock, interval, lambda relay: relay.keepAlive())

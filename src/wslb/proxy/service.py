@@ -178,10 +178,14 @@ def makeProxy(config, registry, metrics, clock, instance):
     services = [sessions, router, largestCapacity]
     if (sweeper := gate.sweeper()) is not None:
         services.append(sweeper)
+    wheels = []
     if listen.auto_ping > 0:
-        services.append(KeepAlive(clock, sessions, listen.auto_ping))
+        wheels.append(KeepAlive(clock, listen.auto_ping))
     if listen.idle_timeout > 0:
-        services.append(IdleSweeper(clock, sessions, listen.idle_timeout, gate.limitHit))
+        wheels.append(IdleSweeper(clock, listen.idle_timeout, gate.limitHit))
+    for wheel in wheels:
+        sessions.visitEach(wheel)
+    services += wheels
     return Proxy(
         factory=UserFactory(context), services=tuple(services),
         drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,

@@ -25,6 +25,7 @@ class LiveSessions(Service):
         self._grace = grace
         self._endCloseCode = endCloseCode
         self._legs = {}  # key -> set of open user legs
+        self._wheels = []  # what visits every relay in turn (keep-alive, idle)
         # Reconnect graces, one timer for all: the grace is the same for
         # every session, so deadlines arrive in order and a deque holds them.
         self._graces = deque()  # (deadline, key), earliest first
@@ -49,11 +50,21 @@ class LiveSessions(Service):
     def legs(self):
         return [leg for legs in self._legs.values() for leg in legs]
 
+    def visitEach(self, wheel):
+        """Have ``wheel`` (L{wslb.proxy.wheel.TimerWheel}) visit every relay while it is open."""
+        self._wheels.append(wheel)
+        for leg in self.legs():
+            wheel.add(leg)
+
     def opened(self, key, leg):
         self._legs.setdefault(key, set()).add(leg)
         self._deadlines.pop(key, None)  # back before its grace ran out
+        for wheel in self._wheels:
+            wheel.add(leg)
 
     def closed(self, key, leg):
+        for wheel in self._wheels:
+            wheel.discard(leg)
         legs = self._legs.get(key)
         if legs is not None:
             legs.discard(leg)
