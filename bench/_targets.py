@@ -227,11 +227,12 @@ class Wslb(Target):
     ``label``, to compare against in the same run. With ``processes`` > 1
     (Redis only), that many twistd processes share one ``reuseport:``
     listening port and the target's redis-server; the kernel spreads
-    connections among them. Each has its own admin port.
+    connections among them. Each has its own admin port. ``overrides`` are
+    more ``--set`` options.
     """
 
     def __init__(self, children, workers, logDir, backend="memory", redisServer=None,
-                 processes=1, twistd=None, label=None, tls=None):
+                 processes=1, twistd=None, label=None, tls=None, overrides=()):
         self._children = children
         self._processes = []
         self._twistd = twistd or twistdPath()
@@ -260,6 +261,7 @@ class Wslb(Target):
             "pool.capacity=100000",
             "pool.placement=spread",
             f"registry.backend={backend}",
+            *overrides,
         ]
         self._redisPort = None
         if backend == "redis":

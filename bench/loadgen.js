@@ -16,7 +16,8 @@
 //             its worker); "fresh": a new key every time; "none": no key.
 //   idle      opens `connections` (at most `concurrency` handshakes at once),
 //             one echo each, prints "EVENT held", holds them until a line
-//             "release" arrives on stdin, then closes them.
+//             "release" arrives on stdin, then closes them (and reports the
+//             pings they received while held).
 //   crowd     `users` users arrive evenly spread over `spread` seconds (0: all
 //             at once), user i with key PREFIX-i; each waits (however long:
 //             queued) for its handshake and then holds its connection.
@@ -57,9 +58,11 @@ function percentile(sorted, p) {
 
 function latencyMicros(samples) {
   const sorted = Float64Array.from(samples).sort();
+  const us = (ms) => (ms === null ? null : Math.round(ms * 1000));
   return {
-    p50_us: percentile(sorted, 50) === null ? null : Math.round(percentile(sorted, 50) * 1000),
-    p99_us: percentile(sorted, 99) === null ? null : Math.round(percentile(sorted, 99) * 1000),
+    p50_us: us(percentile(sorted, 50)),
+    p99_us: us(percentile(sorted, 99)),
+    max_us: us(sorted.length ? sorted[sorted.length - 1] : null),
   };
 }
 
@@ -229,9 +232,11 @@ function idle() {
   const payload = payloadOf(32, false);
   const started = performance.now();
   let dropped = 0;
+  let pings = 0;
   let holding = false;
   openMany(spec.connections, spec.concurrency || 100, () => null, (ws, i, settle) => {
     let echoed = false;
+    ws.on('ping', () => { if (holding) pings++; }); // ws answers each with a pong itself
     ws.once('message', () => { echoed = true; settle(); });
     ws.once('close', () => { if (!echoed) settle(); else if (holding) dropped++; });
     ws.send(payload);
@@ -247,7 +252,7 @@ function idle() {
       holding = false;
       closeAll(sockets, () => finish({
         mode: 'idle', held: sockets.length, failures, dropped, last_error: lastError,
-        open_seconds: openSeconds,
+        open_seconds: openSeconds, pings,
       }));
     });
   });
