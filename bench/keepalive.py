@@ -156,7 +156,7 @@ def render(args, runs, labels, load):
         "",
         f"- {on}: the largest round trip of any round {worst:,.1f} ms (bound: below "
         f"{MAX_BOUND_MS:g} ms): {'held' if worst < MAX_BOUND_MS else 'NOT held'}",
-        f"- p50 with pings on / off, each round's pair: "
+        "- p50 with pings on / off, each round's pair: "
         + ", ".join(f"{r:.2f}" for r in ratios)
         + f"; median {statistics.median(ratios):.2f} (bound: at most {P50_BOUND}): "
         + ("held" if statistics.median(ratios) <= P50_BOUND else "NOT held"),
