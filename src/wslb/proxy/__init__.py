@@ -4,7 +4,8 @@ connection meets these modules in this order:
 
     service.py           UserFactory: a UserHandshake per accepted connection, given the
                          listener's Context (what handshakes and relays may reach)
-    user_handshake.py    reads the user's request (RFC 6455 §4.2) and holds it ...
+    user_handshake.py    reads the user's request (RFC 6455 §4.2; head.py: every request
+                         head, read strictly) and holds it ...
     opening.py           ... while its session opens:
       gate.py              limits (connections, per address) and allowed origins
       identity.py          the session key and cost (signing.py checks signed keys)
@@ -22,6 +23,13 @@ connection meets these modules in this order:
     idle.py              ... idle_timeout: each relay visited once per period, the
                          relays spread over it (wheel.py), so no turn visits them all
     service.py           Drain: on shutdown, users closed with 1001
+
+A request that is no WebSocket upgrade, for a path a part serves, is handed
+over instead:
+
+    http_listener.py     ListenerWeb: the connection becomes Twisted's HTTP server's
+                         (with the bytes read), whose resource tree is the parts mounted
+                         on the listener; kept-alive requests follow
 
 errors.py holds HandshakeRefused (the HTTP answer a refused user gets);
 transports.py the few uses of Twisted's transport internals (direct sends,

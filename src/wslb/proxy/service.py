@@ -19,6 +19,7 @@ from wslb.proxy.capacity import LargestCapacity
 from wslb.proxy.errors import unavailable
 from wslb.proxy.frames import CLOSE_GOING_AWAY
 from wslb.proxy.gate import Gate, connectionLimit
+from wslb.proxy.http_listener import ListenerWeb
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.keepalive import KeepAlive
@@ -53,6 +54,7 @@ class Context:
     forwardedProto: str  # [listen] forwarded_proto: "auto", "https" or "http"
     maxMessageSize: int
     endCloseCode: int
+    web: ListenerWeb  # plain HTTP requests for the paths it serves
 
 
 class UserFactory(Factory):
@@ -105,6 +107,7 @@ class Proxy:
     drain: Drain  # start after the admin API: stopped first, /healthz then says 503
     gate: Gate
     sessions: LiveSessions
+    web: ListenerWeb
 
 
 def readsProxyHeader(endpoint):
@@ -167,13 +170,14 @@ def makeProxy(config, registry, metrics, clock, instance):
         perIpConnections=listen.per_ip_connections, perIpRate=listen.per_ip_rate,
         proxied=readsProxyHeader(listen.endpoint),
     )
+    web = ListenerWeb(clock, gate, listen.open_handshake_timeout)
     context = Context(
         clock=clock, registry=registry, gate=gate, identifier=identifier, router=router,
         sessions=sessions,
         connectWorker=WorkerConnector(clock, listen.open_handshake_timeout).connect,
         traffic=metrics.traffic, requestTimeout=listen.open_handshake_timeout,
         forwardedProto=listen.forwarded_proto, maxMessageSize=listen.max_message_size,
-        endCloseCode=session.end_close_code,
+        endCloseCode=session.end_close_code, web=web,
     )
     services = [sessions, router, largestCapacity]
     if (sweeper := gate.sweeper()) is not None:
@@ -189,4 +193,5 @@ def makeProxy(config, registry, metrics, clock, instance):
     return Proxy(
         factory=UserFactory(context), services=tuple(services),
         drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,
+        web=web,
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
-from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -19,6 +17,7 @@ from twisted.internet.protocol import Protocol
 from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.gate import UNKNOWN
+from wslb.proxy.head import TOKEN, isUpgrade, originForm, readHead, tokens
 from wslb.proxy.opening import MAX_REQUEST_HEAD, OpensSessions, Request
 from wslb.proxy.splice import Splice
 from wslb.proxy.transports import noDelay, writeNow
@@ -26,21 +25,8 @@ from wslb.proxy.worker_handshake import acceptFor
 
 log = Logger()
 
-# Headers a request may carry once only: which value would count is unclear.
+# Headers a handshake may carry once only: which value would count is unclear.
 _SINGLE = ("host", "sec-websocket-key", "sec-websocket-version")
-
-# RFC 9110 §5.6.2 tokens (methods, header names, subprotocols); header values
-# without control characters but tab (a lone CR or LF would let a user write
-# headers of its own into wslb's request to the worker); request targets of
-# visible ASCII only (§4.1).
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TARGET = re.compile(r"[\x21-\x7e]+\Z")
-_ABSOLUTE_SCHEMES = ("ws", "wss", "http", "https")
-
-
-def _tokens(value):
-    return [token.strip().lower() for token in value.split(",")]
 
 
 def readRequest(head):
@@ -48,40 +34,26 @@ def readRequest(head):
     The L{Request} and its Sec-WebSocket-Key from a request's head (up to
     the blank line); or the L{HandshakeRefused} to answer it with.
     """
-    lines = head.decode("iso-8859-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise badRequest("malformed request line")
-    method, uri, version = parts
-    if not _TOKEN.match(method):
-        raise badRequest("malformed request line")
-    if method != "GET":
-        raise HandshakeRefused(405, f"method {method[:16]} not allowed", [("Allow", "GET")])
-    if version != "HTTP/1.1":
+    return handshakeOf(readHead(head))
+
+
+def handshakeOf(head):
+    """The L{Request} and Sec-WebSocket-Key of a WebSocket handshake's L{Head}; or a refusal."""
+    if head.method != "GET":
+        raise HandshakeRefused(405, f"method {head.method[:16]} not allowed", [("Allow", "GET")])
+    if head.version != "HTTP/1.1":
         raise HandshakeRefused(505, "only HTTP/1.1 upgrades to a WebSocket")
-    uri = _target(uri)
-    headers = {}
-    repeated = set()
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.match(name) or _CONTROL.search(value):
-            raise badRequest("malformed header line")
-        name = name.lower()
-        value = value.strip()
-        if name in headers:
-            headers[name] += ", " + value
-            repeated.add(name)
-        else:
-            headers[name] = value
+    uri = originForm(head.target)
+    headers = head.headers
     for name in _SINGLE:
-        if name in repeated:
+        if name in head.repeated:
             raise badRequest(f"{name} header appears more than once")
     if "host" not in headers:
         raise badRequest("no Host header")
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
+    if not isUpgrade(head):
         raise HandshakeRefused(426, "a WebSocket upgrade is required",
                                [("Upgrade", "websocket"), ("Connection", "Upgrade")])
-    if "upgrade" not in _tokens(headers.get("connection", "")):
+    if "upgrade" not in tokens(headers.get("connection", "")):
         raise badRequest("no Connection: Upgrade header")
     if headers.get("sec-websocket-version") != "13":
         raise HandshakeRefused(426, "unsupported WebSocket version",
@@ -95,26 +67,11 @@ def readRequest(head):
         raise badRequest("Sec-WebSocket-Key must be 16 bytes in base64")
     protocols = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
     protocols = [p for p in protocols if p]
-    if not all(_TOKEN.match(p) for p in protocols):
+    if not all(TOKEN.match(p) for p in protocols):
         raise badRequest("a subprotocol must be a token")
     if len(set(protocols)) != len(protocols):
         raise badRequest("a subprotocol is offered twice")
     return Request(uri, headers, protocols), key.encode("ascii")
-
-
-def _target(uri):
-    """
-    The path and query a request target names: origin form as browsers
-    send it, or absolute form (RFC 9112 §3.2.2), whose path is taken.
-    """
-    if not _TARGET.match(uri) or "#" in uri:
-        raise badRequest("the request target must be a path, without a fragment")
-    if uri.startswith("/"):
-        return uri
-    parts = urlsplit(uri)
-    if parts.scheme.lower() not in _ABSOLUTE_SCHEMES or not parts.netloc:
-        raise badRequest("the request target must be a path, without a fragment")
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def switchingProtocols(key, protocol, headers):
@@ -181,7 +138,12 @@ class UserHandshake(OpensSessions, Protocol):
         head, self.data = data[:end], data[end + 4:]
         self._stopRequestTimer()
         try:
-            request, key = readRequest(head)
+            head = readHead(head)
+            web = self.context.web
+            if web.takes(head):
+                web.handOff(self, self.counted, data)
+                return
+            request, key = handshakeOf(head)
         except HandshakeRefused as refused:
             self._refuse(refused)
             return
