@@ -196,19 +196,29 @@ class Queue:
             costs[name] = measure(s, list(ops))
 
         m("queue_info", (redis_ops.queueInfo(30.0) for _ in range(BATCH)))
+        m("queue_status: one key's place", (
+            redis_ops.queueStatus([self.middleKey], 30.0) for _ in range(BATCH)))
+        watched = [f"q{(i * 37) % (length - 1):05}" for i in range(PAGE)]
+        m(f"queue_status: a slice of places ({PAGE})", (
+            redis_ops.queueStatus(watched, 30.0) for _ in range(BATCH)))
         m("assign: queue retry, not the head", (
             assignOp(self.middleKey, ticket=self.middle.ticket) for _ in range(BATCH)))
         m("assign: queue retry, the head", (
             assignOp("head", cost=50, ticket=self.head.ticket) for _ in range(BATCH)))
         fresh = _fresh("n")
         m("assign: new key, joins the queue", (
-            redis_ops.assign(AssignRequest(key=k, cost=20, instance="i1", max_queue=10**6),
-                             31.0, new_ticket=k) for k in fresh))
+            redis_ops.assign(AssignRequest(key=k, cost=20, instance="i1", max_queue=10**6,
+                                           request_id=k), 31.0) for k in fresh))
+        m("abandon: a queued key, keeping its place", (
+            redis_ops.abandon(k, k, 31.2, keep_place_until=60.0) for k in fresh))
+        m("assign: a key back within its rejoin grace", (
+            redis_ops.assign(AssignRequest(key=k, cost=20, instance="i2", max_queue=10**6),
+                             31.5) for k in fresh))
         m("leave_queue", (redis_ops.leaveQueue(k) for k in fresh))
         fresh = _fresh("o")
         m("assign: new key, allow_overtake (checks the queue ahead)", (
             redis_ops.assign(AssignRequest(key=k, cost=6, instance="i1", max_queue=10**6,
-                                           allow_overtake=True), 32.0, new_ticket=k)
+                                           allow_overtake=True, request_id=k), 32.0)
             for k in fresh))
         s.fill(redis_ops.leaveQueue(k) for k in fresh)
         m(f"touch_tickets: a slice ({PAGE})", (

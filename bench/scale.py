@@ -27,6 +27,7 @@ from run import ensureWs, nodeModuleVersions, stopOnSignals
 
 PARTS = ("costs", "pool", "once", "crowd")
 PERIODIC_BOUND = 200.0  # µs of Redis per call, for any call made periodically or per handshake
+POSITION_BOUND = 3.0  # a queue position at the longest queue, at most this times the shortest's
 
 # The calls an instance makes per handshake or periodically (the leader's
 # page reads included), by their row in the costs tables: (table, row).
@@ -44,7 +45,9 @@ HOT = [
     ("queue", "assign: queue retry, the head"), ("queue", "assign: new key, joins the queue"),
     ("queue", "assign: new key, allow_overtake (checks the queue ahead)"),
     ("queue", "leave_queue"), ("queue", f"touch_tickets: a slice ({_scale_costs.PAGE})"),
-    ("queue", "expire_tickets (none due)"),
+    ("queue", "expire_tickets (none due)"), ("queue", "queue_status: one key's place"),
+    ("queue", f"queue_status: a slice of places ({_scale_costs.PAGE})"),
+    ("queue", "abandon: a queued key, keeping its place"), ("queue", "assign: a key back within its rejoin grace"),
     ("lock", "lock_renew"),
 ]
 
@@ -140,12 +143,13 @@ def renderCosts(c):
     fleet, queue = c["fleets"], c["queues"]
     pack = fleet[largest]["assign: fresh key, pack"][0]
     packSmall = fleet[smallest]["assign: fresh key, pack"][0]
-    info = queue[lengths[-1]]["queue_info"][0]
-    infoSmall = queue[lengths[0]]["queue_info"][0]
     out += ["", f"- fresh `assign` (pack): {_us(packSmall)} µs at {smallest:,} workers, "
-                f"{_us(pack)} µs at {largest:,}: ratio {pack / packSmall:.2f}",
-            f"- `queue_info`: {_us(infoSmall)} µs at {lengths[0]:,} tickets, {_us(info)} µs "
-            f"at {lengths[-1]:,}: ratio {info / infoSmall:.2f}"]
+                f"{_us(pack)} µs at {largest:,}: ratio {pack / packSmall:.2f}"]
+    for name, bound in (("queue_info", ""),
+                        ("queue_status: one key's place", f" (bound {POSITION_BOUND:g})")):
+        small, large = queue[lengths[0]][name][0], queue[lengths[-1]][name][0]
+        out.append(f"- `{name}`: {_us(small)} µs at {lengths[0]:,} tickets, {_us(large)} µs "
+                   f"at {lengths[-1]:,}: ratio {large / small:.2f}{bound}")
     tables = {"fleet": fleet[largest], "queue": queue[lengths[-1]], "lock": c["lock"]}
     hot = [(name, tables[table][name][0]) for table, name in HOT]
     worst = max(hot, key=lambda h: h[1])

@@ -71,18 +71,26 @@ async def _audit(registry):
         assert int(r["load"]) == sum(costs), worker_id
 
     queue = _pairs(await run("ZRANGE", p + "queue", 0, -1, "WITHSCORES"))
-    byCost = defaultdict(dict)
-    for ticket, seq in queue.items():
-        byCost[(await run("HGET", p + "ticket:" + ticket, "cost"))][ticket] = seq
+    held = _pairs(await run("ZRANGE", p + "queue-held", 0, -1, "WITHSCORES"))
+    absent = set(await run("ZRANGE", p + "queue-absent", 0, -1))
+    assert held == {t: seq for t, seq in queue.items() if t not in absent}
+    assert absent <= set(queue)
+    assert set(await run("ZRANGE", p + "ticket-heartbeats", 0, -1)) == set(held)
+    tickets = {t: dict(zip(*[iter(await run("HGETALL", p + "ticket:" + t))] * 2)) for t in queue}
+    assert dict(zip(*[iter(await run("HGETALL", p + "queue-keys"))] * 2)) == {
+        r["key"]: t for t, r in tickets.items()}
     demand = await run("GET", p + "queue-demand")
-    assert int(demand or 0) == sum(int(cost) * len(t) for cost, t in byCost.items())
+    assert int(demand or 0) == sum(int(r["cost"]) for r in tickets.values())
+    byCost = defaultdict(dict)  # the held tickets by cost
+    for ticket, seq in held.items():
+        byCost[tickets[ticket]["cost"]][ticket] = seq
     assert sorted((await run("ZRANGE", p + "queue-costs", 0, -1)), key=int) == sorted(
         byCost, key=int)
     assert sorted(await keysLike(registry, "queue-cost:*")) == sorted(
         p + "queue-cost:" + c for c in byCost)
-    for cost, tickets in byCost.items():
+    for cost, costed in byCost.items():
         assert _pairs(await run("ZRANGE", p + "queue-cost:" + cost, 0, -1, "WITHSCORES")) == (
-            tickets), cost
+            costed), cost
 
     # Each connection a session counts is one "r:<request id>" field naming
     # its instance; the per-instance counts and the total add them up.

@@ -41,6 +41,8 @@ from wslb.registry import (
     Queued,
     QueueFull,
     QueueInfo,
+    QueuePace,
+    QueuePlace,
     Session,
 )
 
@@ -493,10 +495,137 @@ class RegistryContract:
         c = yield registry.assign(request("c"), 0)
         yield registry.touchTickets([c.ticket, "unknown"], 50)
         assert (yield registry.expireTickets(70, 30)) == 1
-        assert (yield registry.assign(request("c", ticket=c.ticket), 71)) == Queued(c.ticket, 0)
         assert (yield registry.expireTickets(80, 30)) == 0
-        assert (yield registry.expireTickets(81, 30)) == 1
-        assert (yield registry.queueInfo(81)).length == 0
+        # Its holder asking again is a heartbeat too.
+        assert (yield registry.assign(request("c", ticket=c.ticket), 71)) == Queued(c.ticket, 0)
+        assert (yield registry.expireTickets(101, 30)) == 0
+        assert (yield registry.expireTickets(102, 30)) == 1
+        assert (yield registry.queueInfo(102)).length == 0
+
+    # -- keeping one's place: a key's ticket, abandoned tickets ----------
+
+    @pytest_twisted.inlineCallbacks
+    def test_aKeyTakesUpItsQueuedTicket(self, registry):
+        """A handshake with a queued key, without the ticket, gets that ticket and place."""
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        yield registry.assign(request("c"), 3)
+        assert (yield registry.assign(request("b", instance="i2"), 4)) == Queued(b.ticket, 1)
+        assert (yield registry.assign(request("a"), 5)).order == a.order < b.order
+        assert (yield registry.queueInfo(5)).length == 3
+
+    @pytest_twisted.inlineCallbacks
+    def test_anAbandonedTicketKeepsItsPlaceAndIsPassedOver(self, registry, harness):
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        c = yield registry.assign(request("c"), 3)
+        capacity, _ = yield listen(registry, harness)
+        yield registry.abandon("a", a.ticket, 3, keep_place_until=30)
+        yield harness.settle()
+        assert capacity.calls  # b heads the held tickets now: it may be served
+        status = yield registry.queueStatus(["a", "b", "c"], 4)
+        assert status.places == (QueuePlace(a.ticket, 0, False), QueuePlace(b.ticket, 1, True),
+                                 QueuePlace(c.ticket, 2, True))
+        yield registry.endSession("x")
+        assert (yield registry.assign(request("b", ticket=b.ticket), 5)).fresh
+        assert (yield registry.assign(request("c", ticket=c.ticket), 6)) == Queued(c.ticket, 1)
+        # a comes back (through another instance): its place, held again, served first.
+        assert (yield registry.assign(request("a", instance="i2"), 7)) == Queued(a.ticket, 0)
+        yield registry.endSession("b")
+        assert (yield registry.assign(request("c", ticket=c.ticket), 8)) == Queued(c.ticket, 1)
+        assert (yield registry.assign(request("a"), 9)).fresh
+
+    @pytest_twisted.inlineCallbacks
+    def test_anAbandonedTicketIsDroppedAfterItsGrace(self, registry):
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        yield registry.abandon("a", a.ticket, 3, keep_place_until=20)
+        yield registry.abandon("a", a.ticket, 3, keep_place_until=15)  # the later one holds
+        yield registry.abandon("b", "not b's", 3, keep_place_until=15)  # not its holder
+        yield registry.touchTickets([b.ticket], 20)
+        assert (yield registry.expireTickets(20, 60)) == 0
+        assert (yield registry.expireTickets(20.5, 60)) == 1
+        assert (yield registry.queueStatus(["a"], 21)).places == (None,)
+        again = yield registry.assign(request("a"), 21)
+        assert again.ticket != a.ticket and again == Queued(again.ticket, 1)
+
+    @pytest_twisted.inlineCallbacks
+    def test_touchHoldsAnAbandonedTicketAgain(self, registry):
+        """Two handshakes held one key's ticket; one dropped: the other still holds it."""
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        yield registry.abandon("a", a.ticket, 1, keep_place_until=5)
+        yield registry.touchTickets([a.ticket], 2)
+        assert (yield registry.queueStatus(["a"], 2)).places == (QueuePlace(a.ticket, 0, True),)
+        assert (yield registry.expireTickets(6, 60)) == 0
+
+    @pytest_twisted.inlineCallbacks
+    def test_queueStatus(self, registry):
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        status = yield registry.queueStatus(["b", "x", "nobody", "a"], 3)
+        x = yield registry.getSession("x")
+        assert status.length == 2
+        assert status.places == (QueuePlace(b.ticket, 1, True), x, None,
+                                 QueuePlace(a.ticket, 0, True))
+        assert status.pace == QueuePace(served=0, over=0, starting=0, start_seconds=0)
+        assert (yield registry.queueStatus([], 3)).places == ()
+
+    @pytest_twisted.inlineCallbacks
+    def test_queuePace(self, registry):
+        """Queued sessions served, by 10 s buckets over 5 minutes; workers' start times."""
+        yield registry.addWorker("w1", "ws://w1:1", "static", 3, 0)
+        yield registry.addWorker("w2", "ws://w2:1", "static", 1, 4)
+        yield registry.addWorker("w3", "ws://w3:1", "static", 1, 4)
+        yield registry.setWorkerState("w1", HEALTHY, 3)
+        yield registry.setWorkerState("w2", UNHEALTHY, 5)  # not from starting to healthy
+        yield registry.setWorkerState("w2", HEALTHY, 6)
+        status = yield registry.queueStatus([], 7)
+        assert status.pace == QueuePace(served=0, over=0, starting=1, start_seconds=3)
+        yield registry.setWorkerState("w3", HEALTHY, 13)
+        assert (yield registry.queueStatus([], 14)).pace.start_seconds == 6
+        for worker in ("w2", "w3"):
+            yield registry.setWorkerState(worker, DEAD, 15)
+        yield registry.assign(request("x", 3), 100)
+        for now, key in [(101, "a"), (102, "b"), (103, "c"), (104, "d")]:
+            yield registry.assign(request(key), now)
+        yield registry.endSession("x")
+        for now, key in [(105, "a"), (105, "b"), (107, "c")]:
+            assert (yield registry.assign(request(key), now)).fresh
+        yield registry.endSession("a")
+        assert (yield registry.assign(request("d"), 118)).fresh
+        status = yield registry.queueStatus([], 121)
+        assert (status.pace.served, status.pace.over) == (4, 21)
+        assert (yield registry.queueStatus([], 399)).pace.served == 4
+        assert (yield registry.queueStatus([], 400)).pace.served == 1  # the 110 s bucket
+        assert (yield registry.queueStatus([], 410)).pace == QueuePace(0, 0, 0, 6)
+
+    @pytest_twisted.inlineCallbacks
+    def test_queueListenersHearOfTicketsLeaving(self, registry, harness):
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        queue = Calls()
+        registry.addQueueListener(queue)
+        a = yield registry.assign(request("a"), 1)
+        b = yield registry.assign(request("b"), 2)
+        yield registry.abandon("b", b.ticket, 3, keep_place_until=9)
+        yield harness.settle()
+        assert queue.calls == []  # joining at the tail, or leaving for a while, moves no one
+        yield registry.leaveQueue(a.ticket)
+        yield harness.settle()
+        assert queue.calls == [()]
+        yield registry.expireTickets(10, 60)
+        yield harness.settle()
+        assert queue.calls == [(), ()]
 
     # -- overtaking (allow_overtake) ------------------------------------
 
@@ -998,6 +1127,9 @@ def randomTrafficKeepsTheBooks(self, harness, placement, allowOvertake, steps):
         workers = yield registry.listWorkers()
         result = yield registry.assign(
             request(key, cost, placement, ticket, allow_overtake=allowOvertake), now)
+        if ticket is None:  # a key with a ticket queued takes it up
+            position = next((i for i, t in enumerate(tickets) if t[1] == key), None)
+            ticket = None if position is None else tickets[position][0]
         model = sessions.get(key)
         atHead = not tickets or position == 0
         ahead = tickets if position is None else tickets[:position]

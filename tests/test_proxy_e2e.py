@@ -10,7 +10,7 @@ import pytest_twisted
 from _echo_helpers import closeAll, getJSON, waitFor
 from _raw_ws import connectRaw, upgradeRequest
 from _wslb_helpers import rawHandshake, staticWslb
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 
@@ -211,19 +211,27 @@ async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients):
 
 
 @pytest.mark.workers(1)
+@pytest.mark.parametrize("grace", [0, 1.5])
 @pytest_twisted.ensureDeferred
-async def test_client_giving_up_leaves_queue(echo_workers, clients):
-    wslb = await started(staticWslb(echo_workers, "queue.timeout=20"), 1)
+async def test_client_giving_up_leaves_queue_after_its_rejoin_grace(echo_workers, clients,
+                                                                    grace):
+    wslb = await started(staticWslb(
+        echo_workers, "queue.timeout=20", f"queue.rejoin_grace={grace}"), 1)
+
+    async def queueLength():
+        return (await getJSON(wslb.admin + "/api/v1/queue"))[1]["length"]
+
     try:
         clients.append(await wslb.connect("holder"))
-        waiter = wslb.connect("gives-up")
-        await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
-                      lambda r: r[1]["length"] == 1)
-        waiter.addErrback(lambda failure: failure.trap(defer.CancelledError))
-        waiter.cancel()  # drops the TCP connection mid-handshake
-        _, queue = await waitFor(lambda: getJSON(wslb.admin + "/api/v1/queue"),
-                                 lambda r: r[1]["length"] == 0)
-        assert queue["length"] == 0
+        waiter = await connectRaw(wslb.port)
+        waiter.transport.write(upgradeRequest(wslb.port, "/?session=gives-up"))
+        await waitFor(queueLength, lambda length: length == 1)
+        waiter.transport.abortConnection()  # mid-handshake
+        left = reactor.seconds()
+        assert await waitFor(queueLength, lambda length: length == 0) == 0
+        # Dropped at once without a grace; with one, when it has run out
+        # (the queue's heartbeat, every second, finds it).
+        assert grace <= reactor.seconds() - left < grace + 1.5
     finally:
         await wslb.stop()
 

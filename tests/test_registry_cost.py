@@ -40,7 +40,7 @@ class Registry:
 def assign(key, cost=1, placement=PACK, ticket=None, allow_overtake=False, instance="i1"):
     return redis_ops.assign(AssignRequest(
         key=key, cost=cost, instance=instance, placement=placement, max_queue=10**6,
-        ticket=ticket, allow_overtake=allow_overtake), 1.0)
+        ticket=ticket, allow_overtake=allow_overtake, request_id=f"t-{key}"), 1.0)
 
 
 def fleet(client, size):
@@ -111,6 +111,11 @@ CALLS = [
     ("abandon", "workers", lambda: redis_ops.abandon("s00005", uuid.uuid4().hex, 3.0)),
     ("reconcile: one instance's three sessions", "workers",
      lambda: redis_ops.reconcile("i3", {}, 3.0)),
+    ("abandon, keeping a queued key's place", "queue",
+     lambda: redis_ops.abandon("q00005", "t-q00005", 3.0, keep_place_until=9.0)),
+    ("assign: a queued key without its ticket", "queue", lambda: assign("q00007")),
+    ("queue status: three keys", "queue",
+     lambda: redis_ops.queueStatus(["q00003", "holder", "nobody"], 3.0)),
     ("instance heartbeat", "workers", lambda: redis_ops.instanceHeartbeat("i1", 5)),
     ("epoch", "workers", lambda: redis_ops.epoch(3.0)),
 ]

@@ -288,6 +288,17 @@ def _health_path(value):
     raise _bad('a path starting with "/"', value)
 
 
+_LISTENER_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+
+
+def _listener_path(value):
+    """A path the listener answers itself (not upgraded), or "" for none."""
+    if value == "" or (isinstance(value, str) and _LISTENER_PATH.fullmatch(value)):
+        return value
+    raise _bad('"" (off) or a path such as "/wslb/queue": segments of URL path characters,'
+               ' no query, no trailing "/"', value)
+
+
 def _port_range(value):
     match = isinstance(value, str) and re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", value)
     if match and 1 <= int(match[1]) <= int(match[2]) <= 65535:
@@ -457,6 +468,9 @@ class QueueConfig:
     max_length: int = _key(1000, _integer(0))
     timeout: float = _key("60s", _duration(positive=True))
     allow_overtake: bool = _key(False, _boolean)
+    status_path: str = _key("", _listener_path)
+    rejoin_grace: float = _key("20s", _duration())
+    client_path: str = _key("", _listener_path)
 
 
 @dataclass(frozen=True)
@@ -578,6 +592,14 @@ def _relations(config):
             ("session.cookie_samesite", "session.cookie_secure"),
             'session.cookie_samesite: "None" requires session.cookie_secure = true or "auto"'
             " (browsers drop SameSite=None cookies without Secure), got cookie_secure = false",
+        )
+    queue = config.queue
+    if queue.status_path and queue.status_path in (queue.client_path,
+                                                   queue.client_path.rpartition("/")[0]):
+        yield (
+            ("queue.status_path", "queue.client_path"),
+            f"queue.client_path: expected a path apart from queue.status_path and its "
+            f"events ({_show(queue.status_path)}), got {_show(queue.client_path)}",
         )
     yield from _signing(session)
     if isReusePort(config.listen.endpoint) and config.registry.backend == "memory":

@@ -66,11 +66,14 @@ class Held:
             "release", key, requestId,
             lambda now: self._registry.release(key, self._instance, now, requestId))
 
-    def abandon(self, key, requestId):
-        """Undo its assign, whatever it did (IRegistry.abandon); fires when done."""
+    def abandon(self, key, requestId, keepPlaceUntil=None):
+        """
+        Undo its assign, whatever it did (IRegistry.abandon; its ticket keeps
+        its place until ``keepPlaceUntil``, if given); fires when done.
+        """
         return self._settle(
             "abandon", key, requestId,
-            lambda now: self._registry.abandon(key, requestId, now))
+            lambda now: self._registry.abandon(key, requestId, now, keepPlaceUntil))
 
     def reconcile(self):
         """Let the registry count out what this instance no longer holds (IRegistry.reconcile)."""

@@ -6,10 +6,15 @@ the Deferreds of its own waiters and retries them, oldest first, whenever the
 registry says capacity may be free (and on a slow heartbeat, in case such a
 notice was lost). With ``[queue] allow_overtake`` a smaller waiter may be
 served while an older one still waits (the registry bounds how often).
+
+A waiter that goes away (its user left, its wait ran out, wslb stops)
+abandons its ticket: it keeps its place for ``[queue] rejoin_grace``, and a
+handshake with the same key, through any instance, takes it up again.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 
@@ -28,10 +33,11 @@ TICKET_MAX_AGE = 10.0
 
 
 class _Waiter:
-    __slots__ = ("request", "deferred", "deadline", "enqueuedAt")
+    __slots__ = ("request", "order", "deferred", "deadline", "enqueuedAt")
 
-    def __init__(self, request, deferred, deadline, enqueuedAt):
-        self.request = request
+    def __init__(self, request, order, deferred, deadline, enqueuedAt):
+        self.request = request  # its ticket is the one it holds
+        self.order = order  # the ticket's arrival number: the queue's order
         self.deferred = deferred
         self.deadline = deadline
         self.enqueuedAt = enqueuedAt
@@ -45,7 +51,7 @@ class Router(Service):
     """
 
     def __init__(self, registry, clock, instance, placement, maxQueue,
-                 queueTimeout, refuse, metrics, held, allowOvertake=False):
+                 queueTimeout, refuse, metrics, held, allowOvertake=False, rejoinGrace=0.0):
         self._registry = registry
         self._held = held  # a wslb.proxy.held.Held: every request id is held, then settled
         self._clock = clock
@@ -56,7 +62,8 @@ class Router(Service):
         self._refuse = refuse  # (reason, retryAfter) -> exception to fail with
         self._metrics = metrics
         self._allowOvertake = allowOvertake
-        self._waiters = []  # this instance's, oldest first
+        self._rejoinGrace = rejoinGrace
+        self._waiters = []  # this instance's, in the queue's order
         self._retrying = False
         self._retryAgain = False
         self._heartbeat = task.LoopingCall(self._beat)
@@ -73,33 +80,37 @@ class Router(Service):
         if self._heartbeat.running:
             self._heartbeat.stop()
         for waiter in list(self._waiters):
-            self._forget(waiter)
+            self._forget(waiter)  # its user may come back through another instance
             waiter.deferred.errback(self._refuse("wslb is shutting down", self.retryAfter))
 
     @property
     def waiting(self):
         return len(self._waiters)
 
+    def request(self, key, cost, requestId):
+        """The L{AssignRequest} of this instance for ``key``, its assigns named ``requestId``."""
+        return AssignRequest(
+            key=key, cost=cost, instance=self._instance,
+            placement=self._placement, max_queue=self._maxQueue,
+            allow_overtake=self._allowOvertake, request_id=requestId,
+        )
+
     @defer.inlineCallbacks
     def route(self, key, cost, requestId):
         """
         Fire with the L{Assigned} for ``key``; every assign for it names
         ``requestId`` (the connection's, which its release names too).
-        Cancelling the Deferred (the client went away) takes its ticket out
-        of the queue at once. Whenever it fails, the registry is told to
-        abandon the request: an assign that timed out here may still run.
+        Cancelling the Deferred (the client went away) abandons its ticket
+        (see L{wait}). Whenever it fails, the registry is told to abandon
+        the request: an assign that timed out here may still run.
         """
-        request = AssignRequest(
-            key=key, cost=cost, instance=self._instance,
-            placement=self._placement, max_queue=self._maxQueue,
-            allow_overtake=self._allowOvertake, request_id=requestId,
-        )
+        request = self.request(key, cost, requestId)
         started = self._clock.seconds()
         self._held.hold(key, requestId)
         try:
             result = yield self._registry.assign(request, started)
         except Exception as e:
-            self._held.abandon(key, requestId)
+            self._held.abandon(key, requestId, self._keepPlaceUntil())
             self._metrics.registryErrors.inc()
             log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
             raise self._refuse("the registry is unavailable", self.retryAfter) from e
@@ -112,24 +123,48 @@ class Router(Service):
             raise self._refuse("the queue is full", self.retryAfter)
         log.info("{key} queued at position {position}", event="queued", key=key,
                  position=result.position, cost=cost)
-        assigned = yield self._wait(dataclasses.replace(request, ticket=result.ticket))
+        assigned = yield self.wait(request, result)
         return assigned
 
-    def _wait(self, request):
+    def wait(self, request, queued):
+        """
+        Hold ``queued``'s ticket (``request`` got it) until it is served:
+        fire with the L{Assigned}, or fail with a refusal (503) once
+        ``[queue] timeout`` has passed. Cancelling the Deferred, like the
+        timeout, abandons the ticket: it keeps its place for ``[queue]
+        rejoin_grace``.
+        """
         now = self._clock.seconds()
 
         def cancel(deferred):
             self._forget(waiter)
 
-        waiter = _Waiter(request, defer.Deferred(cancel), now + self._queueTimeout, now)
-        self._waiters.append(waiter)
+        waiter = _Waiter(dataclasses.replace(request, ticket=queued.ticket), queued.order,
+                         defer.Deferred(cancel), now + self._queueTimeout, now)
+        self._place(waiter)
         return waiter.deferred
 
+    def _place(self, waiter):
+        """Put ``waiter`` among this instance's waiters in the queue's order."""
+        orders = [w.order for w in self._waiters]
+        self._waiters.insert(bisect.bisect(orders, waiter.order), waiter)
+
     def _forget(self, waiter):
-        """It waits no more: its ticket leaves the queue, an assign under way is undone."""
+        """
+        ``waiter`` is gone: the registry undoes an assign under way, and its
+        ticket keeps its place for the rejoin grace (none: it leaves the
+        queue), unless a handshake of its key took it up meanwhile.
+        """
         if waiter in self._waiters:
             self._waiters.remove(waiter)
-            self._held.abandon(waiter.request.key, waiter.request.request_id)
+            self._held.abandon(waiter.request.key, waiter.request.request_id,
+                               self._keepPlaceUntil())
+
+    def _keepPlaceUntil(self):
+        """Until when a ticket given up now keeps its place (None: it leaves at once)."""
+        if self._rejoinGrace > 0:
+            return self._clock.seconds() + self._rejoinGrace
+        return None
 
     def retry(self):
         """Try the queued waiters again, oldest first (capacity may be free)."""
@@ -165,6 +200,8 @@ class Router(Service):
             if waiter not in self._waiters:
                 continue  # the client left meanwhile: its abandon undoes this assign
             if not isinstance(result, Assigned):
+                if isinstance(result, Queued):
+                    self._follow(waiter, result)
                 if not self._allowOvertake:
                     return  # strict FIFO: nobody behind it can go first
                 refused = min(refused, waiter.request.cost)
@@ -172,6 +209,17 @@ class Router(Service):
             self._waiters.remove(waiter)
             self._metrics.queueWait.observe(self._clock.seconds() - waiter.enqueuedAt)
             waiter.deferred.callback(result)
+
+    def _follow(self, waiter, queued):
+        """
+        Its ticket is ``queued``'s now: the same one, or (after it was lost,
+        e.g. with Redis's data) a new one at the tail.
+        """
+        if queued.ticket != waiter.request.ticket:
+            self._waiters.remove(waiter)
+            waiter.request = dataclasses.replace(waiter.request, ticket=queued.ticket)
+            waiter.order = queued.order
+            self._place(waiter)
 
     def _beat(self):
         now = self._clock.seconds()

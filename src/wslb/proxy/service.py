@@ -159,7 +159,7 @@ def makeProxy(config, registry, metrics, clock, instance):
     router = Router(
         registry, clock, instance, config.pool.placement,
         config.queue.max_length, config.queue.timeout, unavailable, metrics, sessions.held,
-        allowOvertake=config.queue.allow_overtake,
+        allowOvertake=config.queue.allow_overtake, rejoinGrace=config.queue.rejoin_grace,
     )
     router.setName("router")
     largestCapacity = LargestCapacity(registry, clock, config.pool.capacity)

@@ -5,7 +5,10 @@ from wslb.registry._interfaces import (
     HEALTHY,
     MAX_OVERTAKES,
     PACK,
+    SERVED_BUCKET,
+    SERVED_SLOTS,
     SPREAD,
+    START_SAMPLES,
     STARTING,
     UNHEALTHY,
     WORKER_STATES,
@@ -16,13 +19,16 @@ from wslb.registry._interfaces import (
     Queued,
     QueueFull,
     QueueInfo,
+    QueuePace,
+    QueuePlace,
+    QueueStatus,
     Session,
     Worker,
 )
 
 __all__ = [
-    "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SPREAD", "STARTING", "UNHEALTHY",
-    "WORKER_STATES",
+    "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SERVED_BUCKET", "SERVED_SLOTS", "SPREAD",
+    "START_SAMPLES", "STARTING", "UNHEALTHY", "WORKER_STATES",
     "Abandoned", "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
-    "Session", "Worker",
+    "QueuePace", "QueuePlace", "QueueStatus", "Session", "Worker",
 ]

@@ -29,6 +29,14 @@ SPREAD = "spread"
 # is served. Bounded, so a large session is never starved by small ones.
 MAX_OVERTAKES = 10
 
+# The pace of the queue, for estimates of the wait: queued sessions served
+# are counted in SERVED_SLOTS buckets of SERVED_BUCKET seconds each (a ring:
+# the last five minutes, whatever the traffic), and the last START_SAMPLES
+# workers' start times (starting -> healthy) are kept.
+SERVED_BUCKET = 10
+SERVED_SLOTS = 30
+START_SAMPLES = 20
+
 
 # How long an abandoned request id is remembered (IRegistry.abandon): longer
 # than an assign sent before the abandon may take to arrive.
@@ -94,6 +102,9 @@ class Queued:
 
     ticket: str
     position: int  # 0 is the head
+    # The ticket's arrival number: tickets are served in its order, so an
+    # instance keeps its own waiters sorted by it.
+    order: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,34 @@ class QueueInfo:
     length: int
     oldest_wait: float  # seconds the head has waited; 0 when empty
     demand: int  # sum of the costs of queued tickets
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a key's ticket stands in the queue."""
+
+    ticket: str
+    position: int  # 0 is the head; tickets nobody holds count too
+    held: bool  # a waiting handshake holds it (False: in its rejoin grace)
+
+
+@dataclass(frozen=True)
+class QueuePace:
+    """What an estimate of the wait needs, read without reading the queue."""
+
+    served: int  # queued sessions served over the last ``over`` seconds
+    over: float  # seconds since the oldest counted bucket began (0: none served lately)
+    starting: int  # workers starting now
+    start_seconds: float | None  # the mean start time of the last workers (None: none seen)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """L{IRegistry.queueStatus}: the queue's length, each key's place, the pace."""
+
+    length: int
+    places: tuple  # per key asked, in order: a QueuePlace, a Session (bound), or None
+    pace: QueuePace
 
 
 @dataclass(frozen=True)
@@ -245,6 +284,14 @@ class IRegistry(Interface):
             at the tail: L{Queued}; or L{QueueFull} when a new ticket would
             make the queue longer than ``request.max_queue``.
 
+        The caller's ticket is ``request.ticket`` while that is queued, else
+        the ticket the key has queued, if any (a handshake back within its
+        rejoin grace, see L{abandon}, or an allocation taken up): the
+        caller holds it from now on, and keeps its place. A key has at most
+        one ticket. "The head" above is the first ticket somebody holds:
+        tickets nobody holds keep their place (their position counts them)
+        but are passed over, so an absent user does not stall the queue.
+
         On L{Queued} and L{QueueFull} no connection is counted.
 
         A connection is counted once per ``request.request_id``: an assign
@@ -263,18 +310,23 @@ class IRegistry(Interface):
         L{Session} or None.
         """
 
-    def abandon(key, request_id, now):
+    def abandon(key, request_id, now, keep_place_until=None):
         """
         The caller of ``assign`` for ``request_id`` gave up on its answer (it
         timed out, or its user left), so its outcome is unknown: undo it,
         whether that assign ran already or is still to run. The connection
         it counted is counted out; a session it bound that no connection
         holds now is ended (its user never had it: no reconnect grace), and
-        capacity listeners are told; a ticket it queued leaves the queue;
-        and an ``assign`` for ``request_id`` that runs later (a call still
-        on its way) does nothing and fires L{Abandoned}. Idempotent, so it
-        can be retried until it is answered. Fires with the L{Session} as it
-        is afterwards, or None (ended, or none).
+        capacity listeners are told; the key's ticket, when ``request_id``
+        holds it (it queued it or took it up last), leaves the queue, or
+        with ``keep_place_until`` nobody holds it from now on: it keeps its
+        place until then (the rejoin grace), passed over by assignment
+        meanwhile, and a handshake with its key takes it up again
+        (L{assign}; a ticket nobody holds keeps the later of two such
+        deadlines); and an ``assign`` for ``request_id`` that runs later (a
+        call still on its way) does nothing and fires L{Abandoned}.
+        Idempotent, so it can be retried until it is answered. Fires with
+        the L{Session} as it is afterwards, or None (ended, or none).
         """
 
     def reconcile(instance, held, now):
@@ -325,16 +377,31 @@ class IRegistry(Interface):
         """Remove a ticket from the queue (the client gave up). Idempotent."""
 
     def touchTickets(tickets, now):
-        """Refresh the heartbeat of tickets this instance still holds."""
+        """
+        Refresh the heartbeat of tickets this instance still holds; one that
+        was abandoned meanwhile (by another holder of its key) is held again.
+        """
 
     def expireTickets(now, max_age):
         """
-        Drop tickets whose heartbeat is older than ``max_age`` (their instance
-        died). Fires with the number dropped.
+        Drop held tickets whose heartbeat is older than ``max_age`` (their
+        instance died) and those nobody holds whose ``keep_place_until``
+        (L{abandon}) is before ``now``.
+        Fires with the number dropped.
         """
 
     def queueInfo(now):
         """Fire with a L{QueueInfo}."""
+
+    def queueStatus(keys, now):
+        """
+        Fire with a L{QueueStatus}: for each of ``keys``, its ticket's place
+        (its rank: O(log n) in the queue's length), or its L{Session} when it
+        is bound, or None; and the pace of the last minutes as of ``now``
+        (queued sessions served, in SERVED_SLOTS buckets of SERVED_BUCKET
+        seconds; workers starting; the mean of the last START_SAMPLES start
+        times, starting -> healthy), all without reading the queue.
+        """
 
     # -- notification ---------------------------------------------------
 
@@ -350,5 +417,11 @@ class IRegistry(Interface):
         """
         Call ``listener(key)`` when a session was ended by any instance (its
         live connections, wherever they are, must be closed).
+        """
+
+    def addQueueListener(listener):
+        """
+        Call ``listener()`` whenever tickets left the queue anywhere (served,
+        gave up, expired): the positions of those behind them changed.
         """
 

@@ -9,6 +9,8 @@ inside a registry call, so a listener may call the registry again.
 
 from __future__ import annotations
 
+import math
+
 from bisect import bisect_left, insort
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -25,7 +27,10 @@ from wslb.registry._interfaces import (
     HEALTHY,
     MAX_OVERTAKES,
     PACK,
+    SERVED_BUCKET,
+    SERVED_SLOTS,
     SPREAD,
+    START_SAMPLES,
     STARTING,
     WORKER_STATES,
     Abandoned,
@@ -34,6 +39,9 @@ from wslb.registry._interfaces import (
     Queued,
     QueueFull,
     QueueInfo,
+    QueuePace,
+    QueuePlace,
+    QueueStatus,
     Session,
     Worker,
 )
@@ -113,7 +121,34 @@ class _Ticket:
     instance: str
     enqueued_at: float
     heartbeat: float
+    order: int  # its arrival number
+    holder: str  # the request id that holds it, or held it last
     passed: int = 0  # sessions that went ahead of it while it was the head
+    until: float | None = None  # nobody holds it: it keeps its place until then
+
+    @property
+    def held(self):
+        return self.until is None
+
+
+class _ServedRing:
+    """Queued sessions served, counted in SERVED_SLOTS buckets of SERVED_BUCKET seconds."""
+
+    def __init__(self):
+        self._slots = {}  # slot -> (bucket, count)
+
+    def count(self, now):
+        bucket = math.floor(now / SERVED_BUCKET)
+        stored, count = self._slots.get(bucket % SERVED_SLOTS, (None, 0))
+        self._slots[bucket % SERVED_SLOTS] = (bucket, count + 1 if stored == bucket else 1)
+
+    def served(self, now):
+        """(how many were served in the window, seconds since its oldest bucket began)."""
+        bucket = math.floor(now / SERVED_BUCKET)
+        counted = [(b, n) for b, n in self._slots.values() if bucket - SERVED_SLOTS < b <= bucket]
+        if not counted:
+            return 0, 0.0
+        return sum(n for _, n in counted), now - min(b for b, _ in counted) * SERVED_BUCKET
 
 
 @implementer(IRegistry)
@@ -127,8 +162,13 @@ class MemoryRegistry:
         self._queue: dict[str, _Ticket] = {}  # insertion order is arrival order
         self._abandoned: dict[str, float] = {}  # request id -> until when it is remembered
         self._abandonedOrder = deque()  # (until, request id), earliest first
+        self._queueKeys: dict[str, str] = {}  # session key -> its queued ticket
+        self._arrivals = 0
+        self._served = _ServedRing()
+        self._starts = deque(maxlen=START_SAMPLES)  # the last workers' start times
         self._capacityListeners = []
         self._sessionEndedListeners = []
+        self._queueListeners = []
 
     # -- workers --------------------------------------------------------
 
@@ -178,6 +218,8 @@ class MemoryRegistry:
             return None
         if allowedFrom is not None and record.state not in allowedFrom:
             return self._worker(record, listed=sessions)
+        if record.state == STARTING and state == HEALTHY:
+            self._starts.append(now - record.started_at)
         changed = record.state != state
         if changed:
             record.state = state
@@ -234,30 +276,39 @@ class MemoryRegistry:
             raise ValueError(f"unknown placement {request.placement!r}")
         if self._abandoned.get(request.request_id, now) > now:
             return Abandoned()
+        ticket = request.ticket
+        if ticket not in self._queue:
+            ticket = self._queueKeys.get(request.key)
         session = self._sessions.get(request.key)
         if session is not None:
-            self._dropTickets([request.ticket])
+            self._dropTickets([ticket])
             return self._connect(session, request, fresh=False, now=now)
+        if ticket is not None:
+            self._hold(ticket, now, request)
         head = self._head()
-        overtaking = head not in (None, request.ticket) and self._mayOvertake(request)
-        if head is None or head == request.ticket or overtaking:
+        overtaking = head not in (None, ticket) and self._mayOvertake(request, ticket)
+        if head is None or head == ticket or overtaking:
             worker = self._choose(request.cost, request.placement)
             if worker is not None:
                 if overtaking:
                     self._queue[head].passed += 1
-                self._dropTickets([request.ticket])
+                if ticket is not None:
+                    self._dropTickets([ticket])
+                    self._served.count(now)
                 session = self._bind(request.key, request.cost, worker, now)
                 return self._connect(session, request, fresh=True, now=now)
-        if request.ticket in self._queue:
-            return Queued(request.ticket, list(self._queue).index(request.ticket))
+        if ticket is not None:
+            return Queued(ticket, list(self._queue).index(ticket), self._queue[ticket].order)
         if len(self._queue) >= request.max_queue:
             return QueueFull()
         ticket = request.request_id
+        self._arrivals += 1
         self._queue[ticket] = _Ticket(
             key=request.key, cost=request.cost, instance=request.instance,
-            enqueued_at=now, heartbeat=now,
+            enqueued_at=now, heartbeat=now, order=self._arrivals, holder=ticket,
         )
-        return Queued(ticket, len(self._queue) - 1)
+        self._queueKeys[request.key] = ticket
+        return Queued(ticket, len(self._queue) - 1, self._arrivals)
 
     @_deferred
     def release(self, key, instance, now, request_id=None):
@@ -271,7 +322,7 @@ class MemoryRegistry:
         return self._session(session)
 
     @_deferred
-    def abandon(self, key, request_id, now):
+    def abandon(self, key, request_id, now, keep_place_until=None):
         while self._abandonedOrder and self._abandonedOrder[0][0] <= now:
             until, forgotten = self._abandonedOrder.popleft()
             if self._abandoned.get(forgotten) == until:
@@ -279,7 +330,12 @@ class MemoryRegistry:
         until = now + ABANDONED_FOR
         self._abandoned[request_id] = until
         self._abandonedOrder.append((until, request_id))
-        self._dropTickets([request_id])
+        ticket = self._queueKeys.get(key)
+        if ticket is not None and self._queue[ticket].holder == request_id:
+            if keep_place_until is None:
+                self._dropTickets([ticket])
+            else:
+                self._letGo(ticket, keep_place_until)
         session = self._sessions.get(key)
         if session is None:
             return None
@@ -353,11 +409,12 @@ class MemoryRegistry:
     def touchTickets(self, tickets, now):
         for ticket in tickets:
             if ticket in self._queue:
-                self._queue[ticket].heartbeat = now
+                self._hold(ticket, now)
 
     @_deferred
     def expireTickets(self, now, max_age):
-        stale = [t for t, v in self._queue.items() if now - v.heartbeat > max_age]
+        stale = [t for t, v in self._queue.items()
+                 if (now - v.heartbeat > max_age if v.held else v.until < now)]
         self._dropTickets(stale)
         return len(stale)
 
@@ -365,12 +422,31 @@ class MemoryRegistry:
     def queueInfo(self, now):
         if not self._queue:
             return QueueInfo(length=0, oldest_wait=0.0, demand=0)
-        head = self._queue[self._head()]
+        first = next(iter(self._queue.values()))
         return QueueInfo(
             length=len(self._queue),
-            oldest_wait=max(0.0, now - head.enqueued_at),
+            oldest_wait=max(0.0, now - first.enqueued_at),
             demand=sum(t.cost for t in self._queue.values()),
         )
+
+    @_deferred
+    def queueStatus(self, keys, now):
+        ranks = {ticket: rank for rank, ticket in enumerate(self._queue)}
+        places = []
+        for key in keys:
+            ticket = self._queueKeys.get(key)
+            session = self._sessions.get(key)
+            if ticket is not None:
+                places.append(QueuePlace(ticket, ranks[ticket], self._queue[ticket].held))
+            else:
+                places.append(None if session is None else self._session(session))
+        served, over = self._served.served(now)
+        starts = list(self._starts)
+        return QueueStatus(length=len(self._queue), places=tuple(places), pace=QueuePace(
+            served=served, over=over,
+            starting=sum(w.state == STARTING for w in self._workers.values()),
+            start_seconds=sum(starts) / len(starts) if starts else None,
+        ))
 
     # -- notification ---------------------------------------------------
 
@@ -379,6 +455,9 @@ class MemoryRegistry:
 
     def addSessionEndedListener(self, listener):
         self._sessionEndedListeners.append(listener)
+
+    def addQueueListener(self, listener):
+        self._queueListeners.append(listener)
 
     # -- internals ------------------------------------------------------
 
@@ -402,13 +481,36 @@ class MemoryRegistry:
         )
 
     def _head(self):
-        return next(iter(self._queue), None)
+        """The first ticket somebody holds: the one served next."""
+        return next((ticket for ticket, queued in self._queue.items() if queued.held), None)
 
-    def _mayOvertake(self, request):
+    def _hold(self, ticket, now, request=None):
+        """Somebody holds ``ticket`` (again), as of ``now``: ``request``'s caller, if named."""
+        queued = self._queue[ticket]
+        if not queued.held:
+            head = self._head()
+            queued.until = None
+            self._tellIfNewHead(head)
+        queued.heartbeat = now
+        if request is not None:
+            queued.instance, queued.holder = request.instance, request.request_id
+
+    def _letGo(self, ticket, until):
+        """Nobody holds ``ticket``: it keeps its place until ``until``."""
+        queued = self._queue[ticket]
+        if queued.held:
+            head = self._head()
+            queued.until = until
+            self._tellIfNewHead(head)
+        else:
+            queued.until = max(queued.until, until)
+
+    def _mayOvertake(self, request, ticket):
         """
-        Whether ``request`` may go ahead of the queue (IRegistry.assign): it
-        allows it, the head was passed fewer than MAX_OVERTAKES times, and
-        no ticket ahead of it fits the most room any worker has.
+        Whether ``request``, holding ``ticket`` (or None), may go ahead of
+        the queue (IRegistry.assign): it allows it, the head was passed
+        fewer than MAX_OVERTAKES times, and no held ticket ahead of it fits
+        the most room any worker has.
         """
         if not request.allow_overtake or self._queue[self._head()].passed >= MAX_OVERTAKES:
             return False
@@ -417,8 +519,8 @@ class MemoryRegistry:
              if w.state == HEALTHY and not w.draining),
             default=-1,
         )
-        ahead = takewhile(lambda ticket: ticket != request.ticket, self._queue)
-        return all(self._queue[ticket].cost > room for ticket in ahead)
+        ahead = takewhile(lambda t: t != ticket, self._queue)
+        return all(self._queue[t].cost > room for t in ahead if self._queue[t].held)
 
     def _choose(self, cost, placement):
         fitting = [worker for worker in self._workers.values() if worker.fits(cost)]
@@ -465,14 +567,26 @@ class MemoryRegistry:
             self._tell(self._sessionEndedListeners, key)
 
     def _dropTickets(self, tickets):
-        """
-        Remove tickets. A new head may fit where the old one did not, and it
-        retries only when told, so a changed head counts as new capacity.
-        """
+        """Remove tickets; the queue's watchers are told when any was queued."""
         head = self._head()
+        dropped = False
         for ticket in tickets:
-            self._queue.pop(ticket, None)
-        if self._queue and self._head() != head:
+            queued = self._queue.pop(ticket, None)
+            if queued is not None:
+                dropped = True
+                if self._queueKeys.get(queued.key) == ticket:
+                    del self._queueKeys[queued.key]
+        if dropped:
+            self._tell(self._queueListeners)
+        self._tellIfNewHead(head)
+
+    def _tellIfNewHead(self, head):
+        """
+        A new head may fit where the old one did not, and it retries only
+        when told, so a changed head counts as new capacity.
+        """
+        newHead = self._head()
+        if newHead is not None and newHead != head:
             self._tellCapacity()
 
     def _tellCapacity(self):

@@ -12,6 +12,7 @@ fail (callers answer 503) and the connections come back by themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import deque
 
@@ -121,6 +122,7 @@ class RedisRegistry(Service):
         self.connection = RedisConnection(clock, parseRedisURL(url, ca_file), timeout)
         self._capacityListeners = []
         self._sessionEndedListeners = []
+        self._queueListeners = []
         self._pending = deque()  # (callable, args) to run from the clock, in order
         self._delivery = None  # the DelayedCall running them
         self._subscribedOnce = defer.Deferred()
@@ -215,8 +217,8 @@ class RedisRegistry(Service):
     def release(self, key, instance, now, request_id=None):
         return self._run(redis_ops.release, key, instance, now, request_id)
 
-    def abandon(self, key, request_id, now):
-        return self._run(redis_ops.abandon, key, request_id, now)
+    def abandon(self, key, request_id, now, keep_place_until=None):
+        return self._run(redis_ops.abandon, key, request_id, now, keep_place_until)
 
     def reconcile(self, instance, held, now):
         return self._run(redis_ops.reconcile, instance, held, now)
@@ -255,6 +257,14 @@ class RedisRegistry(Service):
 
     def queueInfo(self, now):
         return self._run(redis_ops.queueInfo, now)
+
+    def queueStatus(self, keys, now):
+        # In slices, so that no call holds Redis longer with more keys.
+        keys = list(keys)
+        slices = [keys[i:i + redis_ops.PAGE] for i in range(0, len(keys), redis_ops.PAGE)]
+        d = defer.gatherResults([self._run(redis_ops.queueStatus, s, now) for s in slices or [[]]],
+                                consumeErrors=True)
+        return d.addCallback(_joined)
 
     # -- lost data, dead instances (IRedisRegistryExtras) ---------------
 
@@ -308,6 +318,9 @@ class RedisRegistry(Service):
     def addSessionEndedListener(self, listener):
         self._sessionEndedListeners.append(listener)
 
+    def addQueueListener(self, listener):
+        self._queueListeners.append(listener)
+
     def whenNoticesDelivered(self):
         token = uuid.uuid4().hex
         barrier = self._barriers[token] = defer.Deferred()
@@ -332,6 +345,8 @@ class RedisRegistry(Service):
     def _received(self, message):
         if message == "capacity":
             self._tell(self._capacityListeners)
+        elif message == "queue":
+            self._tell(self._queueListeners)
         elif message.startswith("ended:"):
             self._tell(self._sessionEndedListeners, message[len("ended:"):])
         elif message.startswith("sync:"):
@@ -357,6 +372,13 @@ class RedisRegistry(Service):
                 call(*args)
             except Exception:
                 log.failure("registry listener {listener!r} failed", listener=call)
+
+
+def _joined(statuses):
+    """One L{QueueStatus} from those of consecutive slices of the keys: the last one's pace."""
+    last = statuses[-1]
+    places = tuple(place for status in statuses for place in status.places)
+    return dataclasses.replace(last, places=places)
 
 
 def _follow(d):

@@ -29,13 +29,19 @@ from wslb.registry._interfaces import (
     ABANDONED_FOR,
     MAX_OVERTAKES,
     PACK,
+    SERVED_BUCKET,
+    SERVED_SLOTS,
     SPREAD,
+    START_SAMPLES,
     WORKER_STATES,
     Abandoned,
     Assigned,
     Queued,
     QueueFull,
     QueueInfo,
+    QueuePace,
+    QueuePlace,
+    QueueStatus,
     Session,
     Worker,
 )
@@ -53,10 +59,15 @@ def _text(name: str) -> str:
     return (_LUA / f"{name}.lua").read_text(encoding="utf-8")
 
 
+# The constants the prelude shares with the memory registry, defined once.
+_CONSTANTS = (f"local SERVED_BUCKET, SERVED_SLOTS, START_SAMPLES = "
+              f"{SERVED_BUCKET}, {SERVED_SLOTS}, {START_SAMPLES}\n")
+
+
 @cache
 def registryScript(name: str) -> str:
-    """The source of a registry script: the shared prelude, then its body."""
-    return _text("_prelude") + "\n" + _text(name)
+    """The source of a registry script: the shared constants and prelude, then its body."""
+    return _CONSTANTS + _text("_prelude") + "\n" + _text(name)
 
 
 def lockScript(name: str) -> str:
@@ -163,7 +174,7 @@ def _decodeAssignment(reply):
     if "assigned" in answer:
         return Assigned(_worker(answer["assigned"]), answer["fresh"])
     if "queued" in answer:
-        return Queued(answer["queued"], int(answer["position"]))
+        return Queued(answer["queued"], int(answer["position"]), int(answer["order"]))
     return QueueFull()
 
 
@@ -260,9 +271,10 @@ def release(key, instance, now, request_id=None) -> Op:
     return Op("release", (key, instance, _time(now), request), _decodeSession)
 
 
-def abandon(key, request_id, now) -> Op:
+def abandon(key, request_id, now, keep_place_until=None) -> Op:
+    keep = "" if keep_place_until is None else _time(keep_place_until)
     return Op("abandon", (key, _requestId(request_id), _time(now),
-                          str(round(ABANDONED_FOR * 1000))), _decodeSession)
+                          str(round(ABANDONED_FOR * 1000)), keep), _decodeSession)
 
 
 def reconcile(instance, held, now) -> Op:
@@ -323,6 +335,31 @@ def queueInfo(now) -> Op:
         )
 
     return Op("queue_info", (), decode)
+
+
+def _place(fields):
+    if "ticket" in fields:
+        return QueuePlace(fields["ticket"], int(fields["position"]), bool(fields["held"]))
+    return _session(fields.get("session"))
+
+
+def _decodeQueueStatus(reply):
+    status = _json(reply)
+    pace = status["pace"]
+    return QueueStatus(
+        length=int(status["length"]),
+        places=tuple(_place(fields) for fields in status["places"] or ()),
+        pace=QueuePace(served=int(pace["served"]), over=float(pace["over"]),
+                       starting=int(pace["starting"]),
+                       start_seconds=pace.get("start_seconds")),
+    )
+
+
+def queueStatus(keys, now) -> Op:
+    """At most PAGE keys (RedisRegistry asks for more in slices)."""
+    if len(keys) > PAGE:
+        raise ValueError(f"a queue status names at most {PAGE} keys, not {len(keys)}")
+    return Op("queue_status", (_time(now), *keys), _decodeQueueStatus)
 
 
 # -- surviving lost data and dead instances -----------------------------

@@ -22,7 +22,11 @@
 -- "" stands for none. Replies are one JSON document (cjson.encode), decoded
 -- by redis_ops; an empty Lua table encodes as {}, read as an empty list.
 -- Notices go to the channel "{ns}:events": "capacity" (capacity may have
--- become free: queued callers retry) and "ended:<key>" (close its users).
+-- become free: queued callers retry), "ended:<key>" (close its users) and
+-- "queue" (tickets left the queue: positions behind them changed).
+--
+-- SERVED_BUCKET, SERVED_SLOTS and START_SAMPLES are defined in front of
+-- this prelude by redis_ops, from wslb.registry's constants.
 
 local P = KEYS[1]
 local WORKERS, SESSIONS, DISCONNECTED = KEYS[2], KEYS[3], KEYS[4]
@@ -43,6 +47,8 @@ local ASSIGNABLE_CAPACITIES = P .. 'assignable-capacities'
 local CAPACITIES = P .. 'capacities'
 local TOTALS = P .. 'totals'
 local QUEUE_COSTS, QUEUE_DEMAND = P .. 'queue-costs', P .. 'queue-demand'
+local QUEUE_HELD, QUEUE_ABSENT, QUEUE_KEYS = P .. 'queue-held', P .. 'queue-absent', P .. 'queue-keys'
+local SERVED, START_SECONDS = P .. 'served', P .. 'start-seconds'
 
 -- A hash as a table, or nil when the key does not exist.
 local function record(key)
@@ -271,45 +277,146 @@ local function endSessions(keys, now)
   end
 end
 
+-- The first ticket somebody holds: the one served next. Tickets nobody
+-- holds (in their rejoin grace) keep their rank in QUEUE but are passed over.
 local function queueHead()
-  return redis.call('ZRANGE', QUEUE, 0, 0)[1]
+  return redis.call('ZRANGE', QUEUE_HELD, 0, 0)[1]
 end
 
--- Queue a new ticket at the tail. Besides its place in QUEUE, it counts in
--- the queue's demand and is listed among the tickets of its cost.
+-- A held ticket is listed in QUEUE_HELD and among the held tickets of its
+-- cost (what overtaking looks at); a ticket nobody holds is in neither.
+local function listHeld(ticket, seq, cost)
+  redis.call('ZADD', QUEUE_HELD, seq, ticket)
+  redis.call('ZADD', queueCostKey(cost), seq, ticket)
+  redis.call('ZADD', QUEUE_COSTS, cost, cost)
+end
+
+local function unlistHeld(ticket, cost)
+  redis.call('ZREM', QUEUE_HELD, ticket)
+  if redis.call('ZREM', queueCostKey(cost), ticket) == 1
+      and redis.call('EXISTS', queueCostKey(cost)) == 0 then
+    redis.call('ZREM', QUEUE_COSTS, cost)
+  end
+end
+
+-- Tell capacity listeners when the head changed: a new head may fit where
+-- the old one did not, and it retries only when told.
+local function tellIfNewHead(head)
+  local newHead = queueHead()
+  if newHead and newHead ~= head then tellCapacity() end
+end
+
+-- Queue a new ticket at the tail, held by its caller. Besides its place in
+-- QUEUE, it counts in the queue's demand and is its key's ticket. Returns
+-- its arrival number.
 local function enqueue(ticket, key, cost, instance, now)
   local seq = redis.call('INCR', QUEUE_SEQ)
   redis.call('ZADD', QUEUE, seq, ticket)
   redis.call('ZADD', TICKET_HEARTBEATS, now, ticket)
   redis.call('HSET', ticketKey(ticket), 'key', key, 'cost', cost, 'instance', instance,
-    'enqueued_at', now)
+    'holder', ticket, 'enqueued_at', now)
+  redis.call('HSET', QUEUE_KEYS, key, ticket)
   redis.call('INCRBY', QUEUE_DEMAND, cost)
-  redis.call('ZADD', queueCostKey(cost), seq, ticket)
-  redis.call('ZADD', QUEUE_COSTS, cost, cost)
+  listHeld(ticket, seq, cost)
+  return seq
 end
 
--- Remove tickets ("" is ignored). A new head may fit where
--- the old one did not, and it retries only when told: a changed head counts
--- as capacity.
+-- Somebody holds a queued ticket (again): its heartbeat is `now`; one that
+-- nobody held takes its place among the held again. `instance` and
+-- `request` (or nil) are its new holder's.
+local function holdTicket(ticket, now, instance, request)
+  if redis.call('ZREM', QUEUE_ABSENT, ticket) == 1 then
+    local head = queueHead()
+    listHeld(ticket, redis.call('ZSCORE', QUEUE, ticket),
+      redis.call('HGET', ticketKey(ticket), 'cost'))
+    tellIfNewHead(head)
+  end
+  redis.call('ZADD', TICKET_HEARTBEATS, now, ticket)
+  if instance then
+    redis.call('HSET', ticketKey(ticket), 'instance', instance, 'holder', request)
+  end
+end
+
+-- Nobody holds a queued ticket any more: it keeps its place until `deadline`.
+local function abandonTicket(ticket, deadline)
+  if redis.call('ZREM', TICKET_HEARTBEATS, ticket) == 1 then
+    local head = queueHead()
+    unlistHeld(ticket, redis.call('HGET', ticketKey(ticket), 'cost'))
+    redis.call('ZADD', QUEUE_ABSENT, deadline, ticket)
+    tellIfNewHead(head)
+  else
+    redis.call('ZADD', QUEUE_ABSENT, 'XX', 'GT', deadline, ticket)
+  end
+end
+
+-- Remove tickets ("" is ignored), wherever they stand; tell the queue's
+-- watchers when any was queued.
 local function dropTickets(tickets)
   local head = queueHead()
+  local dropped = false
   for _, ticket in ipairs(tickets) do
     if ticket ~= '' then
-      local cost = redis.call('HGET', ticketKey(ticket), 'cost')
-      redis.call('ZREM', QUEUE, ticket)
-      redis.call('ZREM', TICKET_HEARTBEATS, ticket)
-      redis.call('DEL', ticketKey(ticket))
-      -- Only a ticket enqueue() listed counts in the demand.
-      if cost and redis.call('ZREM', queueCostKey(cost), ticket) == 1 then
+      local fields = redis.call('HMGET', ticketKey(ticket), 'key', 'cost')
+      local key, cost = fields[1], fields[2]
+      if redis.call('ZREM', QUEUE, ticket) == 1 then
+        dropped = true
         redis.call('DECRBY', QUEUE_DEMAND, cost)
-        if redis.call('EXISTS', queueCostKey(cost)) == 0 then
-          redis.call('ZREM', QUEUE_COSTS, cost)
+        unlistHeld(ticket, cost)
+        if redis.call('HGET', QUEUE_KEYS, key) == ticket then
+          redis.call('HDEL', QUEUE_KEYS, key)
         end
       end
+      redis.call('ZREM', TICKET_HEARTBEATS, ticket)
+      redis.call('ZREM', QUEUE_ABSENT, ticket)
+      redis.call('DEL', ticketKey(ticket))
     end
   end
-  local newHead = queueHead()
-  if newHead and newHead ~= head then tellCapacity() end
+  if dropped then redis.call('PUBLISH', EVENTS, 'queue') end
+  tellIfNewHead(head)
+end
+
+-- The pace of the queue (see wslb.registry: SERVED_BUCKET). A queued
+-- session served at `now` counts in its bucket's slot of the ring, "bucket
+-- count"; a slot holding an older bucket starts over.
+local function countServed(now)
+  local bucket = math.floor(tonumber(now) / SERVED_BUCKET)
+  local slot = bucket % SERVED_SLOTS
+  local stored, count = string.match(redis.call('HGET', SERVED, slot) or '', '^(%S+) (%S+)$')
+  if tonumber(stored) == bucket then count = tonumber(count) + 1 else count = 1 end
+  redis.call('HSET', SERVED, slot, string.format('%d %d', bucket, count))
+end
+
+-- {served, over, starting, start_seconds} as of `now` (IRegistry.queueStatus):
+-- O(SERVED_SLOTS + START_SAMPLES), whatever the queue's length.
+local function queuePace(now)
+  now = tonumber(now)
+  local bucket = math.floor(now / SERVED_BUCKET)
+  local served, oldest = 0, nil
+  local slots = redis.call('HGETALL', SERVED)
+  for i = 2, #slots, 2 do
+    local stored, count = string.match(slots[i], '^(%S+) (%S+)$')
+    stored = tonumber(stored)
+    if stored <= bucket and stored > bucket - SERVED_SLOTS then
+      served = served + tonumber(count)
+      if oldest == nil or stored < oldest then oldest = stored end
+    end
+  end
+  local pace = {served = served, over = 0,
+    starting = redis.call('ZCARD', stateKey('starting'))}
+  if served > 0 then pace.over = now - oldest * SERVED_BUCKET end
+  local samples = redis.call('LRANGE', START_SECONDS, 0, -1)
+  if #samples > 0 then
+    local sum = 0
+    for _, seconds in ipairs(samples) do sum = sum + tonumber(seconds) end
+    pace.start_seconds = sum / #samples
+  end
+  return pace
+end
+
+-- A worker that was starting became healthy after `seconds`.
+local function countStart(seconds)
+  redis.call('LPUSH', START_SECONDS, string.format('%.17g', seconds))
+  redis.call('LTRIM', START_SECONDS, 0, START_SAMPLES - 1)
 end
 
 -- Members of a ZSET whose score is at most `limit`, give or take rounding:

@@ -1,6 +1,8 @@
 -- Look up or assign a session key, counting one more live connection for it
--- (IRegistry.assign): an existing session answers at once; otherwise, with
--- the queue empty or this ticket at its head, the key is bound to the
+-- (IRegistry.assign). The caller's ticket is the one it holds, else the one
+-- its key has queued (it takes that up: held again, at its place). An
+-- existing session answers at once; otherwise, with no held ticket queued
+-- or this ticket the first held one (the head), the key is bound to the
 -- worker `placement` picks among healthy, non-draining workers it fits in
 -- (pack: highest load; spread: lowest; ties: lowest id); otherwise, when
 -- overtaking is allowed, no ticket ahead of the caller fits any worker and
@@ -14,7 +16,8 @@
 --       [7] now, [8] the request id (also the id of a ticket it queues),
 --       [9] how many may pass one head (MAX_OVERTAKES; "0": strict FIFO)
 -- Reply: {"assigned": worker (without sessions), "fresh": bool} | {"queued": ticket,
---        "position": n} (0 is the head) | {"full": true} | {"abandoned": true}
+--        "position": n (0 is the first ticket), "order": arrival number} | {"full": true}
+--        | {"abandoned": true}
 local key, cost, instance, placement = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local maxQueue, ticket, now, request = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
 local maxOvertakes = tonumber(ARGV[9])
@@ -85,27 +88,35 @@ local function mayOvertake(head)
   return true
 end
 
+if ticket == '' or not redis.call('ZSCORE', QUEUE, ticket) then
+  ticket = redis.call('HGET', QUEUE_KEYS, key) or ''
+end
 local session = sessionSnapshot(key)
 if session then
   if ticket ~= '' then dropTickets({ticket}) end
   local fresh = connect(key, instance, request, false, now)
   return cjson.encode({assigned = record(workerKey(session.worker)), fresh = fresh})
 end
+if ticket ~= '' then holdTicket(ticket, now, instance, request) end
 local head = queueHead()
 local overtaking = head ~= nil and head ~= ticket and mayOvertake(head)
 if head == nil or head == ticket or overtaking then
   local worker = choose()
   if worker then
     if overtaking then redis.call('HINCRBY', ticketKey(head), 'passed', 1) end
-    if ticket ~= '' then dropTickets({ticket}) end
+    if ticket ~= '' then
+      dropTickets({ticket})
+      countServed(now)
+    end
     bind(key, ARGV[2], worker, now, instance, {request}, true)
     return cjson.encode({assigned = record(workerKey(worker)), fresh = true})
   end
 end
-if ticket ~= '' and redis.call('ZSCORE', QUEUE, ticket) then
-  return cjson.encode({queued = ticket, position = redis.call('ZRANK', QUEUE, ticket)})
+if ticket ~= '' then
+  return cjson.encode({queued = ticket, position = redis.call('ZRANK', QUEUE, ticket),
+    order = tonumber(redis.call('ZSCORE', QUEUE, ticket))})
 end
 local length = redis.call('ZCARD', QUEUE)
 if length >= maxQueue then return cjson.encode({full = true}) end
-enqueue(request, key, ARGV[2], instance, now)
-return cjson.encode({queued = request, position = length})
+local seq = enqueue(request, key, ARGV[2], instance, now)
+return cjson.encode({queued = request, position = length, order = seq})

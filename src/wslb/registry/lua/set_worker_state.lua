@@ -1,5 +1,6 @@
 -- Move a worker to a state; state_since changes only when the state does.
--- "healthy" also sets last_seen; "dead" ends the worker's sessions. Entering
+-- "healthy" also sets last_seen (and, from "starting", counts a start time);
+-- "dead" ends the worker's sessions. Entering
 -- "healthy" or "dead" announces capacity. With ARGV[5], only a worker in one
 -- of those states moves (checked here, so the check and the move are one
 -- atomic step); any other is left as it was.
@@ -27,6 +28,9 @@ if not current then return cjson.encode(nil) end
 if allowed and not allowed[current] then return reply() end
 local changed = current ~= state
 if changed then redis.call('HSET', wk, 'state', state, 'state_since', now) end
+if current == 'starting' and state == 'healthy' then
+  countStart(tonumber(now) - tonumber(redis.call('HGET', wk, 'started_at')))
+end
 if state == 'healthy' then redis.call('HSET', wk, 'last_seen', now) end
 if state == 'dead' then
   local keys = redis.call('SMEMBERS', workerSessionsKey(id))
