@@ -1,0 +1,134 @@
+"""
+The waiting room across real twistd instances on one real Redis: places
+kept by users who drop and come back, places told to waiting users, and
+sessions allocated before their users connect.
+"""
+
+import pytest
+import pytest_twisted
+import redis as redis_py
+from _cluster_helpers import healthyWorkers, startCluster, startEchoFleet, waitUntil
+from _echo_helpers import closeAll
+from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+
+@pytest.fixture
+def cleanup():
+    """Things a test started: processes with kill()/stop(), and clients."""
+    things = {"processes": [], "clients": [], "raws": []}
+    yield things
+    closeAll(things["clients"])
+    for raw in things["raws"]:
+        if raw.transport.connected:
+            raw.transport.abortConnection()
+    for process in things["processes"]:
+        process.stop() if hasattr(process, "stop") else process.kill()
+
+
+def cluster(cleanup, tmp_path, redis, workers, n, *overrides):
+    instances = startCluster(tmp_path, redis, workers, n, *overrides)
+    cleanup["processes"].extend(instances)
+    return instances
+
+
+def fleet(cleanup, n):
+    workers = startEchoFleet(n)
+    cleanup["processes"].extend(workers)
+    return workers
+
+
+class Queue:
+    """The shared queue as Redis itself has it (namespace "wslb")."""
+
+    prefix = "{wslb}:"
+
+    def __init__(self, redis):
+        self.client = redis_py.Redis(port=redis.port, decode_responses=True)
+
+    def order(self):
+        """The keys queued, head first."""
+        tickets = self.client.zrange(self.prefix + "queue", 0, -1)
+        return [self.client.hget(self.prefix + "ticket:" + t, "key") for t in tickets]
+
+    def ticketOf(self, key):
+        return self.client.hget(self.prefix + "queue-keys", key)
+
+    def rank(self, key):
+        ticket = self.ticketOf(key)
+        return None if ticket is None else self.client.zrank(self.prefix + "queue", ticket)
+
+    async def becomes(self, expected, timeout=10):
+        await waitUntil(lambda: defer.succeed(self.order() == expected), timeout, 0.05)
+
+
+async def hold(cleanup, instance, key):
+    """A handshake with ``key`` through ``instance``, sent and held (not answered yet)."""
+    raw = await connectRaw(instance.port)
+    cleanup["raws"].append(raw)
+    raw.transport.write(upgradeRequest(instance.port, f"/?session={key}"))
+    return raw
+
+
+def answered(raw):
+    """Fire with the status of ``raw``'s handshake once it is answered."""
+    d = raw.waitFor(lambda data: b"\r\n\r\n" in data, timeout=15)
+    return d.addCallback(lambda data: int(data.split(b" ", 2)[1]))
+
+
+def isWaiting(raw):
+    return raw.transport.connected and not raw.received
+
+
+async def healthy(instance, n):
+    await waitUntil(lambda: defer.ensureDeferred(_atLeast(instance, n)), timeout=30)
+
+
+async def _atLeast(instance, n):
+    return (await healthyWorkers(instance)) >= n
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 1)
+    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2, "queue.rejoin_grace=3s")
+    await healthy(a, 1)
+    queue = Queue(own_redis_server)
+    holder = await hold(cleanup, a, "holder")
+    assert await answered(holder) == 101
+    waiting = {"A": await hold(cleanup, a, "A")}
+    await queue.becomes(["A"])
+    waiting["B"] = await hold(cleanup, b, "B")
+    await queue.becomes(["A", "B"])
+    waiting["C"] = await hold(cleanup, a, "C")
+    await queue.becomes(["A", "B", "C"])
+    ticket = queue.ticketOf("B")
+
+    # B drops (through b) and comes back through a within the grace: same place.
+    waiting.pop("B").transport.abortConnection()
+    await deferLater(reactor, 1.2)
+    assert queue.order() == ["A", "B", "C"]
+    waiting["B"] = await hold(cleanup, a, "B")
+    await deferLater(reactor, 0.5)
+    assert queue.order() == ["A", "B", "C"] and queue.ticketOf("B") == ticket
+    assert queue.rank("A") < queue.rank("B") < queue.rank("C")
+
+    # B drops again and stays away past the grace: back, it joins the tail.
+    waiting.pop("B").transport.abortConnection()
+    await queue.becomes(["A", "C"], timeout=3 + 3)
+    waiting["B"] = await hold(cleanup, b, "B")
+    await queue.becomes(["A", "C", "B"])
+
+    # A head that is away does not stall the others: A drops, the worker
+    # frees, C is served; A, back within its grace, is still first.
+    waiting.pop("A").transport.abortConnection()
+    await deferLater(reactor, 0.5)
+    holder.transport.write(frame(TEXT, b"end"))  # the session ends: its worker is free
+    assert await answered(waiting["C"]) == 101
+    assert queue.order() == ["A", "B"]
+    waiting["A"] = await hold(cleanup, b, "A")
+    await deferLater(reactor, 0.5)
+    assert queue.order() == ["A", "B"] and isWaiting(waiting["A"]) and isWaiting(waiting["B"])
