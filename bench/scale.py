@@ -47,7 +47,8 @@ HOT = [
     ("queue", "leave_queue"), ("queue", f"touch_tickets: a slice ({_scale_costs.PAGE})"),
     ("queue", "expire_tickets (none due)"), ("queue", "queue_status: one key's place"),
     ("queue", f"queue_status: a slice of places ({_scale_costs.PAGE})"),
-    ("queue", "abandon: a queued key, keeping its place"), ("queue", "assign: a key back within its rejoin grace"),
+    ("queue", "abandon: a queued key, keeping its place"),
+    ("queue", "assign: a key back within its rejoin grace"),
     ("lock", "lock_renew"),
 ]
 

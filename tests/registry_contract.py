@@ -547,13 +547,30 @@ class RegistryContract:
         b = yield registry.assign(request("b"), 2)
         yield registry.abandon("a", a.ticket, 3, keep_place_until=20)
         yield registry.abandon("a", a.ticket, 3, keep_place_until=15)  # the later one holds
-        yield registry.abandon("b", "not b's", 3, keep_place_until=15)  # not its holder
+        yield registry.abandon("b", "not-b's", 3, keep_place_until=15)  # not its holder
         yield registry.touchTickets([b.ticket], 20)
         assert (yield registry.expireTickets(20, 60)) == 0
         assert (yield registry.expireTickets(20.5, 60)) == 1
         assert (yield registry.queueStatus(["a"], 21)).places == (None,)
         again = yield registry.assign(request("a"), 21)
         assert again.ticket != a.ticket and again == Queued(again.ticket, 1)
+
+    @pytest_twisted.inlineCallbacks
+    def test_onlyTheTicketsHolderLetsItGo(self, registry):
+        """
+        A key back within its grace takes its ticket up with a new request;
+        the old request's abandon, retried late, leaves it alone.
+        """
+        yield addHealthy(registry, "w1")
+        yield registry.assign(request("x"), 0)
+        a = yield registry.assign(request("a"), 1)
+        yield registry.abandon("a", a.ticket, 2, keep_place_until=20)
+        back = request("a")
+        assert (yield registry.assign(back, 3)) == Queued(a.ticket, 0)
+        yield registry.abandon("a", a.ticket, 4, keep_place_until=20)
+        assert (yield registry.queueStatus(["a"], 4)).places == (QueuePlace(a.ticket, 0, True),)
+        yield registry.abandon("a", back.request_id, 5)  # no grace: it leaves at once
+        assert (yield registry.queueStatus(["a"], 5)).places == (None,)
 
     @pytest_twisted.inlineCallbacks
     def test_touchHoldsAnAbandonedTicketAgain(self, registry):

@@ -24,22 +24,32 @@ strings, as the callers' clocks give them); "" stands for None.
                                      an assign for it that still arrives does nothing
   P disconnected               ZSET  session key -> disconnected_at (no live connection)
   P queue                      ZSET  ticket (the request id that queued it) -> arrival
-                                     number (FIFO order)
+                                     number (FIFO order; a position is its ZRANK)
   P queue-seq                  STRING counter of arrivals
-  P ticket-heartbeats          ZSET  ticket -> last heartbeat
-  P ticket:<ticket>            HASH  key cost instance enqueued_at, and passed = sessions
-                                     that went ahead of it as the head (allow_overtake)
+  P queue-held                 ZSET  ticket -> arrival number, the tickets a waiting
+                                     handshake holds (the head is the first of them)
+  P queue-absent               ZSET  ticket -> until when it keeps its place, the tickets
+                                     nobody holds (their waiter left: the rejoin grace)
+  P queue-keys                 HASH  session key -> its ticket (a key has one)
+  P ticket-heartbeats          ZSET  held ticket -> last heartbeat
+  P ticket:<ticket>            HASH  key cost instance holder (the request id holding it,
+                                     or that held it last) enqueued_at, and passed =
+                                     sessions that went ahead of it as the head
+  P served                     HASH  slot -> "bucket count": queued sessions served per
+                                     SERVED_BUCKET seconds, a ring of SERVED_SLOTS slots
+  P start-seconds              LIST  the last START_SAMPLES start times (starting -> healthy)
   P instances                  SET   ids of instances that keep a heartbeat
   P instance:<id>              STRING heartbeat of a wslb instance, PX TTL (gone: it died)
   P instance-sessions:<id>     SET   session keys the instance counts connections for
   P queue-demand               STRING sum of the queued tickets' costs
-  P queue-cost:<cost>          ZSET  ticket -> arrival number, the queued tickets of that cost
-  P queue-costs                ZSET  cost -> cost, the costs some queued ticket has
+  P queue-cost:<cost>          ZSET  ticket -> arrival number, the held tickets of that cost
+  P queue-costs                ZSET  cost -> cost, the costs some held ticket has
   P epoch                      STRING random value set once (SET NX): changes when
                                      Redis lost its data
   P leader                     STRING the scaler leadership lock (random token, PX TTL)
   P fencing                    STRING counter: INCR on every new leadership
-  P events                     pub/sub channel: "capacity", "ended:<key>", "sync:<token>"
+  P events                     pub/sub channel: "capacity", "ended:<key>", "queue",
+                                     "sync:<token>"
 
 Indexes, kept by the scripts in step with the worker records (the Lua
 prelude's reindex and forgetWorker), so that no script reads every worker:

@@ -10,7 +10,6 @@ inside a registry call, so a listener may call the registry again.
 from __future__ import annotations
 
 import math
-
 from bisect import bisect_left, insort
 from collections import Counter, deque
 from dataclasses import dataclass, field
