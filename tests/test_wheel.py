@@ -16,9 +16,10 @@ from wslb.proxy.frames import CLOSE_POLICY, PING_TO_USER
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.keepalive import KeepAlive
 from wslb.proxy.sessions import LiveSessions
-from wslb.proxy.splice import Splice
+from wslb.proxy.splice import CLOSE_TIMEOUT, Splice
 from wslb.proxy.wheel import TURN, TimerWheel
 from wslb.registry.memory import MemoryRegistry
+from wslb.timeouts import Timeouts
 
 
 class Visits:
@@ -215,6 +216,7 @@ class Leg:
 class Context:
     def __init__(self, clock):
         self.clock = clock
+        self.closeTimers = Timeouts(clock, CLOSE_TIMEOUT)
         self.gate = FakeGate()
         self.traffic = Traffic()
         self.maxMessageSize = 1 << 20
@@ -266,9 +268,7 @@ def test_keep_alive_still_drops_a_side_that_did_not_answer_the_previous_ping(clo
     assert not polite.toWorker.transport.disconnecting
     assert pings(polite) == 2
     assert context.gate.hits == ["auto_ping", "auto_ping"]
-    for relay in (silent, polite):
-        if relay._closeTimer is not None:
-            relay._closeTimer.cancel()
+    context.closeTimers.cancelAll()
 
 
 class IdleRelay:

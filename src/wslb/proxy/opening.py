@@ -11,7 +11,7 @@ subprotocol.
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import NamedTuple
 
 from twisted.internet.interfaces import ISSLTransport
@@ -76,7 +76,7 @@ class OpensSessions:
     _requestTimer = None  # bounds reading the request, or a refused client's stay
 
     def _startRequestTimer(self, then):
-        self._requestTimer = self.context.clock.callLater(self.context.requestTimeout, then)
+        self._requestTimer = self.context.requestTimers.start(then)
 
     def _stopRequestTimer(self):
         if self._requestTimer is not None and self._requestTimer.active():
@@ -94,7 +94,7 @@ class OpensSessions:
         self.key = identity.key
         self.cost = identity.cost
         asked = context.clock.seconds()
-        self.requestId = uuid.uuid4().hex
+        self.requestId = os.urandom(16).hex()  # as random as a uuid4, in a fifth of its time
         assigned = await context.router.route(identity.key, identity.cost, self.requestId)
         worker = assigned.worker
         # Only what re-asserting the session needs: a Worker snapshot would

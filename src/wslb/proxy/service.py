@@ -26,8 +26,10 @@ from wslb.proxy.keepalive import KeepAlive
 from wslb.proxy.router import Router
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.signing import Signer
+from wslb.proxy.splice import CLOSE_TIMEOUT
 from wslb.proxy.user_handshake import UserHandshake
 from wslb.proxy.worker_handshake import WorkerConnector
+from wslb.timeouts import Timeouts
 
 log = Logger()
 
@@ -51,6 +53,8 @@ class Context:
     connectWorker: Any  # WorkerConnector.connect
     traffic: Any  # metrics.Traffic
     requestTimeout: float  # [listen] open_handshake_timeout
+    requestTimers: Timeouts  # of that length, for reading requests (one timer for all)
+    closeTimers: Timeouts  # of splice.CLOSE_TIMEOUT, for closing handshakes
     forwardedProto: str  # [listen] forwarded_proto: "auto", "https" or "http"
     maxMessageSize: int
     endCloseCode: int
@@ -176,6 +180,8 @@ def makeProxy(config, registry, metrics, clock, instance):
         sessions=sessions,
         connectWorker=WorkerConnector(clock, listen.open_handshake_timeout).connect,
         traffic=metrics.traffic, requestTimeout=listen.open_handshake_timeout,
+        requestTimers=Timeouts(clock, listen.open_handshake_timeout),
+        closeTimers=Timeouts(clock, CLOSE_TIMEOUT),
         forwardedProto=listen.forwarded_proto, maxMessageSize=listen.max_message_size,
         endCloseCode=session.end_close_code, web=web,
     )

@@ -454,7 +454,7 @@ class Splice:
             return
         self._state = state
         if state == CLOSING:
-            self._closeTimer = self._context.clock.callLater(CLOSE_TIMEOUT, self._abort)
+            self._closeTimer = self._context.closeTimers.start(self._abort)
         elif state == CLOSED:
             self._closed()
 

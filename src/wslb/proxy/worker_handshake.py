@@ -21,6 +21,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import Factory, Protocol
 
 from wslb.proxy.transports import noDelay, writeNow
+from wslb.timeouts import Timeouts
 
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -154,6 +155,7 @@ class WorkerConnector:
     def __init__(self, reactor, timeout):
         self._reactor = reactor
         self._timeout = timeout
+        self._timeouts = Timeouts(reactor, timeout)  # one timer bounds every handshake
         self._endpoints = {}  # worker URL -> what _endpoint made of it
 
     def _endpoint(self, workerUrl):
@@ -164,10 +166,12 @@ class WorkerConnector:
         reactor, timeout = self._reactor, self._timeout
         parts = urlsplit(workerUrl)
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
-        if isIPAddress(host):  # no name to resolve: skip the resolver's thread hop
-            endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        # No name to resolve: skip the resolver's thread hop. And no timer of
+        # the connector's own: connect()'s bound covers the connection too.
+        if isIPAddress(host):
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=None)
         elif isIPv6Address(host):
-            endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+            endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=None)
         else:
             endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         if parts.scheme == "wss":
@@ -186,7 +190,7 @@ class WorkerConnector:
         the timeout with the L{WorkerHandshake} whose connection the relay
         takes over; else fails with L{WorkerUnavailable}.
         """
-        reactor, timeout = self._reactor, self._timeout
+        timeout = self._timeout
         netloc, endpoint = self._endpoint(workerUrl)
         request, accept = handshakeRequest(netloc, uri, headers, protocols)
         factory = HandshakeFactory(request, accept, protocols or [])
@@ -223,7 +227,7 @@ class WorkerConnector:
             raise WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}")
 
         connecting.addErrback(connectFailed)
-        opened.addTimeout(timeout, reactor)
+        self._timeouts.bound(opened)
         opened.addCallbacks(forget, giveUp)
         opened.addErrback(refused)
         return opened

@@ -34,6 +34,8 @@ from twisted.internet import defer, ssl
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
+from wslb.timeouts import Timeouts
+
 log = Logger()
 
 # Command connections (the subscriber has its own). With one, Redis runs an
@@ -97,6 +99,7 @@ class RedisConnection:
         self.clock = clock
         self.address = address
         self.timeout = timeout
+        self._timeouts = Timeouts(clock, timeout)  # one timer for every call's bound
         self._tls = tlsOptions(address)
         self._commands = None
         self._subscriber = None
@@ -158,8 +161,7 @@ class RedisConnection:
     def _bounded(self, call):
         if self._commands is None:
             return defer.fail(NotConnected("Redis connection not started"))
-        d = defer.maybeDeferred(call, self._target())
-        return d.addTimeout(self.timeout, self.clock)
+        return self._timeouts.bound(defer.maybeDeferred(call, self._target()))
 
     def _target(self):
         """
