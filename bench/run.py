@@ -60,6 +60,9 @@ def parseArgs(argv):
                         help="instead: py-spy wslb under one scenario (default pingpong-50), "
                              "writing bench/profile-50conn.svg and .txt (profile-SCENARIO.*)")
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument("--profile-redis", action="store_true",
+                        help="--profile wslb with the Redis registry (its redis-server's "
+                             "time is not sampled)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 1
@@ -157,6 +160,11 @@ class Run:
             except Exception as e:
                 self.redisSkipped = self.pairSkipped = True
                 self.skipped(f"wslb with registry.backend=redis skipped: {e}")
+        if self.args.baseline and not self.redisSkipped:
+            targets[-1].comparedWith = "wslb-redis-baseline"
+            twistd, label = baseline(self.args.baseline)
+            targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
+                                self.redisServer, twistd=twistd, label=f"{label} (redis)"))
         if not self.pairSkipped:
             try:
                 targets.append(Wslb(self.children, self.workers, self.logDir, "redis",
@@ -262,7 +270,11 @@ def profileWslb(args, children, node, logDir):
     if args.profile not in named:
         sys.exit(f"--profile: one of {', '.join(named)}")
     workers = EchoWorkers(children, node, args.workers, logDir)
-    wslb = Wslb(children, workers, logDir)
+    if args.profile_redis:
+        redisServer = shutil.which("redis-server") or sys.exit("redis-server not found")
+        wslb = Wslb(children, workers, logDir, backend="redis", redisServer=redisServer)
+    else:
+        wslb = Wslb(children, workers, logDir)
     print(profile(children, node, wslb, named[args.profile], args.profile_seconds, logDir))
     name = outputName(named[args.profile])
     print(f"wrote bench/{name}.svg and bench/{name}.txt")
