@@ -4,9 +4,11 @@ Periodic work over every relay, spread over its period: a timer wheel.
 One shared tick that visits every relay at once stalls the reactor for the
 whole visit: pinging 8,000 users (16,000 legs) at once took half a second in
 which no one else's message was relayed. Instead, each member takes a slot
-of the wheel when it joins (round robin, so the slots stay even), and the
-wheel turns one slot every ``period / slots`` seconds: each member is still
-visited once per period, and each turn costs one slot's share of the whole.
+of the wheel when it joins, and the wheel turns one slot every ``period /
+slots`` seconds: each member is still visited once per period, and each turn
+costs one slot's share of the whole. Joiners take the slots of the wheel's
+far half in turn: the slots stay even (within twice the average when all
+join at once), and none is visited (pinged) just after it opened.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class TimerWheel(Service):
     """
     Calls ``visit(member)`` once per ``period`` for each member (L{add}, until
     L{discard}), one slot of members per turn. A member's first visit comes
-    within one period of its joining, as it did with one shared tick.
+    between half a period and a period after it joins.
     """
 
     def __init__(self, clock, period, visit, turn=TURN):
@@ -37,7 +39,7 @@ class TimerWheel(Service):
         self._slots = [{} for _ in range(max(1, round(period / turn)))]  # ordered sets
         self.step = period / len(self._slots)
         self._slotOf = {}  # member -> its slot
-        self._joining = 0  # the slot the next member joins
+        self._joined = 0  # members that joined: the next takes the next far slot
         self._start = None
         self._turns = 0  # turns done since the wheel started
         self._call = None
@@ -48,8 +50,11 @@ class TimerWheel(Service):
     def add(self, member):
         if member in self._slotOf:
             return
-        slot = self._slots[self._joining]
-        self._joining = (self._joining + 1) % len(self._slots)
+        slots = len(self._slots)
+        near = slots // 2  # the slots visited within half a period: not those
+        far = near + self._joined % (slots - near)
+        self._joined += 1
+        slot = self._slots[(self._turns + far) % slots]  # _turns % slots turns next
         slot[member] = None
         self._slotOf[member] = slot
 
