@@ -37,7 +37,7 @@ class AdminClient:
         # No proxy from the environment: the admin API is this host's or the VPC's.
         self._opener = build_opener(ProxyHandler({}))  # reactor-safe: CLI process
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, timeout=TIMEOUT):
         """The decoded JSON answer of a 2xx; L{AdminError} for anything else."""
         headers = {"Accept": "application/json"}
         if self._token:
@@ -49,7 +49,7 @@ class AdminClient:
         request = Request(self._base + path, data=data, headers=headers, method=method)
         try:
             # reactor-safe: CLI process
-            with self._opener.open(request, timeout=TIMEOUT) as response:  # reactor-safe
+            with self._opener.open(request, timeout=timeout) as response:  # reactor-safe
                 return json.load(response)
         except urllib.error.HTTPError as e:
             raise AdminError(f"{method} {path}: {e.code} {e.reason}: {_errorOf(e)}") from None
@@ -58,7 +58,7 @@ class AdminClient:
             raise AdminError(f"cannot reach the admin API at {self._base}: {reason}") from None
         except TimeoutError:
             raise AdminError(f"no answer from the admin API at {self._base} "
-                             f"within {TIMEOUT:g} s") from None
+                             f"within {timeout:g} s") from None
         except (OSError, http.client.HTTPException, ValueError) as e:
             raise AdminError(f"no admin API answer from {self._base}: "
                              f"{e.__class__.__name__}: {e}") from None
@@ -157,6 +157,19 @@ def drain(args):
     return 0
 
 
+def allocate(args):
+    body = {"key": args.key, "wait": args.wait}
+    if args.cost is not None:
+        body["cost"] = args.cost
+    # The admin API holds the answer up to --wait seconds: wait for it that long too.
+    answer = _client(args).call("POST", "/api/v1/sessions", body, timeout=TIMEOUT + args.wait)
+    if "worker" in answer:
+        print(f"allocated {answer['key']} on {answer['worker']['id']} ({answer['url']})")
+    else:
+        print(f"queued {answer['key']} at position {answer['queued']}")
+    return 0
+
+
 def endSession(args):
     ended = _client(args).call("DELETE", f"/api/v1/sessions/{_quoted(args.key)}")
     print(f"ended session {ended['ended']}")
@@ -179,6 +192,22 @@ def adminUrl(text):
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"not an http(s):// URL: {text!r}")
     return text
+
+
+def _positive(text):
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return value
 
 
 def _addAdminOption(parser, default):
@@ -208,6 +237,13 @@ def parser():
     command("status", status, "workers, sessions and the queue")
     command("drain", drain, "stop sending new sessions to a worker").add_argument(
         "worker", metavar="WORKER", help="the worker id")
+    allocating = command(
+        "allocate", allocate,
+        "bind a worker to a session key before its user connects (or queue it)")
+    allocating.add_argument("key", metavar="KEY", help="the session key")
+    allocating.add_argument("--cost", type=_positive, help="its cost ([pool] default_cost)")
+    allocating.add_argument("--wait", type=_seconds, default=0, metavar="S",
+                            help="wait up to S seconds for a worker when queued (0)")
     command("end-session", endSession, "end a session: free its slot, close its connection",
             ).add_argument("key", metavar="KEY", help="the session key")
     return top

@@ -184,7 +184,8 @@ def makeService(config, reactor=None):
         "wslb_health_checks", "Worker health checks this instance made, by outcome.", "outcome",
         lambda: pool.health.outcomes,
     )
-    routes = makeAdminRoutes(registry, reactor, isServing, config.admin.token)
+    routes = makeAdminRoutes(registry, reactor, isServing, config.admin.token,
+                             allocator=proxy.allocator)
     routes.mount("metrics", MetricsPage(metrics, lambda: metrics.refresh(registry, reactor)))
     routes.mount("status", StatusPage())
     StatusAPI(

@@ -1,8 +1,9 @@
 """
 The admin HTTP API (DESIGN section 7): health for the load balancer in front,
 JSON views of workers, sessions and the queue, read from the registry, and
-the few changes an operator or a worker makes: register a worker, report a
-worker's event, end a session.
+the few changes an operator, a worker or an application makes: register a
+worker, report a worker's event, allocate a session before its user
+connects, end a session.
 
 Each route is one handler of L{AdminAPI}, listed in L{AdminAPI.addRoutes}.
 A handler awaits the registry through ``_ask``, which bounds the wait, so no
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from wslb.admin.auth import AdminAuth, isLoopback
 from wslb.admin.web import HTTPError, JSONRoutes, QuietSite, Response, error, fields, jsonObject
 from wslb.pool.urls import hostPort
-from wslb.registry import DEAD, lifecycle
+from wslb.registry import DEAD, SESSION_KEY, Assigned, Queued, QueueFull, lifecycle
 
 log = Logger()
 
@@ -112,6 +113,18 @@ def positiveInt(value, name):
     return value
 
 
+def sessionKey(value):
+    if not isinstance(value, str) or not SESSION_KEY.match(value):
+        raise HTTPError(400, "key must be 1-128 characters of A-Za-z0-9._~-")
+    return value
+
+
+def seconds(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise HTTPError(400, f"{name} must be a number of seconds >= 0")
+    return value
+
+
 def _reported(event):
     return lambda registry, worker, now: lifecycle.apply(registry, worker, event, now)
 
@@ -128,11 +141,17 @@ WORKER_EVENTS = {
 class AdminAPI:
     """The JSON API's handlers, over the registry."""
 
-    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT, allocator=None):
+        """
+        ``allocator`` (None: no allocation) has ``allocate(key, cost, wait)``
+        (firing with an L{Assigned}, a L{Queued}, L{QueueFull}, or None when
+        its wait ran out), ``defaultCost`` and ``largestCapacity()``.
+        """
         self._registry = registry
         self._clock = clock
         self._isServing = isServing
         self._timeout = timeout
+        self._allocator = allocator
 
     def addRoutes(self, routes):
         """Add the API's routes to L{JSONRoutes} (whose guard checks those under /api/)."""
@@ -143,6 +162,8 @@ class AdminAPI:
         routes.add("POST", "/api/v1/workers/<id>/events", self.workerEvent)
         routes.add("GET", "/api/v1/sessions", self.listSessions)
         routes.add("GET", "/api/v1/sessions/<key>", self.getSession)
+        if self._allocator is not None:
+            routes.add("POST", "/api/v1/sessions", self.allocateSession)
         routes.add("DELETE", "/api/v1/sessions/<key>", self.endSession)
         routes.add("GET", "/api/v1/queue", self.queue)
 
@@ -208,6 +229,38 @@ class AdminAPI:
                               + (" (register it again)" if again else ""))
         return Response(200, workerRecord(worker))
 
+    async def allocateSession(self, request):
+        """
+        Bind a worker to a session key before its user connects (DESIGN §7):
+        201 with the worker, 202 with the place it holds in the queue, 503
+        when the queue is full. The same key again: the same binding.
+        """
+        allocator = self._allocator
+        key, cost, wait = fields(jsonObject(request), "key", cost=None, wait=0)
+        key, wait = sessionKey(key), seconds(wait, "wait")
+        cost = allocator.defaultCost if cost is None else positiveInt(cost, "cost")
+        if cost > allocator.largestCapacity():
+            raise HTTPError(400, f"cost {cost} is larger than any worker's capacity "
+                                 f"({allocator.largestCapacity()})")
+        try:
+            result = await allocator.allocate(key, cost, wait)
+        except Exception as e:
+            log.warn("allocating {key}: {error!r}", key=key, error=e)
+            return error(503, "the registry is unavailable", (("Retry-After", "1"),))
+        if isinstance(result, Assigned):
+            worker = await self._ask(self._registry.getWorker(result.worker.id))
+            if worker is not None:
+                return Response(201, {"key": key, "worker": workerRecord(worker),
+                                      "url": worker.url})
+            result = None  # its worker is gone already: so is the session
+        if isinstance(result, Queued):
+            return Response(202, {"key": key, "queued": result.position,
+                                  "ticket": result.ticket})
+        if isinstance(result, QueueFull):
+            return error(503, "the queue is full", (("Retry-After", "1"),))
+        return error(503, "the allocation was neither bound nor kept queued: try again",
+                     (("Retry-After", "1"),))
+
     async def endSession(self, request, key):
         ended = await self._ask(self._registry.endSession(key))
         if ended is None:
@@ -229,7 +282,7 @@ class AdminAPI:
 
 
 def makeAdminRoutes(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOUT,
-                    isLocal=isLoopback):
+                    isLocal=isLoopback, allocator=None):
     """
     The admin port's routes. ``isServing()`` fires with True while this
     instance serves users (registry reachable, not shutting down). With a
@@ -239,7 +292,7 @@ def makeAdminRoutes(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOU
     (L{JSONRoutes.mount}).
     """
     routes = JSONRoutes(guard=AdminAuth(token, isLocal).refusal)
-    AdminAPI(registry, clock, isServing, timeout).addRoutes(routes)
+    AdminAPI(registry, clock, isServing, timeout, allocator).addRoutes(routes)
     return routes
 
 

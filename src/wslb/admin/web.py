@@ -64,16 +64,20 @@ def jsonObject(request):
     return body
 
 
-def fields(body, *names):
-    """The values of exactly the keys ``names`` of ``body``, in that order."""
+def fields(body, *names, **optional):
+    """
+    The values of the keys ``names`` of ``body``, then of the keys named in
+    ``optional`` (their defaults when absent), in that order; no other key.
+    """
     problems = []
-    if unknown := sorted(set(body) - set(names)):
+    every = [*names, *optional]
+    if unknown := sorted(set(body) - set(every)):
         problems.append("unknown: " + ", ".join(unknown))
     if missing := [name for name in names if name not in body]:
         problems.append("missing: " + ", ".join(missing))
     if problems:
-        raise HTTPError(400, f"expected the fields {', '.join(names)} ({'; '.join(problems)})")
-    return [body[name] for name in names]
+        raise HTTPError(400, f"expected the fields {', '.join(every)} ({'; '.join(problems)})")
+    return [body[name] for name in names] + [body.get(n, d) for n, d in optional.items()]
 
 
 def _written(response, request):

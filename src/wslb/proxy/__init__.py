@@ -23,6 +23,8 @@ connection meets these modules in this order:
     idle.py              ... idle_timeout: each relay visited once per period, the
                          relays spread over it (wheel.py), so no turn visits them all
     service.py           Drain: on shutdown, users closed with 1001
+    allocation.py        sessions bound before their users connect (the admin API's
+                         POST /api/v1/sessions), queued like a handshake
 
 A request that is no WebSocket upgrade, for a path a part serves, is handed
 over instead:

@@ -7,7 +7,6 @@ with ``issue_cookie``, a key is minted and handed back as a cookie.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -16,10 +15,10 @@ from twisted.logger import Logger
 
 from wslb.proxy.errors import HandshakeRefused, badRequest
 from wslb.proxy.signing import InvalidKey
+from wslb.registry import SESSION_KEY
 
 log = Logger()
 
-KEY_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}\Z")
 
 # A cost has at most this many digits: more is larger than any capacity.
 _COST_DIGITS = 12
@@ -152,7 +151,7 @@ class Identifier:
                 except InvalidKey as e:
                     raise HandshakeRefused(
                         401, f"session key from {source}: {e}") from None
-            if not KEY_PATTERN.match(value):
+            if not SESSION_KEY.match(value):
                 raise badRequest(
                     f"session key from {source} must be 1-128 characters of A-Za-z0-9._~-"
                 )

@@ -96,15 +96,15 @@ class Router(Service):
         )
 
     @defer.inlineCallbacks
-    def route(self, key, cost, requestId):
+    def assign(self, request):
         """
-        Fire with the L{Assigned} for ``key``; every assign for it names
-        ``requestId`` (the connection's, which its release names too).
-        Cancelling the Deferred (the client went away) abandons its ticket
-        (see L{wait}). Whenever it fails, the registry is told to abandon
-        the request: an assign that timed out here may still run.
+        One assign for ``request``, whose request id this instance holds
+        from before it is sent: fire with the L{Assigned}, L{Queued} or
+        L{QueueFull}; or fail with a refusal (503) when the registry does
+        not answer, the request then abandoned (an assign that timed out
+        here may still run).
         """
-        request = self.request(key, cost, requestId)
+        key, requestId = request.key, request.request_id
         started = self._clock.seconds()
         self._held.hold(key, requestId)
         try:
@@ -115,11 +115,24 @@ class Router(Service):
             log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
             raise self._refuse("the registry is unavailable", self.retryAfter) from e
         self._metrics.assignSeconds.observe(self._clock.seconds() - started)
-        if isinstance(result, Assigned):
-            return result
-        if not isinstance(result, Queued):  # QueueFull (Abandoned: not with a new id)
+        if not isinstance(result, (Assigned, Queued)):  # QueueFull (Abandoned: not a new id)
             self._held.forget(key, requestId)  # nothing counted, nothing queued
             self._metrics.limitHits.labels("queue_length").inc()
+        return result
+
+    @defer.inlineCallbacks
+    def route(self, key, cost, requestId):
+        """
+        Fire with the L{Assigned} for ``key``; every assign for it names
+        ``requestId`` (the connection's, which its release names too).
+        Cancelling the Deferred (the client went away) abandons its ticket
+        (see L{wait}).
+        """
+        request = self.request(key, cost, requestId)
+        result = yield self.assign(request)
+        if isinstance(result, Assigned):
+            return result
+        if not isinstance(result, Queued):
             raise self._refuse("the queue is full", self.retryAfter)
         log.info("{key} queued at position {position}", event="queued", key=key,
                  position=result.position, cost=cost)

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from wslb import proxyssl
+from wslb.proxy.allocation import Allocator
 from wslb.proxy.capacity import LargestCapacity
 from wslb.proxy.errors import unavailable
 from wslb.proxy.frames import CLOSE_GOING_AWAY
@@ -112,6 +113,7 @@ class Proxy:
     gate: Gate
     sessions: LiveSessions
     web: ListenerWeb
+    allocator: Allocator  # allocation before connect, for the admin API
 
 
 def readsProxyHeader(endpoint):
@@ -199,5 +201,6 @@ def makeProxy(config, registry, metrics, clock, instance):
     return Proxy(
         factory=UserFactory(context), services=tuple(services),
         drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,
-        web=web,
+        web=web, allocator=Allocator(router, sessions, registry, clock, largestCapacity,
+                                     config.pool.default_cost, config.queue.timeout),
     )

@@ -7,6 +7,7 @@ from wslb.registry._interfaces import (
     PACK,
     SERVED_BUCKET,
     SERVED_SLOTS,
+    SESSION_KEY,
     SPREAD,
     START_SAMPLES,
     STARTING,
@@ -27,7 +28,8 @@ from wslb.registry._interfaces import (
 )
 
 __all__ = [
-    "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SERVED_BUCKET", "SERVED_SLOTS", "SPREAD",
+    "DEAD", "HEALTHY", "MAX_OVERTAKES", "PACK", "SERVED_BUCKET", "SERVED_SLOTS", "SESSION_KEY",
+    "SPREAD",
     "START_SAMPLES", "STARTING", "UNHEALTHY", "WORKER_STATES",
     "Abandoned", "Assigned", "AssignRequest", "IRegistry", "Queued", "QueueFull", "QueueInfo",
     "QueuePace", "QueuePlace", "QueueStatus", "Session", "Worker",

@@ -10,6 +10,7 @@ in the Redis implementation). Times are seconds from the injected clock
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ WORKER_STATES = (STARTING, HEALTHY, UNHEALTHY, DEAD)
 
 PACK = "pack"
 SPREAD = "spread"
+
+# A session key: 1-128 characters of A-Za-z0-9._~- (DESIGN §5).
+SESSION_KEY = re.compile(r"[A-Za-z0-9._~-]{1,128}\Z")
 
 # With ``allow_overtake``, at most this many sessions may go ahead of one
 # queue head that fits nowhere; then the queue is strict FIFO until that head
