@@ -82,10 +82,12 @@ def measure(scripts, ops):
             trips[min(len(trips) - 1, int(0.99 * len(trips)))])
 
 
-def assignOp(key, cost=1, placement=PACK, ticket=None, overtake=False, instance="i1", now=10.0):
+def assignOp(key, cost=1, placement=PACK, ticket=None, overtake=False, instance="i1", now=10.0,
+             request=None):
+    """An assign; its request id ``request``, or one made from the key and instance."""
     return redis_ops.assign(AssignRequest(
         key=key, cost=cost, instance=instance, placement=placement, max_queue=10**6,
-        ticket=ticket, allow_overtake=overtake), now)
+        ticket=ticket, allow_overtake=overtake, request_id=request or f"{instance}-{key}"), now)
 
 
 def _fresh(prefix):
@@ -106,7 +108,8 @@ class Fleet:
         s.fill(redis_ops.setWorkerState(i, HEALTHY, 1) for i in ids)
         self.sessions = keys = [f"s{i:05}" for i in range(SESSIONS)]
         s.fill(assignOp(k, placement=SPREAD, now=2.0) for k in keys)
-        s.fill(redis_ops.release(k, "i1", 3.0) for k in keys[::2])  # half in their grace
+        s.fill(redis_ops.release(k, "i1", 3.0, f"i1-{k}") for k in keys[::2])  # in their grace
+        self.held = {k: [f"i1-{k}"] for k in keys[1::2]}  # what instance i1 holds
         s.run(redis_ops.instanceHeartbeat("i1", 3600))
         s.run(redis_ops.epoch(0.0))
 
@@ -122,15 +125,19 @@ class Fleet:
         fresh = _fresh("p")
         m("assign: fresh key, pack", (assignOp(k) for k in fresh))
         m("end_session", (redis_ops.endSession(k, 11.0) for k in fresh))
+        fresh = _fresh("a")
+        s.fill(assignOp(k) for k in fresh)
+        m("abandon (an assign given up)", (redis_ops.abandon(k, f"i1-{k}", 11.0) for k in fresh))
         fresh = _fresh("s")
         m("assign: fresh key, spread", (assignOp(k, placement=SPREAD) for k in fresh))
         s.fill(redis_ops.endSession(k, 11.0) for k in fresh)
-        m("assign: reconnect", (assignOp(k, instance="i2") for k in some))
-        m("release", (redis_ops.release(k, "i2", 12.0) for k in some))
+        again = uuid.uuid4().hex[:8]  # request ids never used before
+        m("assign: reconnect", (assignOp(k, instance="i2", request=f"{again}-{k}") for k in some))
+        m("release", (redis_ops.release(k, "i2", 12.0, f"{again}-{k}") for k in some))
         m("get_session", (redis_ops.getSession(k) for k in some))
         m("reassert_session (already there)", (
             redis_ops.reassertSession(k, ids[i % size], f"ws://{ids[i % size]}.bench:9000",
-                                      "static", self.capacity, 1, "i1", 1, 13.0)
+                                      "static", self.capacity, 1, "i1", [f"i1-{k}"], 13.0)
             for i, k in enumerate(some)))
         workers = [ids[i % size] for i in range(BATCH)]
         m("get_worker", (redis_ops.getWorker(w) for w in workers))
@@ -170,6 +177,12 @@ class Fleet:
                                           for _ in range(BATCH)))
         m("drop_instance (one holding no session)", (
             redis_ops.dropInstance(f"gone-{i}", 21.0) for i in range(BATCH)))
+        m(f"counted_sessions: a page ({PAGE}) of an instance's", (
+            redis_ops.countedSessions("i1") for _ in range(BATCH)))
+        pages = [dict(list(self.held.items())[i:i + PAGE])
+                 for i in range(0, len(self.held), PAGE)]
+        m(f"reconcile: a page ({PAGE})", (
+            redis_ops.reconcile("i1", pages[i % len(pages)], 22.0) for i in range(BATCH)))
         return costs
 
 
@@ -185,7 +198,7 @@ class Queue:
         self.head = s.run(assignOp("head", cost=50, overtake=True))
         s.fill(assignOp(f"q{i:05}", cost=10 + i % 7, overtake=True) for i in range(length - 1))
         self.middleKey = f"q{length // 2:05}"
-        self.middle = s.run(assignOp(self.middleKey, cost=10 + (length // 2) % 7))
+        self.middleTicket = f"i1-{self.middleKey}"  # its request id: assignOp's default
         self.tickets = [t.decode() for t in client.zrange(f"{{{s.namespace}}}:queue", 0, -1)]
 
     def measure(self):
@@ -202,7 +215,8 @@ class Queue:
         m(f"queue_status: a slice of places ({PAGE})", (
             redis_ops.queueStatus(watched, 30.0) for _ in range(BATCH)))
         m("assign: queue retry, not the head", (
-            assignOp(self.middleKey, ticket=self.middle.ticket) for _ in range(BATCH)))
+            assignOp(self.middleKey, cost=10 + (length // 2) % 7, ticket=self.middleTicket)
+            for _ in range(BATCH)))
         m("assign: queue retry, the head", (
             assignOp("head", cost=50, ticket=self.head.ticket) for _ in range(BATCH)))
         fresh = _fresh("n")

@@ -969,6 +969,21 @@ class RegistryContract:
         assert (yield registry.getSession("a")).connections == 2
 
     @pytest_twisted.inlineCallbacks
+    def test_reconcileOverManySessions(self, registry, harness):
+        """More sessions than a page of any listing: every one is reconciled."""
+        yield addHealthy(registry, "w1", capacity=200)
+        requests = [request(f"k{i:03}") for i in range(130)]
+        for r in requests:
+            yield registry.assign(r, 1)
+        lost = {r.key for r in requests[::9]}
+        held = {r.key: [r.request_id] for r in requests if r.key not in lost}
+        assert (yield registry.reconcile("i1", held, 5)) == sorted(lost)
+        sessions = yield registry.listSessions()
+        assert {s.key for s in sessions if not s.connected} == lost
+        assert (yield registry.reconcile("i1", held, 6)) == []
+        yield harness.audit()
+
+    @pytest_twisted.inlineCallbacks
     def test_expireSessionsEndsOnlyDisconnectedPastGrace(self, registry, harness):
         yield addHealthy(registry, "w1", capacity=10)
         for key in ["old", "recent", "twice", "live"]:

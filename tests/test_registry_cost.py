@@ -55,8 +55,9 @@ def fleet(client, size):
     workers.runMany([redis_ops.setWorkerState(i, HEALTHY, 0) for i in ids])
     workers.runMany([assign(f"s{i:05}", placement=SPREAD) for i in range(size)])
     workers.runMany([redis_ops.release(f"s{i:05}", "i1", 2.0) for i in range(size)])
-    # Instance i3 relays three of them, whatever the size.
+    # Instance i3 relays three of them, whatever the size; i4 every one.
     workers.runMany([assign(f"s{i:05}", instance="i3") for i in range(3)])
+    workers.runMany([assign(f"s{i:05}", instance="i4") for i in range(size)])
     queue = Registry(client, uuid.uuid4().hex[:8])
     queue.run(redis_ops.addWorker("full", "ws://full:1", "static", 1, 0))
     queue.run(redis_ops.setWorkerState("full", HEALTHY, 0))
@@ -109,13 +110,15 @@ CALLS = [
     ("expire tickets (none due)", "queue", lambda: redis_ops.expireTickets(3.0, 60)),
     ("leave queue", "queue", lambda: redis_ops.leaveQueue("no-such-ticket")),
     ("abandon", "workers", lambda: redis_ops.abandon("s00005", uuid.uuid4().hex, 3.0)),
-    ("reconcile: one instance's three sessions", "workers",
-     lambda: redis_ops.reconcile("i3", {}, 3.0)),
     ("abandon, keeping a queued key's place", "queue",
      lambda: redis_ops.abandon("q00005", "t-q00005", 3.0, keep_place_until=9.0)),
     ("assign: a queued key without its ticket", "queue", lambda: assign("q00007")),
     ("queue status: three keys", "queue",
      lambda: redis_ops.queueStatus(["q00003", "holder", "nobody"], 3.0)),
+    ("sessions an instance counts: a page", "workers",
+     lambda: redis_ops.countedSessions("i4", "0", 5)),
+    ("reconcile: a page of an instance's sessions", "workers",
+     lambda: redis_ops.reconcile("i4", {"s00000": [], "s00001": ["gone"], "s00002": []}, 3.0)),
     ("instance heartbeat", "workers", lambda: redis_ops.instanceHeartbeat("i1", 5)),
     ("epoch", "workers", lambda: redis_ops.epoch(3.0)),
 ]

@@ -340,8 +340,9 @@ class IRegistry(Interface):
         (those relayed, and those whose assign, release or abandon is still
         under way). Every connection it counts for another request id (its
         release or abandon was lost) is counted out, as ``release`` would.
-        Costs in proportion to the instance's own sessions. Fires with the
-        keys whose counts changed, sorted.
+        Costs in proportion to the instance's own sessions, in calls that
+        each read a page of them. Fires with the keys whose counts changed,
+        sorted.
         """
 
     def endSession(key):

@@ -41,6 +41,7 @@ strings, as the callers' clocks give them); "" stands for None.
   P instances                  SET   ids of instances that keep a heartbeat
   P instance:<id>              STRING heartbeat of a wslb instance, PX TTL (gone: it died)
   P instance-sessions:<id>     SET   session keys the instance counts connections for
+                                     (reconciled a page at a time, by SSCAN)
   P queue-demand               STRING sum of the queued tickets' costs
   P queue-cost:<cost>          ZSET  ticket -> arrival number, the held tickets of that cost
   P queue-costs                ZSET  cost -> cost, the costs some held ticket has

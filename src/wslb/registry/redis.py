@@ -220,8 +220,18 @@ class RedisRegistry(Service):
     def abandon(self, key, request_id, now, keep_place_until=None):
         return self._run(redis_ops.abandon, key, request_id, now, keep_place_until)
 
+    @defer.inlineCallbacks
     def reconcile(self, instance, held, now):
-        return self._run(redis_ops.reconcile, instance, held, now)
+        # A page at a time: the sessions Redis counts for the instance, then
+        # those reconciled against what it holds; each call short.
+        changed, cursor = set(), "0"
+        while True:
+            cursor, keys = yield self._run(redis_ops.countedSessions, instance, cursor)
+            if keys:
+                page = {key: held.get(key, ()) for key in keys}
+                changed.update((yield self._run(redis_ops.reconcile, instance, page, now)))
+            if cursor == "0":
+                return sorted(changed)
 
     def endSession(self, key):
         # IRegistry.endSession carries no ``now``: the clock dates idle_since.

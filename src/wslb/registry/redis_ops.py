@@ -277,8 +277,20 @@ def abandon(key, request_id, now, keep_place_until=None) -> Op:
                           str(round(ABANDONED_FOR * 1000)), keep), _decodeSession)
 
 
+def countedSessions(instance, cursor="0", count=PAGE) -> Op:
+    """About ``count`` of the sessions ``instance`` counts: (next cursor, "0" at the end; keys)."""
+    def decode(reply):
+        cursor, keys = _json(reply)
+        return cursor, keys or []
+
+    return Op("counted_sessions", (instance, cursor, _pageSize(count)), decode)
+
+
 def reconcile(instance, held, now) -> Op:
-    """``held``: session key -> the request ids of its connections ``instance`` holds."""
+    """
+    ``held``: session key -> the request ids of its connections ``instance``
+    holds, for the sessions to reconcile (a page of countedSessions).
+    """
     pairs = [part for key, ids in sorted(held.items())
              for part in (key, " ".join(_requestId(i) for i in ids))]
     return Op("reconcile", (instance, _time(now), *pairs), _decodeSortedNames)
