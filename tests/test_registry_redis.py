@@ -376,6 +376,26 @@ class TestLostDataAndDeadInstances:
         yield auditRedisRegistry(registry)
 
     @pytest_twisted.inlineCallbacks
+    def test_reconcileReadsWhatIsHeldAsItGoes(self, registry):
+        """
+        Reconciled a page at a time, ``held`` is read as each page is sent:
+        an assign sent after reconciling began, and held before it was sent,
+        runs before any page's reconcile and is spared.
+        """
+        yield addHealthy(registry, "w1", capacity=200)
+        held = {}
+        for i in range(80):
+            first = request(f"k{i:03}")
+            yield registry.assign(first, 1)
+            held[first.key] = {first.request_id}
+        reconciling = registry.reconcile("i1", held, 5)
+        again = request("k040")
+        held["k040"].add(again.request_id)
+        yield registry.assign(again, 6)
+        assert (yield reconciling) == []
+        assert (yield registry.getSession("k040")).connections == 2
+
+    @pytest_twisted.inlineCallbacks
     def test_reassertLeavesAKeyReboundElsewhere(self, registry):
         yield addHealthy(registry, "w2")
         yield registry.assign(request("a", instance="i2"), 1)

@@ -76,8 +76,12 @@ class Held:
             lambda now: self._registry.abandon(key, requestId, now, keepPlaceUntil))
 
     def reconcile(self):
-        """Let the registry count out what this instance no longer holds (IRegistry.reconcile)."""
-        return self._registry.reconcile(self._instance, self.byKey(), self._clock.seconds())
+        """
+        Let the registry count out what this instance no longer holds
+        (IRegistry.reconcile). It is given the live mapping, read as each
+        page is sent: an assign sent meanwhile is held already.
+        """
+        return self._registry.reconcile(self._instance, self._byKey, self._clock.seconds())
 
     def stop(self):
         """No more retries: wslb is stopping."""

@@ -341,8 +341,10 @@ class IRegistry(Interface):
         under way). Every connection it counts for another request id (its
         release or abandon was lost) is counted out, as ``release`` would.
         Costs in proportion to the instance's own sessions, in calls that
-        each read a page of them. Fires with the keys whose counts changed,
-        sorted.
+        each read a page of them; ``held`` is read as each page is sent, so
+        pass the live mapping: a connection held before its assign is sent
+        is then never counted out by a page sent after it. Fires with the
+        keys whose counts changed, sorted.
         """
 
     def endSession(key):
