@@ -48,18 +48,20 @@ def _parse(data, head=False):
     if head or status in (204, 304):
         return Response(status, headers, b""), rest
     if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
-        body = b""
+        if b"0\r\n\r\n" not in rest[-4096:]:
+            return None  # not ended yet (parsing a long body on every read would be slow)
+        body, at = [], 0
         while True:
-            line, sep, after = rest.partition(b"\r\n")
-            if not sep:
+            eol = rest.find(b"\r\n", at)
+            if eol < 0:
                 return None
-            size = int(line.split(b";")[0], 16)
-            if len(after) < size + 2:
+            size = int(rest[at:eol].split(b";")[0], 16)
+            if len(rest) < eol + 2 + size + 2:
                 return None
-            body += after[:size]
-            rest = after[size + 2:]
+            body.append(rest[eol + 2:eol + 2 + size])
+            at = eol + 2 + size + 2
             if size == 0:
-                return Response(status, headers, body), rest
+                return Response(status, headers, b"".join(body)), rest[at:]
     length = headers.get("content-length")
     if length is None:
         return None  # delimited by the close: see closedResponse

@@ -112,3 +112,17 @@ async def rawHandshake(port, path="/", headers=None):
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
     return status, fields
+
+
+async def scrape(wslb):
+    """The instance's /metrics: (sample name, sorted labels) -> value."""
+    import treq
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await treq.get(wslb.admin + "/metrics", timeout=5)
+    assert response.code == 200
+    text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }

@@ -89,6 +89,10 @@ DESIGN_DEFAULTS = [
     ("queue.status_path", ""),
     ("queue.rejoin_grace", 20.0),
     ("queue.client_path", ""),
+    ("http.paths", ()),
+    ("http.strip_prefix", False),
+    ("http.max_body", 1024 ** 3),
+    ("http.timeout", 60.0),
     ("log.format", "text"),
     ("log.session_keys", "fingerprint"),
     ("pool.provider", "local"),
@@ -402,6 +406,12 @@ MISTAKES = [
     (["pool.local.command=[]"], "pool.local.command", "got []"),
     (['pool.local.command=["python", "-m", "w"]'], "pool.local.command", 'containing "{port}"'),
     (["pool.health.path=health"], "pool.health.path", 'starting with "/"'),
+    # http
+    (['http.paths=["session/"]'], "http.paths[0]", 'a path prefix such as "/session/"'),
+    (['http.paths=["/a b/"]'], "http.paths[0]", 'got "/a b/"'),
+    (['http.paths="/session/"'], "http.paths", "a list of path prefixes"),
+    (["http.max_body=0"], "http.max_body", "a size"),
+    (["http.timeout=0"], "http.timeout", "got 0"),
     # ec2
     (["pool.ec2.address=public_ip"], "pool.ec2.address", '"tag:<TagKey>", got "public_ip"'),
     (["pool.ec2.address=tag:"], "pool.ec2.address", 'got "tag:"'),

@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from _echo_helpers import closeAll, getJSON, waitFor
 from _raw_ws import connectRaw, upgradeRequest
-from _wslb_helpers import rawHandshake, staticWslb
+from _wslb_helpers import rawHandshake, scrape, staticWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -291,19 +291,6 @@ async def test_minted_cookie_is_sticky(echo_workers, clients):
         assert json.dumps(seen)
     finally:
         await wslb.stop()
-
-
-async def scrape(wslb):
-    import treq
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = await treq.get(wslb.admin + "/metrics", timeout=5)
-    assert response.code == 200
-    text = await response.text()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
-    }
 
 
 @pytest.mark.workers(1)

@@ -282,6 +282,13 @@ def _http_url_or_empty(value):
     raise _bad('"" or an "https://..." URL', value)
 
 
+def _http_path(value):
+    if (isinstance(value, str) and value.startswith("/") and value.isascii()
+            and value.isprintable() and not any(c in value for c in " ?#")):
+        return value
+    raise _bad('a path prefix such as "/session/"', value)
+
+
 def _health_path(value):
     if isinstance(value, str) and value.startswith("/"):
         return value
@@ -474,6 +481,14 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    paths: tuple[str, ...] = _key([], _list_of(_http_path, "a list of path prefixes"))
+    strip_prefix: bool = _key(False, _boolean)
+    max_body: int = _key("1GiB", _size)
+    timeout: float = _key("60s", _duration(positive=True))
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = _key("text", _one_of("text", "json"))
     session_keys: str = _key("fingerprint", _one_of("fingerprint", "plain"))
@@ -549,6 +564,7 @@ class Config:
     registry: RegistryConfig = _section(RegistryConfig)
     session: SessionConfig = _section(SessionConfig)
     queue: QueueConfig = _section(QueueConfig)
+    http: HttpConfig = _section(HttpConfig)
     log: LogConfig = _section(LogConfig)
     pool: PoolConfig = _section(PoolConfig)
     cost: CostConfig = _section(CostConfig)

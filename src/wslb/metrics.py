@@ -22,6 +22,11 @@ TO_WORKER = "to_worker"
 TO_USER = "to_user"
 
 HANDSHAKE_OUTCOMES = ("ok", "400", "401", "403", "429", "502", "503")
+# wslb_http_requests_total's outcomes: the class of a worker's answer, the
+# status of one of wslb's own, or "aborted" (cut off: the user left, or the
+# worker failed or stalled after its answer had begun).
+HTTP_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "400", "401", "404", "413", "502", "503", "504",
+                 "aborted")
 # The limits of wslb_limit_hits_total, each a series from the start (so that
 # rate() counts the first hit, and dashboards find the name before any).
 LIMITS = (
@@ -84,6 +89,24 @@ class Metrics:
         )
         for limit in LIMITS:
             self.limitHits.labels(limit)
+        self.httpRequests = Counter(
+            "wslb_http_requests", "Plain HTTP requests on the [http] paths, by outcome and worker "
+            "(empty: none was reached).", ["outcome", "worker"], registry=self.registry,
+        )
+        for outcome in HTTP_OUTCOMES:
+            self.httpRequests.labels(outcome, "")
+        httpBytes = Counter(
+            "wslb_http_bytes", "Body bytes of plain HTTP requests and answers proxied, by "
+            "direction.", ["direction"], registry=self.registry,
+        )
+        self.httpBytes = {d: httpBytes.labels(d) for d in (TO_WORKER, TO_USER)}
+        self.httpSeconds = Histogram(
+            "wslb_http_request_seconds",
+            "Plain HTTP requests on the [http] paths: from the head read to the answer's end.",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                     60, 300),
+        )
         self.pool = None  # PoolNumbers as of the last refresh; None when it failed
         self._live = {}  # name -> callable giving a number now (connections...)
         self._counts = {}  # name -> (help, label, callable giving {label value: n})

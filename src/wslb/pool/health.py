@@ -11,8 +11,9 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent
 
+from wslb.httpclient import QuietPool
 from wslb.pool.urls import healthUrl
 from wslb.registry import DEAD, STARTING, lifecycle
 from wslb.registry.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
@@ -32,21 +33,14 @@ TIMED_OUT = "timeout"  # no answer within pool.health.timeout
 OUTCOMES = (PASSED, FAILED, UNREACHABLE, TIMED_OUT)
 
 
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
-    """Twisted's factory for one pooled connection, without its Starting/Stopping lines."""
-
-    noisy = False
-
-
-class QuietPool(HTTPConnectionPool):
+class CheckPool(QuietPool):
     """
-    One kept-alive connection per worker, reused check after check. Each new
-    connection's factory would log two info lines (with 100 workers checked
-    every 5 s, 40 lines a second); a worker that died closes its connection,
-    and the next check connects afresh, and fails.
+    One kept-alive connection per worker, reused check after check (quiet:
+    with 100 workers checked every 5 s, each new connection's two log lines
+    would make 40 a second); a worker that died closes its connection, and
+    the next check connects afresh, and fails.
     """
 
-    _factory = _QuietHTTP11ClientFactory
     maxPersistentPerHost = 1  # one check at a time per worker
 
 
@@ -81,7 +75,7 @@ class HealthChecker:
         if http is None:
             from twisted.internet import reactor
 
-            self._pool = QuietPool(reactor)
+            self._pool = CheckPool(reactor)
             http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http  # treq-like: get(url) -> Deferred[response with .code, .content()]
         self._failures = {}  # worker id -> consecutive failed checks

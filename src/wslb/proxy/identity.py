@@ -137,7 +137,16 @@ class Identifier:
         key, claims, setCookie = self._key(fields, secure)
         return Identity(key, self._cost(fields, claims), setCookie)
 
-    def _key(self, fields, secure):
+    def sessionKey(self, fields):
+        """
+        The key a request carries, checked as a handshake's is (400, 401), or
+        None: nothing is minted and no cost is read (a plain HTTP request
+        reaches a session; it never starts one).
+        """
+        key, _, _ = self._key(fields, secure=False, mint=False)
+        return key
+
+    def _key(self, fields, secure, mint=True):
         for source in self._sources:
             value = fields.read(source)
             if value is None:
@@ -156,6 +165,8 @@ class Identifier:
                     f"session key from {source} must be 1-128 characters of A-Za-z0-9._~-"
                 )
             return value, claims, None
+        if not mint:
+            return None, {}, None
         if self._issueCookie and self._cookieName:
             key = mintKey()
             value = key if self._signer is None else self._signer.mintCookie(key)

@@ -57,6 +57,22 @@ def clientScheme(transport, forwardedProto="auto"):
     return "https" if ISSLTransport.providedBy(transport) else "http"
 
 
+def forwardedHeaders(transport, key, scheme, host):
+    """
+    What wslb tells a worker about a request on ``transport``: its session
+    key, and where the client is and what it asked for (instead of anything
+    the client said about it: these replace its own headers).
+    """
+    headers = {
+        "X-WSLB-Session": key,
+        "X-Forwarded-For": getattr(transport.getPeer(), "host", "unix"),
+        "X-Forwarded-Proto": scheme,
+    }
+    if host is not None:
+        headers["X-Forwarded-Host"] = host
+    return headers
+
+
 class OpensSessions:
     """
     A user connection's session: ``_open`` routes a request to a worker and
@@ -118,12 +134,8 @@ class OpensSessions:
             name: request.headers[name.lower()]
             for name in PASSED_HEADERS if name.lower() in request.headers
         }
-        peer = self.transport.getPeer()
-        headers["X-WSLB-Session"] = self.key
-        headers["X-Forwarded-For"] = getattr(peer, "host", "unix")
-        headers["X-Forwarded-Proto"] = scheme
-        if "host" in request.headers:
-            headers["X-Forwarded-Host"] = request.headers["host"]
+        headers.update(forwardedHeaders(self.transport, self.key, scheme,
+                                        request.headers.get("host")))
         return headers
 
     def _refusing(self, code, reason):

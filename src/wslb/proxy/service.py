@@ -21,6 +21,7 @@ from wslb.proxy.errors import unavailable
 from wslb.proxy.frames import CLOSE_GOING_AWAY
 from wslb.proxy.gate import Gate, connectionLimit
 from wslb.proxy.http_listener import ListenerWeb
+from wslb.proxy.http_session import SessionProxy, WorkerConnections
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.keepalive import KeepAlive
@@ -114,6 +115,7 @@ class Proxy:
     sessions: LiveSessions
     web: ListenerWeb
     allocator: Allocator  # allocation before connect, for the admin API
+    sessionProxy: SessionProxy | None  # with [http] paths
 
 
 def readsProxyHeader(endpoint):
@@ -177,6 +179,15 @@ def makeProxy(config, registry, metrics, clock, instance):
         proxied=readsProxyHeader(listen.endpoint),
     )
     web = ListenerWeb(clock, gate, listen.open_handshake_timeout)
+    services = [sessions, router, largestCapacity]
+    sessionProxy = None
+    if config.http.paths:
+        workers = WorkerConnections(clock, config.http.timeout)
+        services.append(workers)
+        sessionProxy = SessionProxy(config.http, registry, identifier, workers.agent, clock,
+                                    metrics, listen.forwarded_proto)
+        for prefix in config.http.paths:
+            web.mount(prefix, sessionProxy)
     context = Context(
         clock=clock, registry=registry, gate=gate, identifier=identifier, router=router,
         sessions=sessions,
@@ -187,7 +198,6 @@ def makeProxy(config, registry, metrics, clock, instance):
         forwardedProto=listen.forwarded_proto, maxMessageSize=listen.max_message_size,
         endCloseCode=session.end_close_code, web=web,
     )
-    services = [sessions, router, largestCapacity]
     if (sweeper := gate.sweeper()) is not None:
         services.append(sweeper)
     wheels = []
@@ -203,4 +213,5 @@ def makeProxy(config, registry, metrics, clock, instance):
         drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,
         web=web, allocator=Allocator(router, sessions, registry, clock, largestCapacity,
                                      config.pool.default_cost, config.queue.timeout),
+        sessionProxy=sessionProxy,
     )

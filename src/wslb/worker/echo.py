@@ -15,6 +15,9 @@ One port serves everything:
   including ``load``: the sum of its open sessions' costs, each read from
   the ``cost`` query parameter wslb passes on (1 when absent), so tests can
   check wslb's capacity accounting from the worker's side;
+- plain HTTP under ``/session/`` (wslb's ``[http] paths = ["/session/"]``):
+  ``GET /session/whoami`` names the worker and the session (``X-WSLB-Session``),
+  ``POST /session/upload`` counts the body's bytes;
 - WebSocket on any other path. Messages:
   - ``whoami``: a JSON reply naming the worker, session, counter, path, headers;
   - ``close CODE [REASON]``: the worker closes with that code;
@@ -66,6 +69,7 @@ class EchoWorker:
         self.closes = deque(maxlen=HISTORY)
         self.connections = deque(maxlen=HISTORY)
         self.protocol_errors = 0  # connections it failed for a malformed frame
+        self.accepted = 0  # TCP connections accepted, for WebSockets and HTTP alike
 
     def opened(self, key, record):
         self.open[key] += 1
@@ -102,6 +106,7 @@ class EchoWorker:
             "load": self.load(),
             "max_load": self.max_load,
             "protocol_errors": self.protocol_errors,
+            "accepted_connections": self.accepted,
             "sessions": {
                 key: {"count": self.counts.get(key, 0), "connections": self.open[key]}
                 for key in keys
@@ -194,17 +199,68 @@ class JSONPage(Resource):
         return json.dumps(self._render()).encode("utf-8")
 
 
+class WhoAmI(Resource):
+    """``GET /session/whoami``: the worker and the session wslb said the request is for."""
+
+    isLeaf = True
+
+    def __init__(self, worker):
+        super().__init__()
+        self._worker = worker
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        headers = {name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+                   for name, values in request.requestHeaders.getAllRawHeaders()}
+        return json.dumps({
+            "worker": self._worker.id, "session": headers.get(SESSION_HEADER, NO_SESSION),
+            "path": request.uri.decode("latin-1"), "headers": headers,
+        }).encode("utf-8")
+
+
+class Upload(Resource):
+    """``POST /session/upload``: how many bytes the body had."""
+
+    isLeaf = True
+
+    def __init__(self, worker):
+        super().__init__()
+        self._worker = worker
+
+    def render_POST(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        size = request.content.seek(0, 2)
+        return json.dumps({"worker": self._worker.id, "bytes": size}).encode("utf-8")
+
+
 class Root(Resource):
-    """/health and /stats; every other path is the WebSocket endpoint."""
+    """/health, /stats and plain HTTP under /session/; every other path is the WebSocket."""
 
     def __init__(self, worker, websocket):
         super().__init__()
         self.putChild(b"health", JSONPage(lambda: {"ok": True, "worker": worker.id}))
         self.putChild(b"stats", JSONPage(worker.stats))
+        self._session = {b"whoami": WhoAmI(worker), b"upload": Upload(worker)}
         self._websocket = websocket
 
     def getChild(self, name, request):
+        if name == b"session" and len(request.postpath) == 1:
+            page = self._session.get(request.postpath[0])
+            if page is not None:
+                return page
         return self._websocket
+
+
+class CountingSite(Site):
+    """A Site that counts the connections it accepts."""
+
+    def __init__(self, worker, resource):
+        super().__init__(resource)
+        self._worker = worker
+
+    def buildProtocol(self, addr):
+        self._worker.accepted += 1
+        return super().buildProtocol(addr)
 
 
 def makeSite(worker, endCode=4000, echoCloseCode=False):
@@ -217,7 +273,7 @@ def makeSite(worker, endCode=4000, echoCloseCode=False):
         maxMessagePayloadSize=0, maxFramePayloadSize=0, allowNullOrigin=True,
         echoCloseCodeReason=echoCloseCode,
     )
-    return Site(Root(worker, WebSocketResource(factory)))
+    return CountingSite(worker, Root(worker, WebSocketResource(factory)))
 
 
 def parseArgs(argv):
