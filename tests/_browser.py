@@ -5,6 +5,7 @@ pending fetches), then prints the DOM and saves a screenshot. It runs as a
 child process of the reactor, so the test's own server keeps answering.
 """
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import deferLater
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = "apt-get install -y chromium"
@@ -75,6 +77,91 @@ async def render(url, directory, budget_ms=5000, size=(1280, 900)):
         pytest.fail(f"Chromium {'timed out' if timedOut else f'exited with {code}'} "
                     f"loading {url}:\n{errors}")
     return b"".join(collect.out).decode("utf-8"), screenshot
+
+
+class _DevTools(protocol.ProcessProtocol):
+    """Chromium's DevTools protocol over --remote-debugging-pipe: JSON, NUL-terminated."""
+
+    def __init__(self):
+        self.err = []
+        self.ended = defer.Deferred()
+        self._buffer = b""
+        self._waiting = {}  # id -> Deferred
+        self._next = 0
+
+    def childDataReceived(self, fd, data):
+        if fd == 2:
+            self.err.append(data)
+            return
+        if fd != 4:
+            return
+        self._buffer += data
+        *messages, self._buffer = self._buffer.split(b"\0")
+        for raw in messages:
+            message = json.loads(raw)
+            waiting = self._waiting.pop(message.get("id"), None)
+            if waiting is not None:
+                waiting.callback(message)
+
+    def send(self, method, sessionId=None, **params):
+        """Fire with the answer's ``result`` (or fail with its error)."""
+        self._next += 1
+        command = {"id": self._next, "method": method, "params": params}
+        if sessionId is not None:
+            command["sessionId"] = sessionId
+        answer = self._waiting[self._next] = defer.Deferred()
+        self.transport.writeToChild(3, json.dumps(command).encode() + b"\0")
+
+        def result(message):
+            if "error" in message:
+                raise RuntimeError(f"{method}: {message['error']}")
+            return message["result"]
+
+        return answer.addCallback(result)
+
+    def processEnded(self, reason):
+        for waiting in self._waiting.values():
+            waiting.errback(RuntimeError("Chromium exited"))
+        self._waiting = {}
+        self.ended.callback(reason.value.exitCode)
+
+
+async def evaluateOnceTrue(url, expression, directory, poll=0.1):
+    """
+    Load ``url`` and fire with what ``expression`` (JavaScript) evaluates to
+    once it is truthy, asked every ``poll`` seconds in real time: for pages
+    that wait on what --virtual-time-budget does not wait for (a WebSocket).
+    Fails the test when it is not so within TIMEOUT.
+    """
+    executable = chromium()
+    args = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-extensions", "--remote-debugging-pipe",
+        f"--user-data-dir={directory / 'profile'}", "about:blank",
+    ]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory), "TZ": "UTC"}
+    tools = _DevTools()
+    process = reactor.spawnProcess(tools, executable, [executable, *args], env=env,
+                                   childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+    deadline = reactor.seconds() + TIMEOUT
+    value = None
+    try:
+        target = await tools.send("Target.createTarget", url=url)
+        attached = await tools.send("Target.attachToTarget", targetId=target["targetId"],
+                                    flatten=True)
+        while reactor.seconds() < deadline:
+            answer = await tools.send("Runtime.evaluate", attached["sessionId"],
+                                      expression=expression, returnByValue=True)
+            value = answer["result"].get("value")
+            if value:
+                return value
+            await deferLater(reactor, poll)
+    finally:
+        process.signalProcess("KILL")
+        await tools.ended
+    errors = b"".join(tools.err).decode("utf-8", "replace")[-3000:]
+    pytest.fail(f"{expression} was still {value!r} after {TIMEOUT:g}s on {url}:\n{errors}")
 
 
 # -- reading the dumped DOM ------------------------------------------------------

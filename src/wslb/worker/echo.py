@@ -17,7 +17,9 @@ One port serves everything:
   check wslb's capacity accounting from the worker's side;
 - plain HTTP under ``/session/`` (wslb's ``[http] paths = ["/session/"]``):
   ``GET /session/whoami`` names the worker and the session (``X-WSLB-Session``),
-  ``POST /session/upload`` counts the body's bytes;
+  ``POST /session/upload`` counts the body's bytes, and ``GET /session/demo``
+  is a page whose script opens a WebSocket through wslb (which mints it a
+  session cookie) and then calls those two with ``fetch``;
 - WebSocket on any other path. Messages:
   - ``whoami``: a JSON reply naming the worker, session, counter, path, headers;
   - ``close CODE [REASON]``: the worker closes with that code;
@@ -233,6 +235,49 @@ class Upload(Resource):
         return json.dumps({"worker": self._worker.id, "bytes": size}).encode("utf-8")
 
 
+DEMO_PAGE = b"""<!doctype html>
+<meta charset="utf-8">
+<title>wslb: a WebSocket and plain HTTP, one session</title>
+<pre id="out">running...</pre>
+<script>
+(async () => {
+  const out = document.getElementById("out");
+  // No key in the URL: wslb mints one and sends it back as a cookie with its 101.
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
+  const overWs = await new Promise((resolve, reject) => {
+    ws.onopen = () => ws.send("whoami");
+    ws.onmessage = (e) => resolve(JSON.parse(e.data));
+    ws.onerror = () => reject(new Error("the WebSocket failed"));
+  });
+  // The cookie goes with these: they reach the same worker, the same session.
+  const overHttp = await (await fetch("/session/whoami")).json();
+  const body = new Blob(["x".repeat(100000)]);
+  const upload = await (await fetch("/session/upload", {method: "POST", body})).json();
+  const result = {websocket: overWs.worker, http: overHttp.worker, upload: upload.worker,
+                  session: overWs.session, http_session: overHttp.session,
+                  uploaded: upload.bytes};
+  out.textContent = JSON.stringify(result);
+  out.dataset.same = String(result.websocket === result.http && result.http === result.upload
+                            && result.session === result.http_session);
+})().catch((e) => { document.getElementById("out").textContent = "failed: " + e; });
+</script>
+"""
+
+
+class Page(Resource):
+    """A fixed HTML page."""
+
+    isLeaf = True
+
+    def __init__(self, html):
+        super().__init__()
+        self._html = html
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._html
+
+
 class Root(Resource):
     """/health, /stats and plain HTTP under /session/; every other path is the WebSocket."""
 
@@ -240,7 +285,8 @@ class Root(Resource):
         super().__init__()
         self.putChild(b"health", JSONPage(lambda: {"ok": True, "worker": worker.id}))
         self.putChild(b"stats", JSONPage(worker.stats))
-        self._session = {b"whoami": WhoAmI(worker), b"upload": Upload(worker)}
+        self._session = {b"whoami": WhoAmI(worker), b"upload": Upload(worker),
+                         b"demo": Page(DEMO_PAGE)}
         self._websocket = websocket
 
     def getChild(self, name, request):
