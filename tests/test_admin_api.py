@@ -128,9 +128,9 @@ async def test_sessions_list_and_one(admin):
     await registry.release("bob", "wslb-1", clock.seconds())
 
     alice = {"key": "alice", "worker": "w1", "cost": 2, "connected": True,
-             "since": "2022-02-08T15:27:00Z"}
+             "since": "2022-02-08T15:27:00Z", "http_requests": 0}
     bob = {"key": "bob", "worker": "w1", "cost": 3, "connected": False,
-           "since": "2022-02-08T15:27:05Z"}
+           "since": "2022-02-08T15:27:05Z", "http_requests": 0}
     assert await admin.get("/api/v1/sessions") == (200, {"sessions": [alice, bob]})
     assert await admin.get("/api/v1/sessions/bob") == (200, bob)
     code, body = await admin.get("/api/v1/sessions/carol")

@@ -15,7 +15,7 @@ import pytest_twisted
 from _echo_helpers import connectWebSocket
 from _http_worker import HTTPWorker
 from _twistd_helpers import TwistdWslb
-from twisted.internet import reactor, task, threads
+from twisted.internet import task, threads
 
 pytestmark = pytest.mark.timeout(300)
 

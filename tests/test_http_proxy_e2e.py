@@ -10,6 +10,7 @@ import json
 
 import pytest
 import pytest_twisted
+import treq
 from _echo_helpers import closeAll, getJSON
 from _http_helpers import closedResponse, readResponse, request
 from _http_worker import HTTPWorker
@@ -168,8 +169,6 @@ async def test_a_session_whose_worker_is_gone_is_404_and_an_unreachable_worker_5
 
 
 async def treqPost(url, body):
-    import treq
-
     response = await treq.post(url, json=body, timeout=5)
     await response.content()
     return response.code
@@ -343,3 +342,25 @@ async def test_metrics_count_requests_by_outcome_and_worker_bytes_and_time(http)
     assert metrics[("wslb_http_bytes_total", (("direction", "to_worker"),))] == 1000
     assert metrics[("wslb_http_bytes_total", (("direction", "to_user"),))] >= 2000
     assert metrics[("wslb_http_request_seconds_count", ())] == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sessions_record_counts_its_http_requests_until_it_ends(http):
+    await http.session("alice")
+    await http.session("bob")
+    for _ in range(3):
+        await http.ask("GET", "/session/x", key("alice"))
+    await http.ask("GET", "/session/x", key("bob"))
+    _, listed = await getJSON(http.wslb.admin + "/api/v1/sessions")
+    assert {s["key"]: s["http_requests"] for s in listed["sessions"]} == {"alice": 3, "bob": 1}
+    status = await treqDelete(http.wslb.admin + "/api/v1/sessions/alice")
+    assert status == 200
+    await http.session("alice")  # a new session under the old key starts from nothing
+    _, alice = await getJSON(http.wslb.admin + "/api/v1/sessions/alice")
+    assert alice["http_requests"] == 0
+
+
+async def treqDelete(url):
+    response = await treq.delete(url, timeout=5)
+    await response.content()
+    return response.code

@@ -32,6 +32,9 @@ ACTIONS = [  # oldest first, as the scaler keeps them
 ]
 
 
+HTTP_REQUESTS = {"alice": 7, "bob": 3}  # plain HTTP requests this instance proxied
+
+
 class StatusSite:
     """
     The admin Site as service.py builds it, status page included, with a
@@ -43,7 +46,8 @@ class StatusSite:
         self.clock = Clock()
         self.clock.advance(T0)
         self.registry = MemoryRegistry(self.clock)
-        routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True), token)
+        routes = makeAdminRoutes(self.registry, self.clock, lambda: defer.succeed(True), token,
+                                 httpRequests=lambda key: HTTP_REQUESTS.get(key, 0))
         routes.mount("status", StatusPage())
         StatusAPI(
             INSTANCE, self.clock,
@@ -129,10 +133,10 @@ async def test_the_page_shows_workers_sessions_queue_leader_and_scaler_actions(s
 
     sessions = {row[0]: row[1:] for row in dom.byId("sessions").rows()}
     assert sessions == {
-        HOSTILE: [HOSTILE, "2", "connected", "1m 35s ago"],
-        "alice": ["10.0.0.1:9000", "2", "connected", "1m 35s ago"],
-        "bob": ["10.0.0.1:9000", "1", "in grace", "1m 35s ago"],
-        "carol": ["w-draining", "1", "connected", "1m 35s ago"],
+        HOSTILE: [HOSTILE, "2", "connected", "0", "1m 35s ago"],
+        "alice": ["10.0.0.1:9000", "2", "connected", "7", "1m 35s ago"],
+        "bob": ["10.0.0.1:9000", "1", "in grace", "3", "1m 35s ago"],
+        "carol": ["w-draining", "1", "connected", "0", "1m 35s ago"],
     }
 
     assert dom.byId("queue-length").text() == "1"

@@ -184,8 +184,10 @@ def makeService(config, reactor=None):
         "wslb_health_checks", "Worker health checks this instance made, by outcome.", "outcome",
         lambda: pool.health.outcomes,
     )
+    httpRequests = (proxy.sessionProxy.counts.__getitem__ if proxy.sessionProxy is not None
+                    else lambda key: 0)
     routes = makeAdminRoutes(registry, reactor, isServing, config.admin.token,
-                             allocator=proxy.allocator)
+                             allocator=proxy.allocator, httpRequests=httpRequests)
     routes.mount("metrics", MetricsPage(metrics, lambda: metrics.refresh(registry, reactor)))
     routes.mount("status", StatusPage())
     StatusAPI(

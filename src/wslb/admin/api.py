@@ -53,13 +53,14 @@ def workerRecord(worker):
     }
 
 
-def sessionRecord(session):
+def sessionRecord(session, httpRequests=0):
     return {
         "key": session.key,
         "worker": session.worker,
         "cost": session.cost,
         "connected": session.connected,
         "since": isoTime(session.since),
+        "http_requests": httpRequests,
     }
 
 
@@ -141,17 +142,21 @@ WORKER_EVENTS = {
 class AdminAPI:
     """The JSON API's handlers, over the registry."""
 
-    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT, allocator=None):
+    def __init__(self, registry, clock, isServing, timeout=DEFAULT_TIMEOUT, allocator=None,
+                 httpRequests=lambda key: 0):
         """
         ``allocator`` (None: no allocation) has ``allocate(key, cost, wait)``
         (firing with an L{Assigned}, a L{Queued}, L{QueueFull}, or None when
         its wait ran out), ``defaultCost`` and ``largestCapacity()``.
+        ``httpRequests(key)``: the plain HTTP requests this instance proxied
+        for a session.
         """
         self._registry = registry
         self._clock = clock
         self._isServing = isServing
         self._timeout = timeout
         self._allocator = allocator
+        self._httpRequests = httpRequests
 
     def addRoutes(self, routes):
         """Add the API's routes to L{JSONRoutes} (whose guard checks those under /api/)."""
@@ -191,13 +196,13 @@ class AdminAPI:
     async def listSessions(self, request):
         cursor, limit = pageOf(request)
         sessions = await self._ask(self._registry.listSessions(after=cursor, limit=limit + 1))
-        return Response(200, paged("sessions", sessions, limit, lambda s: s.key, sessionRecord))
+        return Response(200, paged("sessions", sessions, limit, lambda s: s.key, self._record))
 
     async def getSession(self, request, key):
         session = await self._ask(self._registry.getSession(key))
         if session is None:
             return error(404, f"no session {key!r}")
-        return Response(200, sessionRecord(session))
+        return Response(200, self._record(session))
 
     async def registerWorker(self, request):
         url, capacity = fields(jsonObject(request), "url", "capacity")
@@ -276,23 +281,27 @@ class AdminAPI:
 
     # -- plumbing -------------------------------------------------------
 
+    def _record(self, session):
+        return sessionRecord(session, self._httpRequests(session.key))
+
     def _ask(self, d):
         """Bound a registry call: past the timeout it fails with TimeoutError."""
         return d.addTimeout(self._timeout, self._clock)
 
 
 def makeAdminRoutes(registry, clock, isServing, token="", timeout=DEFAULT_TIMEOUT,
-                    isLocal=isLoopback, allocator=None):
+                    isLocal=isLoopback, allocator=None, httpRequests=lambda key: 0):
     """
     The admin port's routes. ``isServing()`` fires with True while this
     instance serves users (registry reachable, not shutting down). With a
     ``token``, every /api/ request needs it as a bearer token; without, they
     are answered only for peers for which ``isLocal(address)`` is true (see
     L{AdminAuth}). Pages such as C{/metrics} are mounted on the result
-    (L{JSONRoutes.mount}).
+    (L{JSONRoutes.mount}). ``httpRequests(key)`` is how many plain HTTP
+    requests this instance proxied for a session (its records say).
     """
     routes = JSONRoutes(guard=AdminAuth(token, isLocal).refusal)
-    AdminAPI(registry, clock, isServing, timeout, allocator).addRoutes(routes)
+    AdminAPI(registry, clock, isServing, timeout, allocator, httpRequests).addRoutes(routes)
     return routes
 
 

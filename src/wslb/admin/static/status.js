@@ -166,6 +166,7 @@
       el("td", "mono", s.worker),
       el("td", "num", s.cost),
       el("td", "", s.connected ? pill("connected", "connected") : pill("in grace", "grace")),
+      el("td", "num", s.http_requests),
       el("td", "when", timed(ago(s.since, now), s.since)));
   }
 
