@@ -32,6 +32,10 @@ over instead:
     http_listener.py     ListenerWeb: the connection becomes Twisted's HTTP server's
                          (with the bytes read), whose resource tree is the parts mounted
                          on the listener; kept-alive requests follow
+    http_session.py      SessionProxy, the part [http] paths are mounted on: the key,
+                         the session's worker (never assigned), the worker's headers
+    http_exchange.py     one request through Twisted's Agent (a kept-alive pool per
+                         worker) and its answer back, both bodies streamed
 
 errors.py holds HandshakeRefused (the HTTP answer a refused user gets);
 transports.py the few uses of Twisted's transport internals (direct sends,
