@@ -13,6 +13,15 @@ from conftest import free_port
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
+def rss(pid):
+    """The resident memory of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
 class TwistdWslb:
     """
     ``twistd -n wslb`` on free loopback ports, with extra ``--set`` overrides

@@ -13,21 +13,13 @@ import time
 import pytest
 from _echo_helpers import EchoWorkerProcess
 from _raw_ws import BINARY, CLOSE, PING, TEXT, frame, parseFrames, upgradeRequest
-from _twistd_helpers import TwistdWslb
+from _twistd_helpers import TwistdWslb, rss
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 HANDSHAKES = 5000
 FRAME_SEQUENCES = 5000
 IO_TIMEOUT = 3.0
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def sendAndDrain(sock, payload):

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from _echo_helpers import connectWebSocket
 from _http_worker import HTTPWorker
-from _twistd_helpers import TwistdWslb
+from _twistd_helpers import TwistdWslb, rss
 from twisted.internet import task, threads
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,14 +23,6 @@ MiB = 1024 * 1024
 SIZE = 200 * MiB
 GROWTH = 32 * MiB  # what wslb's RSS may grow by while they pass
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 class Peak:
