@@ -52,8 +52,9 @@ class DigestingRequest(server.Request):
 class Download:
     """``size`` bytes of a repeating pattern, written as the client takes them."""
 
-    def __init__(self, request, size):
+    def __init__(self, request, size, stopped=lambda: None):
         self._request = request
+        self._stopped = stopped
         self._left = size
         self._paused = False
         self._block = bytes(range(256)) * (CHUNK // 256)
@@ -77,6 +78,7 @@ class Download:
     def stopProducing(self):
         self._left = 0
         self._request = None
+        self._stopped()
 
 
 class Pages(Resource):
@@ -89,6 +91,7 @@ class Pages(Resource):
         self.worker = worker
         self.seen = []  # (method, uri, headers) of every request
         self.stalled = []
+        self.downloadsStopped = 0  # downloads whose reader went away
 
     def render(self, request):
         headers = {name.decode().lower(): b", ".join(values).decode("latin-1")
@@ -98,11 +101,16 @@ class Pages(Resource):
         if page == b"stall":
             self.stalled.append(request)
             return server.NOT_DONE_YET
+        if page == b"halfway":  # 1000 bytes of the 2000 it announces, then nothing
+            self.stalled.append(request)
+            request.setHeader(b"Content-Length", b"2000")
+            request.write(b"x" * 1000)
+            return server.NOT_DONE_YET
         if page == b"download":
             size = int(request.args[b"bytes"][0])
             if b"chunked" not in request.args:
                 request.setHeader(b"Content-Length", b"%d" % size)
-            Download(request, size)
+            Download(request, size, self._downloadStopped)
             return server.NOT_DONE_YET
         if page == b"status":
             request.setResponseCode(int(request.args[b"code"][0]))
@@ -116,6 +124,10 @@ class Pages(Resource):
             "uri": request.uri.decode(), "headers": headers,
             "bytes": body.size, "sha256": body.sha.hexdigest(),
         }).encode()
+
+
+    def _downloadStopped(self):
+        self.downloadsStopped += 1
 
 
 class HTTPWorker:

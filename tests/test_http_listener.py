@@ -15,6 +15,7 @@ from _raw_ws import connectRaw, upgradeRequest
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from wslb.config import load_config
@@ -50,6 +51,11 @@ class Part(Resource):
     def render_POST(self, request):
         self.paths.append(request.path)
         return json.dumps({"length": len(request.content.read())}).encode()
+
+    def render_PUT(self, request):
+        """Held: answered when the test says (``held``)."""
+        self.held = request
+        return server.NOT_DONE_YET
 
 
 class Listener:
@@ -287,3 +293,19 @@ async def test_tls_survives_the_hand_off(tmp_path):
             assert json.loads((await readResponse(client)).body)["secure"] is True
     finally:
         await listener.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_draining_closes_idle_connections_now_and_busy_ones_once_answered(listener):
+    idle = await listener.connect(get("/part/1"))
+    assert (await readResponse(idle)).status == 200
+    busy = await listener.connect(request("PUT", "/part/held"))
+    while getattr(listener.part, "held", None) is None:
+        await deferLater(reactor, 0.01)
+    listener.proxy.web.drain()
+    await idle.closed.addTimeout(5, reactor)
+    assert not busy.closed.called
+    listener.part.held.write(b"done")
+    listener.part.held.finish()
+    answer = await closedResponse(busy)
+    assert (answer.status, answer.body) == (200, b"done")

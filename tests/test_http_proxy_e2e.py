@@ -188,6 +188,38 @@ async def test_a_stalling_worker_is_504_after_the_timeout():
         await tearDown(setup)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_worker_stalling_mid_answer_has_the_users_connection_cut():
+    setup = await setUp("http.timeout=1", workers=1)
+    try:
+        await setup.session("alice")
+        client = await setup.raw(request("GET", "/session/halfway", key("alice")))
+        await client.closed.addTimeout(10, reactor)
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 2000" in head
+        assert body == b"x" * 1000  # cut off: the user can tell
+        metrics = await scrape(setup.wslb)
+        workerId = setup.workers[0].url.removeprefix("ws://")
+        assert metrics[("wslb_http_requests_total",
+                        (("outcome", "aborted"), ("worker", workerId)))] == 1
+    finally:
+        await tearDown(setup)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_leaving_mid_download_stops_the_worker_sending(http):
+    worker = http.worker(await http.session("alice"))
+    client = await http.raw(request("GET", f"/session/download?bytes={500 * 1024 * 1024}",
+                                    key("alice")))
+    await client.waitFor(lambda data: len(data) > 1024 * 1024)
+    client.transport.abortConnection()
+    for _ in range(100):
+        if worker.pages.downloadsStopped:
+            break
+        await deferLater(reactor, 0.05)
+    assert worker.pages.downloadsStopped == 1
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest_twisted.ensureDeferred
 async def test_bodies_stream_both_ways_framed_as_they_came(http, chunked):

@@ -414,6 +414,13 @@ class ListenerWeb:
         """
         self.mounts.mount(prefix, resource)
 
+    def drain(self):
+        """Shutting down: each connection closes once its request is answered (idle ones now)."""
+        for channel in list(self.channels):
+            channel.persistent = False
+            if not channel.requests:
+                channel.loseConnection()
+
     def takes(self, head):
         """Whether a connection's first request (its L{Head}) is for a part here."""
         if not self.mounts.parts or isUpgrade(head):

@@ -78,17 +78,20 @@ class UserFactory(Factory):
 class Drain(service.Service):
     """
     On stop: report unhealthy at once (the NLB stops sending users), give
-    connected users ``period`` seconds, then close them with 1001.
+    connected users ``period`` seconds, then close them with 1001. Plain
+    HTTP connections close once their request is answered (idle ones now).
     """
 
-    def __init__(self, clock, sessions, period):
+    def __init__(self, clock, sessions, period, web):
         self._clock = clock
         self._sessions = sessions
         self._period = period
+        self._web = web
         self.stopping = False
 
     async def _drain(self):
         self.stopping = True
+        self._web.drain()
         sessions = self._sessions
         if sessions.legs():
             await task.deferLater(self._clock, self._period, lambda: None)
@@ -210,7 +213,7 @@ def makeProxy(config, registry, metrics, clock, instance):
     services += wheels
     return Proxy(
         factory=UserFactory(context), services=tuple(services),
-        drain=Drain(clock, sessions, listen.drain_period), gate=gate, sessions=sessions,
+        drain=Drain(clock, sessions, listen.drain_period, web), gate=gate, sessions=sessions,
         web=web, allocator=Allocator(router, sessions, registry, clock, largestCapacity,
                                      config.pool.default_cost, config.queue.timeout),
         sessionProxy=sessionProxy,
