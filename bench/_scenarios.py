@@ -23,6 +23,7 @@ SLACK = 30.0  # seconds a load generator may take beyond its own bounds
 MEMORY_WARMUP = 200  # connections opened and closed before the baseline RSS
 SETTLE = 1.0  # seconds between "held" and reading RSS
 CPU_PER_CONNECTION = "proxy_us_per_connection"  # from the CPU share and the rate
+CPU_PER_REQUEST = "proxy_us_per_request"  # likewise, for plain HTTP requests
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ def scenarios(idleConnections):
             (rate("reconnects, same session key (worker already assigned)",
                   "conn/s", "conn_per_s"),
              perConnection("reconnects, same session key (worker already assigned)")),
+        ),
+        Scenario(
+            "http-50",
+            {"mode": "http", "connections": 50},
+            (Row("HTTP requests, keep-alive, 50 connections", "req/s", "req_per_s"),
+             Row("HTTP requests, keep-alive, 50 connections: proxy CPU per request", "us",
+                 CPU_PER_REQUEST, higherIsBetter=False)),
         ),
         Scenario(
             "fresh",
@@ -192,9 +200,9 @@ def run(children, node, scenario, target, workers, timing, prefix):
     finally:
         loadgen.stop()
     _check(data)
-    if cpu and data.get("conn_per_s"):
-        data[CPU_PER_CONNECTION] = (
-            cpu["proxy"] * 1e4 / data["conn_per_s"] if target.proxied else None)
+    for rate, perUnit in (("conn_per_s", CPU_PER_CONNECTION), ("req_per_s", CPU_PER_REQUEST)):
+        if cpu and data.get(rate):
+            data[perUnit] = cpu["proxy"] * 1e4 / data[rate] if target.proxied else None
     return {**{row.metric: data.get(row.metric) for row in scenario.rows}, "cpu": cpu,
             "failures": data.get("failures", 0), "last_error": data.get("last_error")}
 

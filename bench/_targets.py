@@ -172,6 +172,10 @@ class Direct(Target):
         pass
 
 
+# What a --baseline checkout runs: everything but plain HTTP, which it may predate.
+BASELINE_SCENARIOS = ("idle-memory", "pingpong-1", "pingpong-50", "pipelined-1k", "binary-64k",
+                      "connect", "reconnect", "fresh")
+
 # The TLS comparison: what terminating TLS costs each proxy (docs/aws.md cites it).
 TLS_SCENARIOS = ("pingpong-50", "connect")
 
@@ -263,6 +267,10 @@ class Wslb(Target):
             f"registry.backend={backend}",
             *overrides,
         ]
+        if label is None:  # this checkout's: it serves plain HTTP (the http-50 row)
+            shared.append('http.paths=["/session/"]')
+        else:  # another checkout may predate [http]: it runs all but that row
+            self.scenarios = BASELINE_SCENARIOS
         self._redisPort = None
         if backend == "redis":
             self._redisPort = freePort()

@@ -3,8 +3,10 @@
 //
 //   node bench/echo.js PORT
 //
-// GET /health answers 200 (wslb's health check); a WebSocket on any path
-// echoes every message, text or binary, unchanged. Prints "listening" once
+// GET /health answers 200 (wslb's health check); GET /session/<anything>
+// answers a small JSON naming the session wslb said (X-WSLB-Session), on
+// kept-alive connections (the HTTP row); a WebSocket on any path echoes every
+// message, text or binary, unchanged. Prints "listening" once
 // ready. Listens on 127.0.0.1 only.
 'use strict';
 
@@ -18,10 +20,17 @@ if (!Number.isInteger(port) || port <= 0) {
 }
 
 const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/session/')) {
+    const body = JSON.stringify({ session: req.headers['x-wslb-session'] || null });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+    return;
+  }
   const ok = req.url === '/health';
   res.writeHead(ok ? 200 : 404, { 'content-type': 'application/json' });
   res.end(ok ? '{"ok": true}' : '{"ok": false}');
 });
+server.keepAliveTimeout = 60000; // longer than any proxy keeps an idle connection
 
 const wss = new WebSocketServer({
   server,

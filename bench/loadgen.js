@@ -18,6 +18,11 @@
 //             one echo each, prints "EVENT held", holds them until a line
 //             "release" arrives on stdin, then closes them (and reports the
 //             pings they received while held).
+//   http      `connections` loops, each on its own kept-alive connection (node's
+//             http.Agent): GET /session/bench with X-WSLB-Session PREFIX-i, the
+//             answer read whole, again. Before the warm-up, loop i opens and
+//             closes a WebSocket with ?session=PREFIX-i (wslb's HTTP reaches
+//             only sessions the WebSocket started). Counts answers a second.
 //   crowd     `users` users arrive evenly spread over `spread` seconds (0: all
 //             at once), user i with key PREFIX-i; each waits (however long:
 //             queued) for its handshake and then holds its connection.
@@ -33,6 +38,7 @@
 'use strict';
 
 const fs = require('fs');
+const http = require('http');
 const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 
@@ -312,4 +318,64 @@ function crowd() {
   });
 }
 
-({ pingpong, connect, idle, crowd })[spec.mode]();
+function httpRequests() {
+  const samples = [];
+  let count = 0;
+  let failures = 0;
+  let lastError = null;
+  const keyOf = (i) => `${spec.prefix}-${i}`;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: spec.connections });
+  let socketsOpened = 0;
+  openMany(spec.connections, 100, keyOf, (ws, i, settle) => settle(), (sockets, failed, failure) => {
+    closeAll(sockets, () => {
+      if (failed) { finish({ error: `${failed} sessions failed to open: ${failure}` }); return; }
+      const win = measuredWindow();
+      let running = spec.connections;
+      const loop = (i) => {
+        if (performance.now() >= win.end) {
+          if (--running === 0) {
+            agent.destroy();
+            finish({
+              mode: 'http', requests: count, seconds: spec.duration,
+              req_per_s: count / spec.duration, sockets_opened: socketsOpened,
+              failures, last_error: lastError, ...latencyMicros(samples),
+            });
+          }
+          return;
+        }
+        const t0 = performance.now();
+        const url = new URL(spec.urls[i % spec.urls.length].replace(/^ws/, 'http'));
+        const request = http.get({
+          host: url.hostname, port: url.port, path: '/session/bench', agent,
+          headers: { 'X-WSLB-Session': keyOf(i) },
+        }, (response) => {
+          response.resume();
+          response.on('end', () => {
+            const now = performance.now();
+            if (now >= win.start && now < win.end) {
+              if (response.statusCode === 200) {
+                count++;
+                if (samples.length < MAX_SAMPLES) samples.push(now - t0);
+              } else {
+                failures++;
+                lastError = `status ${response.statusCode}`;
+              }
+            }
+            setImmediate(() => loop(i));
+          });
+        });
+        request.on('socket', (socket) => {
+          if (!socket.benchCounted) { socket.benchCounted = true; socketsOpened++; }
+        });
+        request.on('error', (e) => {
+          lastError = e.message;
+          if (performance.now() < win.end) failures++;
+          setTimeout(() => loop(i), 20);
+        });
+      };
+      for (let i = 0; i < spec.connections; i++) loop(i);
+    });
+  });
+}
+
+({ pingpong, connect, idle, crowd, http: httpRequests })[spec.mode]();

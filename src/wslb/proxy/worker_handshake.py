@@ -149,6 +149,36 @@ class HandshakeFactory(Factory):
         self.opened = None  # the Deferred connect() waits on
 
 
+def clientEndpoint(reactor, host, port, tls, timeout):
+    """
+    A client endpoint to a worker at ``host`` (a name or an address) and
+    ``port`` (None: 443 with ``tls``, else 80). Its caller bounds each
+    connection attempt; ``timeout`` bounds only a name's resolution and
+    connection attempts.
+    """
+    port = port or (443 if tls else 80)
+    # No name to resolve: skip the resolver's thread hop. And no timer of
+    # the connector's own: the caller's bound covers the connection too.
+    if isIPAddress(host):
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=None)
+    elif isIPv6Address(host):
+        endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=None)
+    else:
+        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls:
+        from twisted.internet.ssl import optionsForClientTLS
+        endpoint = endpoints.wrapClientTLS(optionsForClientTLS(host), endpoint)
+    return endpoint
+
+
+def remember(known, key, value):
+    """``known[key] = value``, all forgotten now and then: workers come and go."""
+    if len(known) >= MAX_KNOWN_WORKERS:
+        known.clear()
+    known[key] = value
+    return value
+
+
 class WorkerConnector:
     """Opens connections to workers and does wslb's handshake on them."""
 
@@ -161,26 +191,11 @@ class WorkerConnector:
     def _endpoint(self, workerUrl):
         """("host:port", client endpoint) for a worker, made once per worker."""
         known = self._endpoints.get(workerUrl)
-        if known is not None:
-            return known
-        reactor, timeout = self._reactor, self._timeout
-        parts = urlsplit(workerUrl)
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
-        # No name to resolve: skip the resolver's thread hop. And no timer of
-        # the connector's own: connect()'s bound covers the connection too.
-        if isIPAddress(host):
-            endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=None)
-        elif isIPv6Address(host):
-            endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=None)
-        else:
-            endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-        if parts.scheme == "wss":
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
-        if len(self._endpoints) >= MAX_KNOWN_WORKERS:
-            self._endpoints.clear()  # workers come and go: forget the old ones now and then
-        known = self._endpoints[workerUrl] = (parts.netloc, endpoint)
+        if known is None:
+            parts = urlsplit(workerUrl)
+            endpoint = clientEndpoint(self._reactor, parts.hostname, parts.port,
+                                      parts.scheme == "wss", self._timeout)
+            known = remember(self._endpoints, workerUrl, (parts.netloc, endpoint))
         return known
 
     def connect(self, workerUrl, uri, headers, protocols):
