@@ -46,6 +46,10 @@ class _Digest:
 class DigestingRequest(server.Request):
     def gotLength(self, length):
         self.content = _Digest()
+        pause = self.requestHeaders.getRawHeaders(b"x-pause-reading")
+        if pause:  # a worker slow to take the body: it reads none for that long
+            self.channel.transport.pauseProducing()
+            reactor.callLater(float(pause[0]), self.channel.transport.resumeProducing)
 
 
 @implementer(IPushProducer)

@@ -189,6 +189,22 @@ async def test_a_stalling_worker_is_504_after_the_timeout():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_worker_slow_to_take_a_body_is_waited_for_not_the_user_timed_out():
+    # The user's connection is not read while the worker takes nothing: that
+    # is no silence of the user's, whatever open_handshake_timeout says.
+    setup = await setUp("listen.open_handshake_timeout=1", "http.timeout=10", workers=1)
+    try:
+        await setup.session("alice")
+        body = b"y" * (8 * 1024 * 1024)
+        answer = await setup.ask("POST", "/session/upload",
+                                 key("alice", **{"X-Pause-Reading": "2.5"}), body)
+        assert answer.status == 200
+        assert json.loads(answer.body)["bytes"] == len(body)
+    finally:
+        await tearDown(setup)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_worker_stalling_mid_answer_has_the_users_connection_cut():
     setup = await setUp("http.timeout=1", workers=1)
     try:

@@ -192,6 +192,11 @@ class RequestBody:
         else:
             self._protocol.connectionLost(reason)
 
+    @property
+    def held(self):
+        """Whether wslb holds the client back (nobody reads yet, or the reader is full)."""
+        return self._waiting or self._paused
+
     # IPushProducer, for the protocol reading it
 
     def pauseProducing(self):
@@ -379,6 +384,12 @@ class ListenerChannel(HTTPChannel):
 
     def timeoutConnection(self):
         """Idle between requests (quietly closed), or too slow sending one."""
+        body = self.requests[-1].body if self.requests else None
+        if body is not None and body.held and not body.done:
+            # Not the client's silence: wslb stopped reading (the part's own
+            # timeout bounds how long that may last).
+            self.resetTimeout()
+            return
         if self.requests:
             self.web.limitHit("open_handshake_timeout")
         self.loseConnection()
