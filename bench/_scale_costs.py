@@ -266,9 +266,15 @@ def lockCosts(client):
     return costs
 
 
-def _median(rounds):
-    """Per call name, the median of each of (redis µs, p50, p99) over rounds."""
-    return {name: tuple(statistics.median(r[name][i] for r in rounds) for i in range(3))
+def _summary(rounds):
+    """
+    Per call name, over the rounds: the least Redis µs (the scheduler
+    preempting Redis only ever adds to a command's time: the least is the
+    closest to Redis's cost on a core of its own), the median p50 and p99.
+    """
+    return {name: (min(r[name][0] for r in rounds),
+                   statistics.median(r[name][1] for r in rounds),
+                   statistics.median(r[name][2] for r in rounds))
             for name in rounds[0]}
 
 
@@ -294,9 +300,9 @@ def run(redisPort, rounds):
                 byQueue[q.length].append(q.measure())
             lock.append(lockCosts(client))
         print("  memory per worker, session and ticket", flush=True)
-        return {"fleets": {size: _median(r) for size, r in byFleet.items()},
-                "queues": {length: _median(r) for length, r in byQueue.items()},
-                "lock": _median(lock), "memory": memoryPerRecord(client)}
+        return {"fleets": {size: _summary(r) for size, r in byFleet.items()},
+                "queues": {length: _summary(r) for length, r in byQueue.items()},
+                "lock": _summary(lock), "memory": memoryPerRecord(client)}
     finally:
         client.close()
 

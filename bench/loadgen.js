@@ -48,8 +48,8 @@ if (spec.ca) CLIENT_OPTIONS.ca = fs.readFileSync(spec.ca);
 const MAX_SAMPLES = 2000000;
 const CLOSE_WAIT_MS = 5000;
 
-function say(kind, name, data) {
-  process.stdout.write(`${kind} ${name ? name + ' ' : ''}${JSON.stringify(data || {})}\n`);
+function say(kind, name, data, then) {
+  process.stdout.write(`${kind} ${name ? name + ' ' : ''}${JSON.stringify(data || {})}\n`, then);
 }
 
 function urlFor(i, key) {
@@ -76,8 +76,8 @@ let finished = false;
 function finish(result) {
   if (finished) return;
   finished = true;
-  say('RESULT', '', result);
-  process.exit(0);
+  // Exit once the line is out: a pipe takes a long one in several writes.
+  say('RESULT', '', result, () => process.exit(0));
 }
 
 // Whatever happens, stop within the limit.
