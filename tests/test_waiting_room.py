@@ -10,6 +10,7 @@ import redis as redis_py
 from _cluster_helpers import healthyWorkers, startCluster, startEchoFleet, waitUntil
 from _echo_helpers import closeAll
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
+from _sse import openEvents
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
@@ -132,3 +133,78 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
     waiting["A"] = await hold(cleanup, b, "A")
     await deferLater(reactor, 0.5)
     assert queue.order() == ["A", "B"] and isWaiting(waiting["A"]) and isWaiting(waiting["B"])
+
+
+class Watcher:
+    """One waiting user's status stream, through another instance than its handshake."""
+
+    def __init__(self, key, stream):
+        self.key = key
+        self.stream = stream
+        self.seen = []  # every event's data, in order
+
+    async def collect(self):
+        while True:
+            event, _ = await self.stream.next(timeout=120)
+            self.seen.append(event)
+            if "queued" in event and not event["queued"]:
+                return
+
+    def positions(self):
+        return [event["position"] for event in self.seen if event.get("queued")]
+
+
+@pytest.mark.timeout(300)
+@pytest_twisted.ensureDeferred
+async def test_forty_users_see_their_exact_place_fall_to_zero_and_are_served_in_order(
+        own_redis_server, tmp_path, cleanup):
+    workers = fleet(cleanup, 2)
+    instances = cluster(cleanup, tmp_path, own_redis_server, workers, 3,
+                        "queue.status_path=/wslb/queue")
+    await healthy(instances[0], 2)
+    queue = Queue(own_redis_server)
+    users = [f"u{i:02}" for i in range(40)]
+    raws, served = {}, []
+    for i, key in enumerate(users):  # one at a time, so the arrival order is known
+        raws[key] = await hold(cleanup, instances[i % 3], key)
+        if i < 2:
+            assert await answered(raws[key]) == 101
+            served.append(key)
+        else:
+            await queue.becomes(users[2:i + 1])
+    assert queue.order() == users[2:]
+
+    watchers = {}
+    for i, key in enumerate(users[2:], start=2):
+        instance = instances[(i + 1) % 3]  # not the one holding its handshake
+        code, stream = await openEvents(
+            f"http://127.0.0.1:{instance.port}/wslb/queue/events?session={key}")
+        assert code == 200
+        watchers[key] = Watcher(key, stream)
+    collecting = {key: defer.ensureDeferred(w.collect()) for key, w in watchers.items()}
+
+    async def allTold():
+        """Every waiting user was told its place as Redis has it now (and nothing else)."""
+        order = queue.order()
+        return all(w.positions()[-1:] == [order.index(key)]
+                   for key, w in watchers.items() if key in order)
+
+    await waitUntil(allTold, timeout=30, interval=0.1)
+    while len(served) < len(users):
+        leaving = served[len(served) - 2]  # the earlier of the two relayed now
+        expected = queue.order()[0]
+        raws[leaving].transport.write(frame(TEXT, b"end"))
+        assert await answered(raws[expected]) == 101  # the head, whichever instance holds it
+        served.append(expected)
+        await collecting[expected]  # its stream ended: ready
+        await waitUntil(allTold, timeout=30, interval=0.1)
+
+    assert served == users  # first come, first served, across the three instances
+    for i, key in enumerate(users[2:], start=2):
+        watcher = watchers[key]
+        # Every place it was told was its rank in Redis when told: they fall one by one.
+        assert watcher.positions() == list(range(i - 2, -1, -1)), (key, watcher.seen)
+        assert watcher.seen[-1] == {"queued": False, "ready": True}
+        assert all(e["length"] >= e["position"] + 1 for e in watcher.seen[:-1])
+    # Once sessions were served from the queue, the pace gives an estimate of the wait.
+    assert watchers[users[-1]].seen[-2]["eta_seconds"] is not None

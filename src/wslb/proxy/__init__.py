@@ -36,6 +36,10 @@ over instead:
                          the session's worker (never assigned), the worker's headers
     http_exchange.py     one request through Twisted's Agent (a kept-alive pool per
                          worker) and its answer back, both bodies streamed
+    queue_status.py      one of those parts: a user's place in the queue, as JSON and as
+                         Server-Sent Events, and the browser client (static/wslb-client.js)
+    queue_watch.py       the places of the keys this instance's streams follow, read
+                         when tickets leave the queue; the estimate of the wait
 
 errors.py holds HandshakeRefused (the HTTP answer a refused user gets);
 transports.py the few uses of Twisted's transport internals (direct sends,

@@ -25,6 +25,8 @@ from wslb.proxy.http_session import SessionProxy, WorkerConnections
 from wslb.proxy.identity import Identifier
 from wslb.proxy.idle import IdleSweeper
 from wslb.proxy.keepalive import KeepAlive
+from wslb.proxy.queue_status import ClientScript, QueueStatusPage
+from wslb.proxy.queue_watch import QueueWatch
 from wslb.proxy.router import Router
 from wslb.proxy.sessions import LiveSessions
 from wslb.proxy.signing import Signer
@@ -161,6 +163,23 @@ def warnOfCookiesFromAnyOrigin(listen, session, cost):
                  "your sites' origins", sources=", ".join(cookies))
 
 
+def mountWaitingRoom(config, web, registry, clock, identifier):
+    """
+    The queue's status (``[queue] status_path``) and the browser client
+    (``client_path``) on the listener, when configured; the services they need.
+    """
+    queue, pool = config.queue, config.pool
+    if queue.client_path:
+        web.mount(queue.client_path, ClientScript(queue.client_path))
+    if not queue.status_path:
+        return []
+    watch = QueueWatch(registry, clock, max(1, pool.capacity // pool.default_cost),
+                       pool.start_timeout)
+    web.mount(queue.status_path, QueueStatusPage(queue.status_path, watch, identifier, clock,
+                                                 queue.timeout))
+    return [watch]
+
+
 def makeProxy(config, registry, metrics, clock, instance):
     """The data path of one wslb instance (``instance`` names it in the registry)."""
     listen, session = config.listen, config.session
@@ -211,6 +230,7 @@ def makeProxy(config, registry, metrics, clock, instance):
     for wheel in wheels:
         sessions.visitEach(wheel)
     services += wheels
+    services += mountWaitingRoom(config, web, registry, clock, identifier)
     return Proxy(
         factory=UserFactory(context), services=tuple(services),
         drain=Drain(clock, sessions, listen.drain_period, web), gate=gate, sessions=sessions,

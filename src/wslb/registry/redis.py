@@ -347,10 +347,11 @@ class RedisRegistry(Service):
         return d.addBoth(forget)
 
     def _subscribed(self):
-        """(Re)subscribed: a notice may have been lost meanwhile, so retry."""
+        """(Re)subscribed: a notice may have been lost meanwhile, so tell them all again."""
         if not self._subscribedOnce.called:
             self._subscribedOnce.callback(None)
         self._tell(self._capacityListeners)
+        self._tell(self._queueListeners)
 
     def _received(self, message):
         if message == "capacity":

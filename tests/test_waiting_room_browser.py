@@ -1,0 +1,101 @@
+"""
+examples/waiting-room.html in a real headless Chromium, against a running
+wslb whose one worker is busy: the page shows its place going down while it
+waits, then talks to the echo worker; a screenshot of each is kept.
+"""
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from _cdp import Chromium
+from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
+from _wslb_helpers import staticWslb
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.web.server import Site
+from twisted.web.static import File
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def until(browser, expression, timeout=15):
+    """Poll the page until ``expression`` is truthy; its value."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await browser.evaluate(expression)
+        if value or reactor.seconds() > deadline:
+            assert value, f"the page never showed {expression}"
+            return value
+        await deferLater(reactor, 0.1)
+
+
+async def held(wslb, key):
+    raw = await connectRaw(wslb.port)
+    raw.transport.write(upgradeRequest(wslb.port, f"/?session={key}"))
+    return raw
+
+
+def ended(raw):
+    """The user behind ``raw`` (relayed) ends its session: its worker is free."""
+    raw.transport.write(frame(TEXT, b"end"))
+
+
+@pytest.mark.workers(1)
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_path):
+    wslb = staticWslb(echo_workers, "queue.status_path=/wslb/queue",
+                      "queue.client_path=/wslb/client.js", "queue.timeout=60")
+    await wslb.start()
+    pages = reactor.listenTCP(0, Site(File(str(EXAMPLES))), interface="127.0.0.1")
+    raws, browser = [], None
+    try:
+        await wslb.waitHealthy(1)
+        holder = await held(wslb, "holder")  # the one worker is busy
+        raws.append(holder)
+        await holder.waitFor(lambda data: b"101" in data)
+        for key in ("ahead-1", "ahead-2"):
+            raws.append(await held(wslb, key))
+            await deferLater(reactor, 0.2)  # in this order
+
+        browser = await Chromium.start(tmp_path)
+        page = (f"http://127.0.0.1:{pages.getHost().port}/waiting-room.html"
+                f"?wslb=http://127.0.0.1:{wslb.port}&fresh")
+        await browser.navigate(page)
+        assert await until(browser, "document.getElementById('position') && "
+                                    "document.getElementById('position').textContent") == "2"
+        await browser.screenshot(tmp_path / "waiting-room-queued.png")
+
+        # The users ahead are served one by one, each ending its session in turn.
+        for user, position in ((holder, "1"), (raws[1], "0")):
+            ended(user)
+            served = raws[raws.index(user) + 1]
+            await served.waitFor(lambda data: b"101" in data)
+            assert await until(
+                browser, f"document.getElementById('position').textContent === '{position}'")
+        ended(raws[2])
+        log = await until(browser, "document.getElementById('log').textContent")
+        assert log == "echo: hello\n"
+        assert await browser.evaluate("document.getElementById('state').textContent") == (
+            "Connected to your worker.")
+        assert await browser.evaluate("document.getElementById('history').textContent") == (
+            "2, 1, 0")
+        key = await browser.evaluate("window.waitingRoom.key")
+        assert len(key) == 32 and workerSaw(echo_workers[0], key)
+        shot = await browser.screenshot(tmp_path / "waiting-room-connected.png")
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 5000
+        print(f"screenshots: {tmp_path}")
+    finally:
+        if browser is not None:
+            await browser.stop()
+        for raw in raws:
+            raw.transport.abortConnection()
+        await pages.stopListening()
+        await wslb.stop()
+
+
+def workerSaw(worker, key):
+    from _cluster_helpers import workerStats
+
+    return workerStats(worker)["sessions"].get(key, {}).get("connections") == 1
