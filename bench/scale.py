@@ -52,10 +52,7 @@ HOT = [
     ("queue", f"queue_status: a slice of places ({_scale_costs.PAGE})"),
     ("queue", "abandon: a queued key, keeping its place"),
     ("queue", "assign: a key back within its rejoin grace"),
-    ("queue", "expire_tickets (none due)"), ("queue", "queue_status: one key's place"),
-    ("queue", f"queue_status: a slice of places ({_scale_costs.PAGE})"),
-    ("queue", "abandon: a queued key, keeping its place"),
-    ("queue", "assign: a key back within its rejoin grace"),
+    ("queue", "expire_tickets (none due)"),
     ("lock", "lock_renew"),
 ]
 

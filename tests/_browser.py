@@ -5,6 +5,7 @@ pending fetches), then prints the DOM and saves a screenshot. It runs as a
 child process of the reactor, so the test's own server keeps answering.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -126,42 +127,88 @@ class _DevTools(protocol.ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-async def evaluateOnceTrue(url, expression, directory, poll=0.1):
+class Page:
     """
-    Load ``url`` and fire with what ``expression`` (JavaScript) evaluates to
-    once it is truthy, asked every ``poll`` seconds in real time: for pages
-    that wait on what --virtual-time-budget does not wait for (a WebSocket).
-    Fails the test when it is not so within TIMEOUT.
+    One page in a headless Chromium driven in real time over the DevTools
+    protocol: for pages that wait on what --virtual-time-budget does not
+    wait for (a WebSocket, Server-Sent Events). ``await Page.open(url,
+    directory)``; ``await page.close()`` when done.
     """
-    executable = chromium()
-    args = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-extensions", "--remote-debugging-pipe",
-        f"--user-data-dir={directory / 'profile'}", "about:blank",
-    ]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory), "TZ": "UTC"}
-    tools = _DevTools()
-    process = reactor.spawnProcess(tools, executable, [executable, *args], env=env,
-                                   childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
-    deadline = reactor.seconds() + TIMEOUT
-    value = None
-    try:
-        target = await tools.send("Target.createTarget", url=url)
-        attached = await tools.send("Target.attachToTarget", targetId=target["targetId"],
-                                    flatten=True)
+
+    @classmethod
+    async def open(cls, url, directory, size=(1000, 700)):
+        self = cls()
+        executable = chromium()
+        args = [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-extensions", "--remote-debugging-pipe",
+            "--hide-scrollbars", "--force-device-scale-factor=1",
+            f"--window-size={size[0]},{size[1]}",
+            f"--user-data-dir={directory / 'profile'}", "about:blank",
+        ]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
+               "TZ": "UTC"}
+        self.url = url
+        self._tools = _DevTools()
+        self._process = reactor.spawnProcess(
+            self._tools, executable, [executable, *args], env=env,
+            childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+        try:
+            target = await self._tools.send("Target.createTarget", url=url)
+            attached = await self._tools.send("Target.attachToTarget",
+                                              targetId=target["targetId"], flatten=True)
+        except BaseException:
+            await self.close()
+            raise
+        self._session = attached["sessionId"]
+        return self
+
+    async def evaluate(self, expression):
+        """What ``expression`` (JavaScript) evaluates to in the page now."""
+        answer = await self._tools.send("Runtime.evaluate", self._session,
+                                        expression=expression, returnByValue=True)
+        return answer["result"].get("value")
+
+    async def evaluateOnceTrue(self, expression, poll=0.1, timeout=TIMEOUT):
+        """
+        Fire with what ``expression`` evaluates to once it is truthy, asked
+        every ``poll`` seconds; fails the test when it is not so in time.
+        """
+        deadline = reactor.seconds() + timeout
+        value = None
         while reactor.seconds() < deadline:
-            answer = await tools.send("Runtime.evaluate", attached["sessionId"],
-                                      expression=expression, returnByValue=True)
-            value = answer["result"].get("value")
+            value = await self.evaluate(expression)
             if value:
                 return value
             await deferLater(reactor, poll)
+        errors = b"".join(self._tools.err).decode("utf-8", "replace")[-3000:]
+        pytest.fail(f"{expression} was still {value!r} after {timeout:g}s on {self.url}:\n"
+                    f"{errors}")
+
+    async def screenshot(self, path):
+        """Save what the page shows now as a PNG at ``path``."""
+        shot = await self._tools.send("Page.captureScreenshot", self._session, format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+    async def close(self):
+        if not self._tools.ended.called:
+            self._process.signalProcess("KILL")
+            await self._tools.ended
+
+
+async def evaluateOnceTrue(url, expression, directory, poll=0.1):
+    """
+    Load ``url`` and fire with what ``expression`` (JavaScript) evaluates to
+    once it is truthy, asked every ``poll`` seconds in real time (L{Page}).
+    Fails the test when it is not so within TIMEOUT.
+    """
+    page = await Page.open(url, directory)
+    try:
+        return await page.evaluateOnceTrue(expression, poll)
     finally:
-        process.signalProcess("KILL")
-        await tools.ended
-    errors = b"".join(tools.err).decode("utf-8", "replace")[-3000:]
-    pytest.fail(f"{expression} was still {value!r} after {TIMEOUT:g}s on {url}:\n{errors}")
+        await page.close()
 
 
 # -- reading the dumped DOM ------------------------------------------------------

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from _cdp import Chromium
+from _browser import Page
+from _cluster_helpers import workerStats
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _wslb_helpers import staticWslb
 from twisted.internet import reactor
@@ -17,17 +18,6 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-async def until(browser, expression, timeout=15):
-    """Poll the page until ``expression`` is truthy; its value."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await browser.evaluate(expression)
-        if value or reactor.seconds() > deadline:
-            assert value, f"the page never showed {expression}"
-            return value
-        await deferLater(reactor, 0.1)
 
 
 async def held(wslb, key):
@@ -49,7 +39,7 @@ async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_pa
                       "queue.client_path=/wslb/client.js", "queue.timeout=60")
     await wslb.start()
     pages = reactor.listenTCP(0, Site(File(str(EXAMPLES))), interface="127.0.0.1")
-    raws, browser = [], None
+    raws, page = [], None
     try:
         await wslb.waitHealthy(1)
         holder = await held(wslb, "holder")  # the one worker is busy
@@ -59,36 +49,35 @@ async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_pa
             raws.append(await held(wslb, key))
             await deferLater(reactor, 0.2)  # in this order
 
-        browser = await Chromium.start(tmp_path)
-        page = (f"http://127.0.0.1:{pages.getHost().port}/waiting-room.html"
-                f"?wslb=http://127.0.0.1:{wslb.port}&fresh")
-        await browser.navigate(page)
-        assert await until(browser, "document.getElementById('position') && "
-                                    "document.getElementById('position').textContent") == "2"
-        await browser.screenshot(tmp_path / "waiting-room-queued.png")
+        page = await Page.open(f"http://127.0.0.1:{pages.getHost().port}/waiting-room.html"
+                               f"?wslb=http://127.0.0.1:{wslb.port}&fresh", tmp_path)
+        assert await page.evaluateOnceTrue(
+            "document.getElementById('position') && "
+            "document.getElementById('position').textContent") == "2"
+        await page.screenshot(tmp_path / "waiting-room-queued.png")
 
         # The users ahead are served one by one, each ending its session in turn.
         for user, position in ((holder, "1"), (raws[1], "0")):
             ended(user)
             served = raws[raws.index(user) + 1]
             await served.waitFor(lambda data: b"101" in data)
-            assert await until(
-                browser, f"document.getElementById('position').textContent === '{position}'")
+            assert await page.evaluateOnceTrue(
+                f"document.getElementById('position').textContent === '{position}'")
         ended(raws[2])
-        log = await until(browser, "document.getElementById('log').textContent")
+        log = await page.evaluateOnceTrue("document.getElementById('log').textContent")
         assert log == "echo: hello\n"
-        assert await browser.evaluate("document.getElementById('state').textContent") == (
+        assert await page.evaluate("document.getElementById('state').textContent") == (
             "Connected to your worker.")
-        assert await browser.evaluate("document.getElementById('history').textContent") == (
+        assert await page.evaluate("document.getElementById('history').textContent") == (
             "2, 1, 0")
-        key = await browser.evaluate("window.waitingRoom.key")
+        key = await page.evaluate("window.waitingRoom.key")
         assert len(key) == 32 and workerSaw(echo_workers[0], key)
-        shot = await browser.screenshot(tmp_path / "waiting-room-connected.png")
+        shot = await page.screenshot(tmp_path / "waiting-room-connected.png")
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 5000
         print(f"screenshots: {tmp_path}")
     finally:
-        if browser is not None:
-            await browser.stop()
+        if page is not None:
+            await page.close()
         for raw in raws:
             raw.transport.abortConnection()
         await pages.stopListening()
@@ -96,6 +85,4 @@ async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_pa
 
 
 def workerSaw(worker, key):
-    from _cluster_helpers import workerStats
-
     return workerStats(worker)["sessions"].get(key, {}).get("connections") == 1
