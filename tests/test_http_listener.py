@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 
 from wslb.config import load_config
 from wslb.metrics import Metrics
-from wslb.proxy.http_listener import MAX_BUFFERED_BODY
+from wslb.proxy.http_request import MAX_BUFFERED_BODY
 from wslb.proxy.service import makeProxy
 from wslb.registry.memory import MemoryRegistry
 

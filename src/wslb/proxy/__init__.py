@@ -31,7 +31,8 @@ over instead:
 
     http_listener.py     ListenerWeb: the connection becomes Twisted's HTTP server's
                          (with the bytes read), whose resource tree is the parts mounted
-                         on the listener; kept-alive requests follow
+                         on the listener; kept-alive requests follow (http_request.py:
+                         each, its body streamed to a part that streams it)
     http_session.py      SessionProxy, the part [http] paths are mounted on: the key,
                          the session's worker (never assigned), the worker's headers
     http_exchange.py     one request through Twisted's Agent (a kept-alive pool per

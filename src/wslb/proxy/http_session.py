@@ -28,7 +28,7 @@ from wslb.httpclient import QuietPool
 from wslb.logs import Logger
 from wslb.proxy.errors import HandshakeRefused, unavailable
 from wslb.proxy.http_exchange import Exchange, answer
-from wslb.proxy.http_listener import IStreamingResource
+from wslb.proxy.http_request import IStreamingResource
 from wslb.proxy.opening import clientScheme, forwardedHeaders
 from wslb.proxy.worker_handshake import clientEndpoint, remember
 from wslb.registry import DEAD
