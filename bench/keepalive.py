@@ -68,8 +68,10 @@ def variants(args):
 
 def measure(children, node, workers, logDir, args, twistd, ping, redisServer):
     """Hold the idle users, ping-pong the probe through the same instance."""
+    # A label marks another checkout's wslb, which may predate [http].
     wslb = Wslb(children, workers, logDir, backend="redis" if args.redis else "memory",
                 redisServer=redisServer, twistd=twistd,
+                label=None if twistd is None else "baseline",
                 overrides=[f"listen.auto_ping={ping}"])
     try:
         idle = Loadgen(children, node, {
