@@ -1,73 +1,29 @@
-"""The read-only admin API: a real Site on 127.0.0.1, queried over HTTP, over a MemoryRegistry."""
+"""
+The read-only admin API over a MemoryRegistry, queried over HTTP in memory
+(treq's StubTreq, see _admin_helpers): every answer on the Clock's time.
+"""
 
 import gc
-import json
 from urllib.parse import quote
 
+import pytest
 import pytest_twisted
-import treq
-from twisted.internet import defer, reactor
-from twisted.internet.task import Clock, deferLater
+from _admin_helpers import TIMEOUT, Admin
+from _fired import fired
+from twisted.internet import defer
 from twisted.logger import globalLogPublisher
-from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from wslb.admin.api import MAX_PAGE, PAGE, makeAdminRoutes, makeAdminSite
+from wslb.admin.api import MAX_PAGE, PAGE
 from wslb.admin.web import Response
-from wslb.registry import HEALTHY, Assigned, AssignRequest, Queued
+from wslb.registry import Assigned, AssignRequest, Queued
 from wslb.registry.memory import MemoryRegistry
 
-T0 = 1644334020.0  # 2022-02-08T15:27:00Z
-TIMEOUT = 3.0
 
-
-class Admin:
-    """One admin Site over a MemoryRegistry driven by a Clock; ``serving`` feeds /healthz."""
-
-    def __init__(self, makeRegistry=MemoryRegistry):
-        self.clock = Clock()
-        self.clock.advance(T0)
-        self.registry = makeRegistry(self.clock)
-        self.serving = True
-        self.routes = makeAdminRoutes(self.registry, self.clock, self.isServing, timeout=TIMEOUT)
-        self.site = makeAdminSite(self.routes, self.clock)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-
-    def isServing(self):
-        if isinstance(self.serving, Exception):
-            return defer.fail(self.serving)
-        if isinstance(self.serving, defer.Deferred):
-            return self.serving
-        return defer.succeed(self.serving)
-
-    async def request(self, method, path):
-        """Fire with (status, decoded JSON body or b"" when empty, response)."""
-        response = await treq.request(method, self.base + path, pool=self.pool, timeout=5)
-        body = await response.content()
-        assert response.headers.getRawHeaders("content-type") == ["application/json"]
-        return response.code, json.loads(body) if body else body, response
-
-    async def get(self, path):
-        code, body, _ = await self.request("GET", path)
-        return code, body
-
-    async def close(self):
-        await defer.maybeDeferred(self.port.stopListening)
-        await self.pool.closeCachedConnections()
-
-
-@pytest_twisted.async_yield_fixture()
-async def admin():
-    admin = Admin()
-    yield admin
-    await admin.close()
-
-
-async def addHealthyWorker(registry, clock, worker_id, capacity=1):
-    await registry.addWorker(worker_id, f"ws://{worker_id}", "static", capacity, clock.seconds())
-    await registry.setWorkerState(worker_id, HEALTHY, clock.seconds())
+@pytest.fixture
+def admin():
+    return Admin()
 
 
 @pytest_twisted.ensureDeferred
@@ -82,17 +38,19 @@ async def test_healthz_follows_is_serving(admin):
 @pytest_twisted.ensureDeferred
 async def test_healthz_answers_503_when_is_serving_hangs(admin):
     admin.serving = defer.Deferred()
-    pending = defer.ensureDeferred(admin.get("/healthz"))
-    await deferLater(reactor, 0.1)  # the request reaches the site
-    assert not pending.called
-    admin.clock.advance(TIMEOUT)
-    assert await pending == (503, {"ok": False})
+    pending = admin.send("GET", "/healthz")
+    admin.clock.advance(TIMEOUT - 0.1)
+    admin.flush()
+    assert not fired(pending)
+    admin.clock.advance(0.1)
+    admin.flush()
+    assert (await pending)[:2] == (503, {"ok": False})
 
 
 @pytest_twisted.ensureDeferred
 async def test_workers_list_and_one_record_shape(admin):
     registry, clock = admin.registry, admin.clock
-    await addHealthyWorker(registry, clock, "10.0.2.110:9000", capacity=1000)
+    await admin.addHealthyWorker("10.0.2.110:9000", capacity=1000)
     clock.advance(60)
     await registry.addWorker("i-0e214a342f3239fd3", "ws://ip-10-0-2-111:9000", "ec2", 1, clock.seconds())
     assigned = await registry.assign(AssignRequest("userId1", 300, "wslb-1"), clock.seconds())
@@ -121,7 +79,7 @@ async def test_workers_list_and_one_record_shape(admin):
 @pytest_twisted.ensureDeferred
 async def test_sessions_list_and_one(admin):
     registry, clock = admin.registry, admin.clock
-    await addHealthyWorker(registry, clock, "w1", capacity=10)
+    await admin.addHealthyWorker("w1", capacity=10)
     await registry.assign(AssignRequest("alice", 2, "wslb-1"), clock.seconds())
     clock.advance(5)
     await registry.assign(AssignRequest("bob", 3, "wslb-1"), clock.seconds())
@@ -143,7 +101,7 @@ async def test_lists_come_in_pages_that_name_the_next(admin):
     registry, clock = admin.registry, admin.clock
     ids = [f"10.0.0.{i}:9000" for i in range(12)]
     for worker_id in ids:
-        await addHealthyWorker(registry, clock, worker_id, capacity=100)
+        await admin.addHealthyWorker(worker_id, capacity=100)
     keys = [f"user{i:03}" for i in range(PAGE + 2)]
     for key in keys:
         await registry.assign(AssignRequest(key, 1, "wslb-1"), clock.seconds())
@@ -207,17 +165,14 @@ class StalledRegistry(MemoryRegistry):
 
 @pytest_twisted.ensureDeferred
 async def test_a_registry_that_does_not_answer_gives_503():
-    admin = Admin(StalledRegistry)
-    try:
-        pending = defer.ensureDeferred(admin.get("/api/v1/workers"))
-        await deferLater(reactor, 0.1)
-        assert not pending.called
-        admin.clock.advance(TIMEOUT)
-        code, body = await pending
-        assert code == 503
-        assert "registry" in body["error"]
-    finally:
-        await admin.close()
+    admin = Admin(makeRegistry=StalledRegistry)
+    pending = admin.send("GET", "/api/v1/workers")
+    assert not fired(pending)
+    admin.clock.advance(TIMEOUT)
+    admin.flush()
+    code, body, _ = await pending
+    assert code == 503
+    assert "registry" in body["error"]
 
 
 @pytest_twisted.ensureDeferred
@@ -239,14 +194,12 @@ async def test_an_answer_for_a_client_that_left_is_dropped(admin):
             errors.append(event)
 
     globalLogPublisher.addObserver(observer)
-    pending = treq.get(admin.base + "/slow", pool=admin.pool, timeout=5)
+    pending = admin.http.get(admin.base + "/slow")
     try:
-        await reached.addTimeout(5, reactor)
+        admin.flush()
+        assert reached.called
         pending.cancel()  # the client hangs up
-        for _ in range(50):
-            if gone:
-                break
-            await deferLater(reactor, 0.02)
+        admin.flush()
         assert gone
         answer.callback(Response(200, {"late": True}))
         gc.collect()  # an unhandled failure in the request's Deferred is logged now
@@ -265,6 +218,8 @@ async def test_pages_are_mounted_beside_the_api(admin):
             return b"wslb_connections 0\n"
 
     admin.routes.mount("metrics", Metrics())
-    response = await treq.get(admin.base + "/metrics", pool=admin.pool, timeout=5)
-    assert await response.text() == "wslb_connections 0\n"
+    answer = admin.http.get(admin.base + "/metrics")
+    admin.flush()
+    assert await admin.http.text_content(await answer) == "wslb_connections 0\n"
     assert await admin.get("/healthz") == (200, {"ok": True})
+

@@ -1,4 +1,8 @@
-"""Admin API mutations and who may make them: a real Site on 127.0.0.1 over a MemoryRegistry."""
+"""
+Admin API mutations and who may make them, over a MemoryRegistry: in memory
+(treq's StubTreq), and on a real socket on 127.0.0.1 where the socket is the
+point (the peer's address, the Host and Origin sent, the Site's request class).
+"""
 
 import json
 import shutil
@@ -7,7 +11,7 @@ import tempfile
 import pytest
 import pytest_twisted
 import treq
-from _admin_helpers import JSON, T0, AdminServer
+from _admin_helpers import JSON, T0, Admin, AdminServer
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -23,18 +27,22 @@ from wslb.registry import Assigned, AssignRequest
 TOKEN = "s3cret-token-value"
 
 
-@pytest_twisted.async_yield_fixture()
-async def admin():
-    admin = AdminServer()
-    yield admin
-    await admin.close()
+@pytest.fixture
+def admin():
+    return Admin()
+
+
+@pytest.fixture
+def guarded():
+    return Admin(token=TOKEN)
 
 
 @pytest_twisted.async_yield_fixture()
-async def guarded():
-    admin = AdminServer(token=TOKEN)
-    yield admin
-    await admin.close()
+async def server():
+    """The admin Site listening on 127.0.0.1."""
+    server = AdminServer()
+    yield server
+    await server.close()
 
 
 @pytest.fixture
@@ -151,13 +159,13 @@ async def test_a_body_over_64_kib_gets_413(admin):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_site_keeps_no_more_of_a_body_than_the_limit(admin):
+async def test_the_site_keeps_no_more_of_a_body_than_the_limit(server):
     async def kept(request):
         return Response(200, {"kept": len(request.content.getvalue())})
 
-    admin.routes.add("POST", "/kept", kept)
+    server.routes.add("POST", "/kept", kept)
     for size in (10, 2 * 1024 * 1024):
-        code, answer, _ = await admin.request("POST", "/kept", data=b"x" * size)
+        code, answer, _ = await server.request("POST", "/kept", data=b"x" * size)
         assert (code, answer) == (200, {"kept": min(size, MAX_BODY + 1)})
 
 
@@ -397,49 +405,46 @@ async def test_without_a_token_requests_from_elsewhere_are_refused_end_to_end():
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_a_token_a_rebound_host_name_is_refused(admin):
+async def test_without_a_token_a_rebound_host_name_is_refused(server):
     """DNS rebinding: a page of rebind.example whose name now points at 127.0.0.1."""
-    await withSession(admin)
-    port = admin.port.getHost().port
+    await withSession(server)
+    port = server.port.getHost().port
     for host in (f"rebind.example:{port}", "rebind.example", "127.0.0.1.rebind.example",
                  f"localhost.:{port}x"):
         for method, path, body in [("GET", "/api/v1/sessions", None), *MUTATIONS]:
-            code, _, _ = await admin.request(method, path, body, headers={**JSON, "Host": host})
+            code, _, _ = await server.request(method, path, body, headers={**JSON, "Host": host})
             assert code == 403, (host, method, path)
-    assert await unchanged(admin)
+    assert await unchanged(server)
     for host in (f"localhost:{port}", "localhost", f"127.0.0.1:{port}", f"[::1]:{port}",
                  f"admin.localhost:{port}", f"LOCALHOST.:{port}"):
-        code, _, _ = await admin.request("GET", "/api/v1/sessions", headers={**JSON, "Host": host})
+        code, _, _ = await server.request("GET", "/api/v1/sessions", headers={**JSON, "Host": host})
         assert code == 200, host
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_a_token_mutations_from_a_foreign_origin_are_refused(admin):
-    await withSession(admin)
-    port = admin.port.getHost().port
+async def test_without_a_token_mutations_from_a_foreign_origin_are_refused(server):
+    await withSession(server)
+    port = server.port.getHost().port
     for origin in ("http://rebind.example", f"http://localhost:{port + 1}", "null"):
         for method, path, body in MUTATIONS:
-            code, _, _ = await admin.request(method, path, body,
-                                             headers={**JSON, "Origin": origin})
+            code, _, _ = await server.request(method, path, body,
+                                              headers={**JSON, "Origin": origin})
             assert code == 403, (origin, path)
-    assert await unchanged(admin)
-    code, _, _ = await admin.request("GET", "/api/v1/sessions",
-                                     headers={**JSON, "Origin": "http://rebind.example"})
+    assert await unchanged(server)
+    code, _, _ = await server.request("GET", "/api/v1/sessions",
+                                      headers={**JSON, "Origin": "http://rebind.example"})
     assert code == 200  # a read: the Host check is what keeps pages out
-    code, _, _ = await admin.request(*MUTATIONS[0][:2], MUTATIONS[0][2],
-                                     headers={**JSON, "Origin": f"http://127.0.0.1:{port}"})
+    code, _, _ = await server.request(*MUTATIONS[0][:2], MUTATIONS[0][2],
+                                      headers={**JSON, "Origin": f"http://127.0.0.1:{port}"})
     assert code == 201  # the admin's own origin
 
 
 @pytest_twisted.ensureDeferred
 async def test_with_a_token_the_peer_does_not_matter():
-    admin = AdminServer(token=TOKEN, isLocal=lambda address: False)
-    try:
-        code, _, _ = await admin.request("POST", "/api/v1/workers",
-                                         {"url": "ws://h:1", "capacity": 1}, token=TOKEN)
-        assert code == 201
-    finally:
-        await admin.close()
+    admin = Admin(token=TOKEN, isLocal=lambda address: False)
+    code, _, _ = await admin.request("POST", "/api/v1/workers",
+                                     {"url": "ws://h:1", "capacity": 1}, token=TOKEN)
+    assert code == 201
 
 
 @implementer(IAgentEndpointFactory)
@@ -452,16 +457,16 @@ class UnixEndpoints:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_unix_socket_counts_as_local(admin):
+async def test_a_unix_socket_counts_as_local(server):
     directory = tempfile.mkdtemp(prefix="wslb-admin-")  # short: socket paths are limited
-    port = reactor.listenUNIX(f"{directory}/admin.sock", admin.site)
+    port = reactor.listenUNIX(f"{directory}/admin.sock", server.site)
     try:
         client = treq.client.HTTPClient(Agent.usingEndpointFactory(
-            reactor, UnixEndpoints(f"{directory}/admin.sock"), pool=admin.pool))
+            reactor, UnixEndpoints(f"{directory}/admin.sock"), pool=server.pool))
         response = await client.post("http://admin/api/v1/workers", headers=JSON,
                                      json={"url": "ws://h:1", "capacity": 1}, timeout=5)
         assert response.code == 201
-        assert (await admin.registry.getWorker("h:1")).provider == "registered"
+        assert (await server.registry.getWorker("h:1")).provider == "registered"
     finally:
         await defer.maybeDeferred(port.stopListening)
         shutil.rmtree(directory)

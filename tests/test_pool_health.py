@@ -1,15 +1,19 @@
 """
-Health checks over real HTTP on 127.0.0.1 (the global reactor does the I/O)
-while a task.Clock drives the policy: intervals, timeouts, state ages.
+Health checks driven by a task.Clock (intervals, timeouts, state ages) over
+HTTP in memory: treq's StubTreq carries each check to the worker its Host
+names (WorkerHosts), no socket. The kept-alive connection a worker's checks
+reuse is a socket's matter: that test checks real workers on 127.0.0.1.
 """
 
+import itertools
 
 import pytest
 import pytest_twisted
-from conftest import free_port
+from _fired import fired
+from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
@@ -24,6 +28,7 @@ INTERVAL = 5.0
 TIMEOUT = 2.0
 START_TIMEOUT = 60.0
 UNHEALTHY_TIMEOUT = 30.0
+NOBODY = "ws://nobody.test:9000"  # no worker answers there
 
 
 class HealthEndpoint(Resource):
@@ -37,21 +42,57 @@ class HealthEndpoint(Resource):
         self.hits = 0
         self.hang = False
         self.onRequest = lambda: None
-        self.arrived = Deferred()  # fires at the first request
+        self.held = []  # the requests it hangs on, oldest first
 
     def render_GET(self, request):
         self.hits += 1
         self.onRequest()
-        if not self.arrived.called:
-            self.arrived.callback(None)
         if self.hang:
+            self.held.append(request)
             return NOT_DONE_YET
         request.setResponseCode(self.code)
         return b"{}"
 
+    def answerHeld(self, count):
+        """Answer the ``count`` oldest requests it hangs on (flush the client to deliver)."""
+        answered, self.held = self.held[:count], self.held[count:]
+        for request in answered:
+            request.setResponseCode(self.code)
+            request.write(b"{}")
+            request.finish()
+
+
+class WorkerHosts(Resource):
+    """
+    Every worker's HTTP side, found by the Host a request is sent to. A
+    host nobody serves (L{NOBODY}) drops the connection unanswered, as a
+    refused or reset one gives no answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self._hosts = {}  # "name:port" -> HealthEndpoint
+
+    def serve(self, name, endpoint=None):
+        """(ws:// url, HealthEndpoint) of a worker that answers (on ``endpoint``, or a new one)."""
+        self._hosts[f"{name}:9000"] = endpoint = endpoint or HealthEndpoint()
+        return f"ws://{name}:9000", endpoint
+
+    def render(self, request):
+        endpoint = self._hosts.get(request.getHeader(b"host").decode("ascii"))
+        if endpoint is None:
+            request.transport.abortConnection()
+            return NOT_DONE_YET
+        if request.path != b"/health":
+            request.setResponseCode(404)
+            return b""
+        return endpoint.render(request)
+
 
 class WorkerHost(WrappingFactory):
-    """A worker's HTTP side: counts the connections it accepts, and can go away."""
+    """A real worker's HTTP side: counts the connections it accepts, and can go away."""
 
     def __init__(self, site):
         super().__init__(site)
@@ -69,8 +110,8 @@ class WorkerHost(WrappingFactory):
 
 
 @pytest.fixture
-def serve():
-    """serve() -> (ws:// url, HealthEndpoint) of a real HTTP server on loopback."""
+def serveOnLoopback():
+    """serve() -> (ws:// url, HealthEndpoint) of a real HTTP server on 127.0.0.1."""
     ports = []
 
     def start():
@@ -100,30 +141,35 @@ def spy(registry, name):
     return calls
 
 
-@pytest_twisted.async_yield_fixture()
-async def checked():
-    """checked(failures=3) -> a L{Checked}; their kept-alive connections are closed after."""
-    made = []
+@pytest.fixture
+def hosts():
+    return WorkerHosts()
 
-    def make(failures=3):
-        made.append(Checked(failures))
-        return made[-1]
 
-    yield make
-    for c in made:
-        await c.checker.close()
+@pytest.fixture
+def serve(hosts):
+    """serve() -> (ws:// url, HealthEndpoint) of one more worker of ``hosts``."""
+    names = itertools.count(1)
+    return lambda: hosts.serve(f"w{next(names)}.test")
+
+
+@pytest.fixture
+def checked(hosts):
+    """checked(failures=3) -> a L{Checked} whose checks reach ``hosts`` in memory."""
+    return lambda failures=3: Checked(StubTreq(hosts), failures)
 
 
 class Checked:
-    """A HealthChecker on a Clock with the real MemoryRegistry."""
+    """A HealthChecker on a Clock with the real MemoryRegistry; ``http`` carries its checks."""
 
-    def __init__(self, failures=3):
+    def __init__(self, http, failures=3):
         self.clock = Clock()
         self.clock.advance(START)
         self.registry = MemoryRegistry(self.clock)
+        self.http = http
         self.checker = HealthChecker(
             self.registry, self.clock, "/health", INTERVAL, TIMEOUT, failures,
-            START_TIMEOUT, UNHEALTHY_TIMEOUT,
+            START_TIMEOUT, UNHEALTHY_TIMEOUT, http=http,
         )
 
     def add(self, worker_id, url, provider="local"):
@@ -156,7 +202,7 @@ def test_starting_workers_pass_or_die_after_start_timeout(serve, checked):
     assert c.checker.startingFor(START) == 0  # none seen yet
     yield c.add("ok", ok_url)
     yield c.add("bad", bad_url)
-    yield c.add("closed", f"ws://127.0.0.1:{free_port()}")
+    yield c.add("closed", NOBODY)
     yield c.checker.check()
     assert (yield c.states()) == {"ok": HEALTHY, "bad": STARTING, "closed": STARTING}
     assert (yield c.worker("ok")).last_seen == START
@@ -254,41 +300,23 @@ def test_a_check_reads_no_session_list_and_a_pass_no_record(serve, checked):
     assert (yield c.worker("w")).state == UNHEALTHY
 
 
-class HeldChecks:
-    """A treq-like client whose requests wait until the test answers them."""
-
-    def __init__(self):
-        self.waiting = []
-
-    def get(self, url):
-        self.waiting.append(Deferred())
-        return self.waiting[-1]
-
-
-class Ok:
-    code = 200
-
-    def content(self):
-        return succeed(b"{}")
-
-
 @pytest_twisted.inlineCallbacks
-def test_a_whole_fleet_due_at_once_is_checked_a_bounded_number_at_a_time():
-    clock, http = Clock(), HeldChecks()
-    registry = MemoryRegistry(clock)
+def test_a_whole_fleet_due_at_once_is_checked_a_bounded_number_at_a_time(hosts, checked):
+    c = checked()
+    fleet = HealthEndpoint()  # every worker's, answering when the test says
+    fleet.hang = True
     for i in range(MAX_CHECKS + 30):
-        yield registry.addWorker(f"w{i:03}", f"ws://127.0.0.1:{10000 + i}", "local", 1, 0)
-    checker = HealthChecker(registry, clock, "/health", INTERVAL, TIMEOUT, 3, START_TIMEOUT,
-                            UNHEALTHY_TIMEOUT, http=http)
-    done = checker.check()
-    assert len(http.waiting) == MAX_CHECKS
-    for answered in range(30):
-        http.waiting[answered].callback(Ok())
-    assert len(http.waiting) == MAX_CHECKS + 30  # each answer let one more start
-    for d in http.waiting[30:]:
-        d.callback(Ok())
-    yield done
-    states = {w.state for w in (yield registry.listWorkers(sessions=False))}
+        url, _ = hosts.serve(f"w{i:03}.test", fleet)
+        yield c.add(f"w{i:03}", url)
+    done = c.checker.check()
+    assert fleet.hits == MAX_CHECKS
+    fleet.answerHeld(30)
+    c.http.flush()
+    assert fleet.hits == MAX_CHECKS + 30  # each answer let one more start
+    fleet.answerHeld(MAX_CHECKS)
+    c.http.flush()
+    assert fired(done)
+    states = {w.state for w in (yield c.registry.listWorkers(sessions=False))}
     assert states == {HEALTHY}
 
 
@@ -299,16 +327,14 @@ def test_a_check_that_hangs_fails_after_the_timeout(serve, checked):
     c = checked(failures=1)
     yield c.add("w", url)
     yield c.set("w", HEALTHY)
-    done = []
-    c.checker.check().addCallback(done.append)
-    yield endpoint.arrived
-    assert not done
+    done = c.checker.check()
+    assert endpoint.hits == 1
     c.clock.advance(TIMEOUT - 0.1)
-    assert not done
+    assert not fired(done)
     c.clock.advance(0.1)
-    while not done:  # the cancelled request unwinds through the reactor
-        yield deferLater(reactor, 0.01, lambda: None)
+    assert fired(done)
     assert (yield c.worker("w")).state == UNHEALTHY
+    assert c.checker.outcomes["timeout"] == 1
 
 
 @pytest_twisted.inlineCallbacks
@@ -395,34 +421,36 @@ def test_each_check_is_counted_by_its_outcome(serve, checked):
     hanging.hang = True
     c = checked()
     for worker, url in (("passing", passing_url), ("failing", failing_url),
-                        ("closed", f"ws://127.0.0.1:{free_port()}"), ("hanging", hanging_url)):
+                        ("closed", NOBODY), ("hanging", hanging_url)):
         yield c.add(worker, url)
     done = c.checker.check()
-    yield hanging.arrived
-    while sum(c.checker.outcomes.values()) < 3:  # the others are answered (or refused)
-        yield deferLater(reactor, 0.01, lambda: None)
+    assert sum(c.checker.outcomes.values()) == 3  # all but the hanging one, at once
     c.clock.advance(TIMEOUT)
-    yield done
+    assert fired(done)
     assert c.checker.outcomes == {"passed": 1, "failed": 1, "unreachable": 1, "timeout": 1}
 
 
 @pytest_twisted.inlineCallbacks
-def test_checks_reuse_one_kept_alive_connection_that_a_dead_worker_breaks(serve, checked):
-    url, endpoint = serve()
-    c = checked(failures=1)
-    yield c.add("w", url)
-    logged = []
-    globalLogPublisher.addObserver(logged.append)
+def test_checks_reuse_one_kept_alive_connection_that_a_dead_worker_breaks(serveOnLoopback):
+    """The checker's own HTTP client, over real sockets: the connection is the point."""
+    url, endpoint = serveOnLoopback()
+    c = Checked(http=None, failures=1)
     try:
-        for _ in range(4):
-            yield c.round()
+        yield c.add("w", url)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        try:
+            for _ in range(4):
+                yield c.round()
+        finally:
+            globalLogPublisher.removeObserver(logged.append)
+        assert (endpoint.hits, endpoint.host.accepted) == (4, 1)
+        # The pool's connection factory (Twisted's, made quiet) says nothing.
+        assert not [e for e in logged if "factory" in e.get("log_format", "")]
+        endpoint.host.die()
+        yield c.round()
+        assert (yield c.worker("w")).state == UNHEALTHY  # the kept connection did not hide it
+        assert c.checker.outcomes["unreachable"] == 1
     finally:
-        globalLogPublisher.removeObserver(logged.append)
-    assert (endpoint.hits, endpoint.host.accepted) == (4, 1)
-    # The pool's connection factory (Twisted's, made quiet) says nothing.
-    assert not [e for e in logged if "factory" in e.get("log_format", "")]
-    endpoint.host.die()
-    yield c.round()
-    assert (yield c.worker("w")).state == UNHEALTHY  # the kept connection did not hide it
-    assert c.checker.outcomes["unreachable"] == 1
+        yield c.checker.close()
 
