@@ -4,6 +4,8 @@ The read-only admin API over a MemoryRegistry, queried over HTTP in memory
 """
 
 import gc
+import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
@@ -223,3 +225,40 @@ async def test_pages_are_mounted_beside_the_api(admin):
     assert await admin.http.text_content(await answer) == "wslb_connections 0\n"
     assert await admin.get("/healthz") == (200, {"ok": True})
 
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_that_is_not_utf8_gets_a_json_400(admin):
+    """Klein cannot decode it: its HTML 400 and logged traceback are not the API's answer."""
+    await admin.addHealthyWorker("w1")
+    failures = []
+
+    def observer(event):
+        if event.get("log_failure"):
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        for path in ("/api/v1/workers/%ff", "/api/v1/sessions/a%c3", "/api/%ff/x", "/%fe%ff"):
+            code, body = await admin.get(path)
+            assert (code, set(body)) == (400, {"error"}), path
+            assert "UTF-8" in body["error"]
+        code, _, _ = await admin.request("POST", "/api/v1/workers/w1%ff/events", {"event": "drain"})
+        assert code == 400
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert failures == []
+    assert not (await admin.registry.getWorker("w1")).draining
+    assert await admin.get("/api/v1/workers/w%C3%A9") == (404, {"error": "no worker 'wé'"})
+
+
+def test_the_admin_side_does_not_import_the_pool():
+    """Admin and pool both derive worker ids from URLs; neither depends on the other for it."""
+    code = (
+        "import importlib, pkgutil, sys, wslb.admin\n"
+        "for m in pkgutil.iter_modules(wslb.admin.__path__):\n"
+        "    importlib.import_module('wslb.admin.' + m.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wslb.pool')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # reactor-safe: test
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"

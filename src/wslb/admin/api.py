@@ -19,8 +19,8 @@ from twisted.logger import Logger
 
 from wslb.admin.auth import AdminAuth, isLoopback
 from wslb.admin.web import HTTPError, JSONRoutes, QuietSite, Response, error, fields, jsonObject
-from wslb.pool.urls import hostPort
 from wslb.registry import DEAD, SESSION_KEY, Assigned, Queued, QueueFull, lifecycle
+from wslb.worker_urls import hostPort
 
 log = Logger()
 

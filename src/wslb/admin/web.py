@@ -171,7 +171,8 @@ class _Segments(Resource):
     Klein joins the request's path segments with "/" to match routes; a
     "/" inside one (sent as %2F: an id may hold one) would split it. So
     each segment reaches klein with its "%" and "/" escaped again, and
-    L{JSONRoutes.add} unescapes route parameters.
+    L{JSONRoutes.add} unescapes route parameters. A path (or Host) that is
+    not UTF-8 gets a JSON 400 here, before klein.
     """
 
     isLeaf = True
@@ -181,6 +182,11 @@ class _Segments(Resource):
         self._routed = routed
 
     def render(self, request):
+        try:
+            for part in (request.getRequestHostname(), *request.prepath, *request.postpath):
+                part.decode("utf-8")
+        except UnicodeDecodeError:  # klein would log a traceback and answer in HTML
+            return _written(error(400, "the request's path and Host must be UTF-8"), request)
         request.postpath = [segment.replace(b"%", b"%25").replace(b"/", b"%2F")
                             for segment in request.postpath]
         return self._routed.render(request)

@@ -14,9 +14,9 @@ from twisted.logger import Logger
 from twisted.web.client import Agent
 
 from wslb.httpclient import QuietPool
-from wslb.pool.urls import healthUrl
 from wslb.registry import DEAD, STARTING, lifecycle
 from wslb.registry.lifecycle import CHECK_PASSED, FAILURES_REACHED, START_TIMEOUT, UNHEALTHY_TIMEOUT
+from wslb.worker_urls import healthUrl
 
 STARTING_POLL = 1.0  # seconds between checks of a starting worker: users wait for it
 # Checks in flight at once. A whole fleet falls due together: thousands of

@@ -4,7 +4,7 @@ from twisted.internet.defer import succeed
 from zope.interface import implementer
 
 from wslb.pool._interfaces import IProvider, LaunchedWorker
-from wslb.pool.urls import hostPort
+from wslb.worker_urls import hostPort
 
 
 @implementer(IProvider)

@@ -1,4 +1,7 @@
-"""What is derived from a worker's ws:// URL: its host:port id and its health URL."""
+"""
+What is derived from a worker's ws:// URL: its host:port, the id of the workers
+the static pool lists and of those registered through the admin API; its health URL.
+"""
 
 from urllib.parse import urlsplit
 
