@@ -1,13 +1,14 @@
 """
 Registry calls whose outcome is unknown (issue 12, item 4), driven by a
-Clock against the memory registry behind a stalling link: a call made while
-the link is stalled fails at once for its caller (as a Redis call does at
-its timeout), and runs later, in order, when the link comes back (as Redis
-runs a connection's commands once it is resumed).
+Clock against the memory registry behind a stalling link (_registry_link):
+a call made while the link is stalled fails at once for its caller (as a
+Redis call does at its timeout), and runs later, in order, when the link
+comes back (as Redis runs a connection's commands once it is resumed).
 """
 
 import pytest
 import pytest_twisted
+from _registry_link import CALL_TIMEOUT, RegistryLink
 from registry_contract import addHealthy, request
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -22,53 +23,13 @@ from wslb.registry.memory import MemoryRegistry
 GRACE = 300.0
 
 
-CALL_TIMEOUT = 1.0  # as the Redis registry bounds its calls
-
-
-class StallingLink:
-    """A registry reached through a link that can stall; see the module docstring."""
-
-    def __init__(self, registry, clock):
-        self._registry = registry
-        self._clock = clock
-        self.stalled = False
-        self.losing = False  # calls run at once, their answers are lost
-        self._queued = []  # (run it, its caller's Deferred), in the order sent
-
-    def resume(self):
-        self.stalled = False
-        queued, self._queued = self._queued, []
-        for run, answer in queued:
-            result = run()
-            if not answer.called:  # its caller still waits: it gets the answer
-                result.chainDeferred(answer)
-
-    def __getattr__(self, name):
-        method = getattr(self._registry, name)
-        if name.startswith("add") and name.endswith("Listener"):
-            return method
-
-        def call(*args, **kwargs):
-            if self.stalled:
-                answer = defer.Deferred()
-                answer.addTimeout(CALL_TIMEOUT, self._clock)
-                self._queued.append((lambda: method(*args, **kwargs), answer))
-                return answer
-            if self.losing:
-                method(*args, **kwargs)
-                return defer.fail(defer.TimeoutError("answer lost"))
-            return method(*args, **kwargs)
-
-        return call
-
-
 @pytest.fixture
 def world():
     """(clock, the registry itself, the link to it, LiveSessions and Router over the link)."""
     clock = Clock()
     registry = MemoryRegistry(clock)
     addHealthy(registry, "w1", capacity=1)
-    link = StallingLink(registry, clock)
+    link = RegistryLink(registry, clock)
     sessions = LiveSessions(link, clock, "i1", GRACE, 4000)
     router = Router(link, clock, "i1", "pack", 10, 3.0, unavailable, Metrics(), sessions.held)
     sessions.startService()
