@@ -10,7 +10,7 @@ import pytest_twisted
 from _echo_helpers import closeAll, getJSON, waitFor
 from _raw_ws import connectRaw, upgradeRequest
 from _wslb_helpers import rawHandshake, scrape, staticWslb
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 
@@ -200,10 +200,13 @@ async def test_queue_timeout_and_full_queue_give_503(echo_workers, clients):
         echo_workers, "queue.timeout=2", "queue.max_length=1"), 1)
     try:
         clients.append(await wslb.connect("holder"))
-        waiting = rawHandshake(wslb.port, headers={"X-WSLB-Session": "w1"})
+        # Started now (a coroutine left alone would only start when awaited).
+        waiting = defer.ensureDeferred(rawHandshake(wslb.port, headers={"X-WSLB-Session": "w1"}))
         await deferLater(reactor, 0.3)
+        asked = reactor.seconds()
         status, headers = await rawHandshake(wslb.port, headers={"X-WSLB-Session": "w2"})
-        assert status == 503 and int(headers["retry-after"]) >= 1  # queue full
+        assert status == 503 and int(headers["retry-after"]) >= 1  # queue full ...
+        assert reactor.seconds() - asked < 1  # ... said at once, not after the queue's timeout
         status, headers = await waiting
         assert status == 503 and int(headers["retry-after"]) >= 1  # waited too long
     finally:
