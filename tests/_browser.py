@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 import pytest
+from _polling import waitFor
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.task import deferLater
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = "apt-get install -y chromium"
@@ -175,16 +175,12 @@ class Page:
         Fire with what ``expression`` evaluates to once it is truthy, asked
         every ``poll`` seconds; fails the test when it is not so in time.
         """
-        deadline = reactor.seconds() + timeout
-        value = None
-        while reactor.seconds() < deadline:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            await deferLater(reactor, poll)
-        errors = b"".join(self._tools.err).decode("utf-8", "replace")[-3000:]
-        pytest.fail(f"{expression} was still {value!r} after {timeout:g}s on {self.url}:\n"
-                    f"{errors}")
+        return await waitFor(
+            lambda: self.evaluate(expression), timeout=timeout, interval=poll,
+            what=lambda: f"{expression} on {self.url}, Chromium saying:\n{self._errors()}")
+
+    def _errors(self):
+        return b"".join(self._tools.err).decode("utf-8", "replace")[-3000:]
 
     async def screenshot(self, path):
         """Save what the page shows now as a PNG at ``path``."""

@@ -3,11 +3,9 @@
 import json
 import socket
 
-import treq
-from _echo_helpers import TIMEOUT, EchoWorkerProcess, connectWebSocket
+from _echo_helpers import TIMEOUT, EchoWorkerProcess, connectWebSocket, getJSON
 from _twistd_helpers import TwistdWslb
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 
 SCALE_INTERVAL = 1.0
 LEADER_TTL = 3.0
@@ -42,23 +40,6 @@ def startCluster(tmp_path, redis, workers, n=3, *overrides, capacity=1):
     for instance in instances:
         instance.waitListening()
     return instances
-
-
-async def getJSON(url):
-    response = await treq.get(url, timeout=TIMEOUT)
-    return response.code, await response.json()
-
-
-async def waitUntil(predicate, timeout=20, interval=0.2):
-    """Poll ``await predicate()`` until truthy; fire with its value or fail."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"not true within {timeout}s")
-        await deferLater(reactor, interval)
 
 
 async def healthyWorkers(instance):

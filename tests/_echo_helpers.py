@@ -8,17 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import treq
+from _polling import TIMEOUT, waitFor, waitForBlocking
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import deferLater
-
-TIMEOUT = 5  # seconds: bound on every wait below
 
 
 class EchoWorkerProcess:
@@ -35,20 +32,17 @@ class EchoWorkerProcess:
 
     def waitHealthy(self, timeout=10):
         """Block until GET /health answers 200 (before the reactor needs it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"echo worker exited: {self.process.stderr.read()!r}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
-                    s.settimeout(1)
-                    s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.0 200"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("echo worker did not become healthy")
+        waitForBlocking(self._healthy, timeout=timeout, retrying=OSError,
+                        what=f"echo worker on port {self.port} healthy")
+        return self
+
+    def _healthy(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"echo worker exited: {self.process.stderr.read()!r}")
+        with socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+            s.settimeout(1)
+            s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.0 200")
 
     def terminate(self):
         """SIGTERM, then wait; fires with the exit status."""
@@ -113,20 +107,23 @@ async def connectWebSocket(url, headers=None, protocols=None, wait=TIMEOUT):
     return await client.opened.addTimeout(wait, reactor)
 
 
+async def _connectOrNone(url):
+    try:
+        return await connectWebSocket(url)
+    except Exception:
+        return None
+
+
+def connectWhenServing(url, within=20):
+    """Connect, retrying while wslb refuses (its workers are still starting)."""
+    return waitFor(lambda: _connectOrNone(url), timeout=within, interval=0.25,
+                   what=f"a WebSocket to {url}")
+
+
 async def getJSON(url):
     response = await treq.get(url, timeout=TIMEOUT)
     body = await response.json()
     return response.code, body
-
-
-async def waitFor(fetch, predicate):
-    """Poll ``await fetch()`` until ``predicate(value)``; fire with the value."""
-    deadline = reactor.seconds() + TIMEOUT
-    while True:
-        value = await fetch()
-        if predicate(value) or reactor.seconds() > deadline:
-            return value
-        await deferLater(reactor, 0.05)
 
 
 def closeAll(clients):

@@ -4,29 +4,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _echo_helpers import connectWebSocket
+from _polling import waitForBlocking
 from _twistd_helpers import TWISTD
 from conftest import free_port
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLUSTER_SCRIPT = EXAMPLES / "redis-cluster-of-3.sh"
-
-
-async def connectWhenServing(url, within=20):
-    """Connect, retrying while wslb refuses (its workers are still starting)."""
-    deadline = reactor.seconds() + within
-    while True:
-        try:
-            return await connectWebSocket(url)
-        except Exception:
-            if reactor.seconds() > deadline:
-                raise
-            await deferLater(reactor, 0.25)
 
 
 def running(pid):
@@ -91,14 +76,14 @@ class ClusterScript:
 
     def waitReady(self, timeout=40):
         """Block until the script says every instance is healthy."""
-        deadline = time.monotonic() + timeout
-        while "ready:" not in self.text():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"script exited {self.process.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"script not ready:\n{self.text()}")
-            time.sleep(0.1)
+        waitForBlocking(self._ready, timeout=timeout, interval=0.1,
+                        what=lambda: f"ready:\n{self.text()}")
         return self
+
+    def _ready(self):
+        if self.process.poll() is not None and "ready:" not in self.text():
+            raise RuntimeError(f"script exited {self.process.returncode}:\n{self.text()}")
+        return "ready:" in self.text()
 
     def processes(self):
         """Every live process the script started, itself included."""

@@ -73,7 +73,7 @@ def _parse(data, head=False):
 
 async def readResponse(client, head=False, timeout=5):
     """The next whole response ``client`` (a RawClient) got; its bytes are consumed."""
-    await client.waitFor(lambda data: _parse(data, head) is not None, timeout)
+    await client.untilReceived(lambda data: _parse(data, head) is not None, timeout)
     parsed = _parse(client.received, head)
     assert parsed is not None, f"no whole response in {client.received[:300]!r}"
     response, client.received = parsed

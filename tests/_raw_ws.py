@@ -93,17 +93,25 @@ class RawClient(protocol.Protocol):
         self._waiting = []
         self.closed.callback(None)
 
-    def waitFor(self, predicate, timeout=5):
+    def untilReceived(self, predicate, timeout=5):
+        """
+        Fire with all received so far once ``predicate`` holds for it, or the
+        connection is gone; told by each read, not polled.
+        """
         if predicate(self.received):
             return defer.succeed(self.received)
         d = defer.Deferred()
         self._waiting.append((predicate, d))
-        return d.addTimeout(timeout, reactor)
+
+        def tooLate(result, timeout):
+            raise AssertionError(f"not received within {timeout}s: {self.received!r:.500}")
+
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=tooLate)
 
     async def handshake(self, request):
         """Send an upgrade request; fire with the status code."""
         self.transport.write(request)
-        raw = await self.waitFor(lambda data: b"\r\n\r\n" in data)
+        raw = await self.untilReceived(lambda data: b"\r\n\r\n" in data)
         head, _, self.received = raw.partition(b"\r\n\r\n")
         return int(head.split()[1]) if head else 0
 
@@ -113,7 +121,7 @@ class RawClient(protocol.Protocol):
         def complete(data):
             return any(fin for fin, _, _ in parseFrames(data)[0])
 
-        await self.waitFor(complete)
+        await self.untilReceived(complete)
         message, opcode = b"", None
         while True:
             (fin, op, payload), = parseFrames(self.received[:_frameLength(self.received)])[0]

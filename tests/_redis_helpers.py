@@ -3,9 +3,9 @@
 import shutil
 import socket
 import subprocess
-import time
 
 from _certs import makeCA, makeCertificates
+from _polling import waitForBlocking
 from conftest import free_port
 
 USER, PASSWORD = "alice", "s3cret"
@@ -37,16 +37,12 @@ class TLSRedisServer:
              "--user", "default", "off"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("TLS redis-server did not start") from None
-                time.sleep(0.05)
+        try:
+            waitForBlocking(lambda: socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                            or True, timeout=10, retrying=OSError, what="TLS redis-server up")
+        except AssertionError:
+            self.stop()
+            raise
 
     def url(self, ca, host="127.0.0.1", db=2):
         return f"rediss://{USER}:{PASSWORD}@{host}:{self.port}/{db}?ssl_ca_certs={ca}"

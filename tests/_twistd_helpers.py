@@ -5,9 +5,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from _polling import waitForBlocking
 from conftest import free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -20,6 +20,15 @@ def rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def alive(pid):
+    """True while process ``pid`` exists (a zombie included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class TwistdWslb:
@@ -55,16 +64,15 @@ class TwistdWslb:
 
     def waitListening(self, timeout=15):
         """Block until the listener accepts connections (before the test's reactor work)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited {self.process.returncode}:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"twistd did not listen:\n{self.output()}")
+        waitForBlocking(self._listening, timeout=timeout, retrying=OSError,
+                        what=lambda: f"twistd listening:\n{self.output()}")
+        return self
+
+    def _listening(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"twistd exited {self.process.returncode}:\n{self.output()}")
+        socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+        return True
 
     def output(self):
         text = self.log.read_text() if self.log.exists() else ""

@@ -6,7 +6,8 @@ sockets, and a raw HTTP handshake for reading refusals (status, headers).
 import base64
 import os
 
-from _echo_helpers import TIMEOUT, connectWebSocket, getJSON, waitFor
+from _echo_helpers import TIMEOUT, connectWebSocket, getJSON
+from _polling import waitFor
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -37,6 +38,9 @@ class InProcessWslb:
         return self
 
     def stop(self):
+        """Stop it, once: the start_wslb fixture stops what a test did not."""
+        if not self.service.running:
+            return defer.succeed(None)
         return self.service.stopService()
 
     def url(self, path="/"):
@@ -52,13 +56,17 @@ class InProcessWslb:
         _, body = await getJSON(self.admin + "/api/v1/workers")
         return body["workers"]
 
-    async def waitHealthy(self, count):
-        workers = await waitFor(
-            self.workers,
-            lambda ws: sum(w["state"] == "healthy" for w in ws) >= count,
-        )
-        assert sum(w["state"] == "healthy" for w in workers) >= count, workers
-        return workers
+    async def queueLength(self):
+        _, body = await getJSON(self.admin + "/api/v1/queue")
+        return body["length"]
+
+    def waitQueued(self, length):
+        """Fire once the queue is ``length`` long (its waiters are held)."""
+        return waitFor(self.queueLength, lambda n: n == length, what=f"{length} queued")
+
+    def waitHealthy(self, count):
+        return waitFor(self.workers, lambda ws: sum(w["state"] == "healthy" for w in ws) >= count,
+                       what=f"{count} healthy workers")
 
 
 def staticWslb(workers, *overrides):

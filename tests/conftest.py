@@ -1,12 +1,16 @@
-"""Fixtures shared by the whole suite: real redis-server, free ports."""
+"""
+Fixtures shared by the whole suite: real redis-server, free ports, echo
+workers, wslb in this process, and the connections a test opened.
+"""
 
+import inspect
 import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+import pytest_twisted
 
 
 def free_port():
@@ -38,19 +42,18 @@ class RedisServer:
              "--save", "", "--appendonly", "no", "--dir", str(self.dir), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:  # e.g. its port was taken meanwhile
-                raise RuntimeError(
-                    f"redis-server on port {self.port} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with a password)
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        from _polling import waitForBlocking  # imports the reactor: import late
+
+        waitForBlocking(self._answering, timeout=10, retrying=OSError,
+                        what=f"redis-server answering on port {self.port}")
+
+    def _answering(self):
+        if self.process.poll() is not None:  # e.g. its port was taken meanwhile
+            raise RuntimeError(
+                f"redis-server on port {self.port} exited with {self.process.returncode}")
+        with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up (with a password)
 
     def stop(self):
         if self.process is not None:
@@ -82,6 +85,17 @@ def moto_server():
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A TLS-only redis-server with an ACL user; its certificate names 127.0.0.1 only."""
+    from _redis_helpers import TLSRedisServer  # imports conftest: import late
+
+    server = TLSRedisServer(tmp_path)
+    server.start()
+    yield server
     server.stop()
 
 
@@ -128,6 +142,16 @@ def _echoWorkers(count):
 
 
 @pytest.fixture
+def clients():
+    """WebSocket clients (_echo_helpers.RecordingClient) the test opens: dropped after it."""
+    from _echo_helpers import closeAll
+
+    opened = []
+    yield opened
+    closeAll(opened)
+
+
+@pytest.fixture
 def raws():
     """Hand-made WebSocket connections (_raw_ws.RawClient) the test opens: dropped after it."""
     opened = []
@@ -148,3 +172,59 @@ def echo_worker():
     """One real echo worker process."""
     for workers in _echoWorkers(1):
         yield workers[0]
+
+
+@pytest_twisted.async_yield_fixture()
+async def start_wslb():
+    """
+    ``await start_wslb(workers, *overrides)``: wslb in this process over
+    ``workers`` as its static pool (_wslb_helpers.staticWslb), once ``healthy``
+    of them (all, unless told) passed their health check. Every instance
+    started is stopped after the test.
+    """
+    from _wslb_helpers import staticWslb
+
+    started = []
+
+    async def start(workers=(), *overrides, healthy=None):
+        wslb = staticWslb(workers, *overrides)
+        started.append(wslb)
+        await wslb.start()
+        healthy = len(workers) if healthy is None else healthy
+        if healthy:
+            await wslb.waitHealthy(healthy)
+        return wslb
+
+    yield start
+    for wslb in reversed(started):
+        await wslb.stop()
+
+
+@pytest_twisted.async_yield_fixture()
+async def stop_after():
+    """
+    ``stop_after(thing)`` returns ``thing``, whose ``stop()`` (which may
+    return a Deferred or a coroutine) is awaited after the test, the last
+    given first.
+    """
+    things = []
+
+    def add(thing):
+        things.append(thing)
+        return thing
+
+    yield add
+    for thing in reversed(things):
+        stopped = thing.stop()
+        if inspect.isawaitable(stopped):
+            await stopped
+
+
+@pytest.fixture
+def guard(monkeypatch):
+    """Every connection of the test goes to loopback (moto invents 10.x addresses)."""
+    from _ec2_helpers import LoopbackOnly
+
+    guard = LoopbackOnly(monkeypatch)
+    yield guard
+    assert guard.refused == [], "a connection left loopback"

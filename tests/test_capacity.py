@@ -2,6 +2,7 @@
 
 import pytest
 import pytest_twisted
+from _polling import waitFor
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
@@ -40,14 +41,12 @@ async def test_keeps_the_last_value_while_the_registry_is_away(own_redis_server)
         await registry.addWorker("big", "ws://big:9000", "registered", 4000, 0)
         await registry.setWorkerState("big", HEALTHY, 0)
         largest.startService()
-        await deferLater(reactor, 0.5)
-        assert largest() == 4000
+        await waitFor(largest, lambda value: value == 4000, what="4000 read")
         own_redis_server.stop()
-        await deferLater(reactor, 1.0)  # refreshes fail meanwhile
+        await deferLater(reactor, 1.0)  # the thing tested: refreshes fail meanwhile
         assert largest() == 4000
         own_redis_server.start()  # back, and empty: a failed refresh did not stop the timer
-        while largest() != 1000:
-            await deferLater(reactor, 0.2)
+        await waitFor(largest, lambda value: value == 1000, timeout=15, what="1000 read anew")
     finally:
         largest.stopService()
         await registry.stopService()

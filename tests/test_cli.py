@@ -202,25 +202,18 @@ async def test_a_bad_admin_url_is_a_usage_error():
 
 @pytest.mark.workers(1)
 @pytest_twisted.ensureDeferred
-async def test_allocate_binds_a_worker_or_queues(echo_workers):
-    from _wslb_helpers import staticWslb
-
+async def test_allocate_binds_a_worker_or_queues(echo_workers, start_wslb):
     [worker] = echo_workers
-    wslb = staticWslb(echo_workers)
-    await wslb.start()
-    try:
-        await wslb.waitHealthy(1)
-        code, out, err = await allocateWith(wslb, "first", "--cost", "1")
-        assert (code, err) == (0, "")
-        assert out == f"allocated first on 127.0.0.1:{worker.port} ({worker.url})\n"
-        code, out, err = await allocateWith(wslb, "second", "--wait", "0.5")
-        assert (code, out, err) == (0, "queued second at position 0\n", "")
-        code, out, err = await allocateWith(wslb, "third", "--cost", "2")
-        assert code == 1 and "400" in err and "larger than any worker's capacity" in err
-        code, out, err = await allocateWith(wslb, "fourth", "--wait", "soon")
-        assert code == 2 and "not a number of seconds" in err
-    finally:
-        await wslb.stop()
+    wslb = await start_wslb(echo_workers)
+    code, out, err = await allocateWith(wslb, "first", "--cost", "1")
+    assert (code, err) == (0, "")
+    assert out == f"allocated first on 127.0.0.1:{worker.port} ({worker.url})\n"
+    code, out, err = await allocateWith(wslb, "second", "--wait", "0.5")
+    assert (code, out, err) == (0, "queued second at position 0\n", "")
+    code, out, err = await allocateWith(wslb, "third", "--cost", "2")
+    assert code == 1 and "400" in err and "larger than any worker's capacity" in err
+    code, out, err = await allocateWith(wslb, "fourth", "--wait", "soon")
+    assert code == 2 and "not a number of seconds" in err
 
 
 def allocateWith(instance, key, *options):

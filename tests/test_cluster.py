@@ -18,10 +18,10 @@ from _cluster_helpers import (
     leaderOf,
     startCluster,
     startEchoFleet,
-    waitUntil,
     workerStats,
 )
 from _echo_helpers import closeAll
+from _polling import waitFor
 from _wslb_helpers import rawHandshake
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -67,7 +67,7 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
         own_redis_server, tmp_path, cleanup):
     workers = fleet(cleanup, 30)
     instances = cluster(cleanup, tmp_path, own_redis_server, workers)
-    await waitUntil(lambda: _atLeast(instances[0], 30), timeout=30)
+    await waitFor(lambda: _atLeast(instances[0], 30), timeout=30)
 
     opened = []
     pending = {}
@@ -84,11 +84,12 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
                 clients[key] = await pending[key]
                 cleanup["clients"].append(clients[key])
         return len(opened) >= 30
-    await waitUntil(thirtyServed, timeout=30)
-    await deferLater(reactor, 1.5)  # nobody else gets in while all 30 are held
+    await waitFor(thirtyServed, timeout=30)
+    # The other seventy all queued: nobody else got in while all 30 are held.
+    order = await waitFor(lambda: queueOrder(own_redis_server), lambda order: len(order) == 70,
+                          timeout=10, what="seventy queued")
     assert len(opened) == 30
-    order = queueOrder(own_redis_server)
-    assert len(order) == 70 and not set(order) & set(opened)
+    assert not set(order) & set(opened)
 
     stats = [workerStats(w) for w in workers]
     assert sum(s["open_sessions"] for s in stats) == 30
@@ -98,12 +99,11 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
         leaving = next(key for key in opened if key in clients and clients[key].transport.connected)
         clients.pop(leaving).sendMessage(b"end")
         count = len(opened)
-        await waitUntil(lambda count=count: defer.succeed(len(opened) > count),
-                        timeout=10, interval=0.05)
+        await waitFor(lambda count=count: len(opened) > count, timeout=10)
         assert opened[-1] == expected
         clients[expected] = await pending[expected]
         cleanup["clients"].append(clients[expected])
-        await deferLater(reactor, 0.3)
+        await deferLater(reactor, 0.3)  # the thing tested: no second taker meanwhile
         assert len(opened) == count + 1  # exactly one took the freed slot
     assert max(workerStats(w)["max_open_sessions"] for w in workers) == 1
     for d in pending.values():
@@ -116,7 +116,7 @@ async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
         own_redis_server, tmp_path, cleanup):
     workers = fleet(cleanup, 4)
     a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2, capacity=10)
-    await waitUntil(lambda: _atLeast(a, 4), timeout=30)
+    await waitFor(lambda: _atLeast(a, 4), timeout=30)
 
     for i in range(5):
         first, second = await defer.gatherResults([connect(a, f"twin{i}"), connect(b, f"twin{i}")])
@@ -153,32 +153,24 @@ async def test_leader_failover_within_ttl_and_one_leader_at_a_time(
         own_redis_server, tmp_path, cleanup):
     workers = fleet(cleanup, 1)
     instances = cluster(cleanup, tmp_path, own_redis_server, workers)
-    await waitUntil(lambda: _atLeast(instances[0], 1), timeout=30)
+    await waitFor(lambda: _atLeast(instances[0], 1), timeout=30)
 
-    async def leaders():
-        views = [await leaderOf(i) for i in instances]
-        return [(i, v[1]) for i, v in zip(instances, views) if v and v[0]]
-    current = await waitUntil(leaders, timeout=10)
-    assert len(current) == 1
-    old, oldToken = current[0]
+    async def leaders(among):
+        """The instances that say they lead, with their fencing tokens: never two."""
+        views = [await leaderOf(i) for i in among]
+        leading = [(i, v[1]) for i, v in zip(among, views) if v and v[0]]
+        assert len(leading) <= 1, "two leaders at once"
+        return leading
+    [(old, oldToken)] = await waitFor(lambda: leaders(instances), timeout=10, what="a leader")
 
     old.signal(signal.SIGKILL)
-    killedAt = reactor.seconds()
     survivors = [i for i in instances if i is not old]
-    while True:
-        views = [await leaderOf(i) for i in survivors]
-        leading = [(i, v[1]) for i, v in zip(survivors, views) if v and v[0]]
-        assert len(leading) <= 1, "two leaders at once"
-        if leading:
-            break
-        assert reactor.seconds() - killedAt < LEADER_TTL + SCALE_INTERVAL + 2
-        await deferLater(reactor, 0.1)
-    new, newToken = leading[0]
+    [(new, newToken)] = await waitFor(lambda: leaders(survivors), interval=0.1,
+                                      timeout=LEADER_TTL + SCALE_INTERVAL + 2, what="a new leader")
     assert newToken > oldToken  # a new fencing token for the new leadership
     for _ in range(10):
-        views = [await leaderOf(i) for i in survivors]
-        assert sum(1 for v in views if v and v[0]) == 1
-        await deferLater(reactor, 0.2)
+        assert len(await leaders(survivors)) == 1
+        await deferLater(reactor, 0.2)  # the thing tested: one leader, 2 s long
 
 
 OUTAGE = 5.0  # seconds Redis stays away in the test below
@@ -191,7 +183,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
         own_redis_server, tmp_path, cleanup):
     workers = fleet(cleanup, 24)
     instances = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
-    await waitUntil(lambda: _atLeast(instances[0], 24), timeout=30)
+    await waitFor(lambda: _atLeast(instances[0], 24), timeout=30)
 
     clients = []
     placed = {}
@@ -203,7 +195,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
 
     own_redis_server.stop()
     killed = reactor.seconds()
-    await deferLater(reactor, 0.5)
+    await deferLater(reactor, 0.5)  # the thing tested: relays go on with Redis away a while
     for round in range(3):
         for client in clients:  # every relay keeps echoing
             client.sendMessage(f"ping {round}".encode())
@@ -230,7 +222,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
         return True
     # Every instance notices at once, not when its reconnect backoff says:
     # the pool hands out the workers of sessions not re-asserted by then.
-    await waitUntil(everyInstanceServing, timeout=RECONNECTED_WITHIN, interval=0.1)
+    await waitFor(everyInstanceServing, timeout=RECONNECTED_WITHIN, interval=0.1)
 
     async def newcomerServed():
         try:
@@ -239,7 +231,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
             return None
         cleanup["clients"].append(client)
         return client
-    newcomer = await waitUntil(newcomerServed, timeout=3 * SCALE_INTERVAL + 8)
+    newcomer = await waitFor(newcomerServed, timeout=3 * SCALE_INTERVAL + 8)
     assert reactor.seconds() - back < 3 * SCALE_INTERVAL + 8
     worker = (await newcomer.ask("whoami"))["worker"]
     holders = sorted(name for name, held in placed.items() if held == worker)
@@ -271,11 +263,11 @@ async def test_session_ended_on_one_instance_closes_it_on_another_and_serves_the
 
     workers = fleet(cleanup, 1)
     a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
-    await waitUntil(lambda: _atLeast(a, 1), timeout=30)
+    await waitFor(lambda: _atLeast(a, 1), timeout=30)
     holder = await connect(a, "holder")
     cleanup["clients"].append(holder)
     waiting = connect(b, "next", wait=30)
-    await waitUntil(lambda: defer.succeed(queueOrder(own_redis_server) == ["next"]), timeout=5)
+    await waitFor(lambda: queueOrder(own_redis_server) == ["next"], timeout=5)
 
     ended = reactor.seconds()
     response = await treq.delete(b.admin + "/api/v1/sessions/holder", timeout=5)

@@ -15,10 +15,10 @@ from _cluster_helpers import (
     healthyWorkers,
     startCluster,
     startEchoFleet,
-    waitUntil,
     workerStats,
 )
 from _echo_helpers import closeAll, connectWebSocket
+from _polling import waitFor
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
@@ -45,7 +45,7 @@ async def session(instance, key, cost, hold, clients):
     clients.append(client)
     seen = await client.ask("whoami")
     assert (seen["session"], seen["query"]) == (key, f"session={key}&cost={cost}")
-    await deferLater(reactor, hold)
+    await deferLater(reactor, hold)  # the thing tested: a session held a while
     client.sendMessage(b"end")  # the worker closes with 4000: the session ends
     # How the close went is not this test's business: on a loaded machine a
     # closing handshake may time out (1006 here, or 1012 when wslb's reply
@@ -69,7 +69,7 @@ async def test_random_costs_never_exceed_capacity_on_any_worker(
 
     async def allHealthy():
         return await healthyWorkers(instances[0]) >= WORKERS
-    await waitUntil(allHealthy, timeout=30)
+    await waitFor(allHealthy, timeout=30)
 
     rng = random.Random(5)
     clients = []

@@ -11,31 +11,12 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from _echo_helpers import TIMEOUT, closeAll, getJSON
-from _wslb_helpers import InProcessWslb
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from _echo_helpers import TIMEOUT, getJSON
+from _polling import waitFor
 
 from wslb.proxy.capacity import REFRESH_INTERVAL
 
-
-@pytest.fixture
-def clients():
-    opened = []
-    yield opened
-    closeAll(opened)
-
-
-async def running(workers, *overrides):
-    """A wslb over static ``workers`` of capacity 1000, all of them healthy."""
-    urls = ", ".join(f'"{w.url}"' for w in workers)
-    wslb = InProcessWslb(
-        "pool.provider=static", f"pool.static.workers=[{urls}]", "pool.capacity=1000",
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0", *overrides,
-    )
-    await wslb.start()
-    await wslb.waitHealthy(len(workers))
-    return wslb
+CAPACITY = "pool.capacity=1000"
 
 
 async def refusal(wslb, key, query):
@@ -56,112 +37,100 @@ async def stats(worker):
     ("spread", [0, 1, 0, 1], [700, 400]),  # always the emptiest
 ])
 @pytest_twisted.ensureDeferred
-async def test_placement_with_costs(echo_workers, clients, placement, expected, loads):
-    wslb = await running(echo_workers, f"pool.placement={placement}")
-    try:
-        # Ties go to the lowest worker id (host:port): order the workers so.
-        byId = sorted(echo_workers, key=lambda w: f"127.0.0.1:{w.port}")
-        echoIds = [f"echo-{w.port}" for w in byId]
-        reached = []
-        for key, cost in [("a", 100), ("b", 300), ("c", 600), ("d", 100)]:
-            client = await wslb.connect(key, path=f"/?cost={cost}")
-            clients.append(client)
-            reached.append(echoIds.index((await client.ask("whoami"))["worker"]))
-        assert reached == expected
-        assert [(await stats(w))["load"] for w in byId] == loads  # seen by the workers
-        registry = {w["url"]: w["load"] for w in await wslb.workers()}
-        assert [registry[w.url] for w in byId] == loads
-    finally:
-        await wslb.stop()
+async def test_placement_with_costs(echo_workers, start_wslb, clients, placement, expected, loads):
+    wslb = await start_wslb(echo_workers, CAPACITY, f"pool.placement={placement}")
+    # Ties go to the lowest worker id (host:port): order the workers so.
+    byId = sorted(echo_workers, key=lambda w: f"127.0.0.1:{w.port}")
+    echoIds = [f"echo-{w.port}" for w in byId]
+    reached = []
+    for key, cost in [("a", 100), ("b", 300), ("c", 600), ("d", 100)]:
+        client = await wslb.connect(key, path=f"/?cost={cost}")
+        clients.append(client)
+        reached.append(echoIds.index((await client.ask("whoami"))["worker"]))
+    assert reached == expected
+    assert [(await stats(w))["load"] for w in byId] == loads  # seen by the workers
+    registry = {w["url"]: w["load"] for w in await wslb.workers()}
+    assert [registry[w.url] for w in byId] == loads
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_full_pack_keeps_a_reconnecting_session_and_queues_newcomers(
-        echo_workers, clients):
-    wslb = await running(echo_workers[:1])
-    try:
-        for key, cost in [("a", 100), ("b", 300), ("c", 600)]:
-            clients.append(await wslb.connect(key, path=f"/?cost={cost}"))
-        first = clients[0]
-        first.sendClose(1000)
-        await first.waitClosed()
-        again = await wslb.connect("a", path="/?cost=100")  # its slot is still reserved
-        clients.append(again)
-        assert (await again.ask("whoami"))["worker"] == f"echo-{echo_workers[0].port}"
-        waiting = wslb.connect("e", path="/?cost=100")  # the worker is full: queued
-        await deferLater(reactor, 0.5)
-        assert not waiting.called
-        clients[2].sendMessage(b"end")  # c (600) ends: its slot is freed
-        newcomer = await waiting
-        clients.append(newcomer)
-        assert (await stats(echo_workers[0]))["load"] == 500
-    finally:
-        await wslb.stop()
+        echo_workers, start_wslb, clients):
+    wslb = await start_wslb(echo_workers[:1], CAPACITY)
+    for key, cost in [("a", 100), ("b", 300), ("c", 600)]:
+        clients.append(await wslb.connect(key, path=f"/?cost={cost}"))
+    first = clients[0]
+    first.sendClose(1000)
+    await first.waitClosed()
+    again = await wslb.connect("a", path="/?cost=100")  # its slot is still reserved
+    clients.append(again)
+    assert (await again.ask("whoami"))["worker"] == f"echo-{echo_workers[0].port}"
+    waiting = wslb.connect("e", path="/?cost=100")  # the worker is full: queued
+    await wslb.waitQueued(1)
+    assert not waiting.called
+    clients[2].sendMessage(b"end")  # c (600) ends: its slot is freed
+    newcomer = await waiting
+    clients.append(newcomer)
+    assert (await stats(echo_workers[0]))["load"] == 500
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_cost_above_every_capacity_is_400_until_a_larger_worker_registers(
-        echo_workers, clients):
+        echo_workers, start_wslb, clients):
     static, large = echo_workers
-    wslb = await running([static])
-    try:
-        assert "[400]: cost 2000 is larger than any worker's capacity (1000)" in (
-            await refusal(wslb, "huge", "cost=2000"))
-        response = await treq.post(
-            wslb.admin + "/api/v1/workers",
-            json.dumps({"url": large.url, "capacity": 4000}).encode(),
-            headers={"Content-Type": ["application/json"]}, timeout=TIMEOUT,
-        )
-        assert response.code == 201, await response.text()
-        registered = reactor.seconds()
-        while True:  # accepted once the refresh saw it (and it passed its health check)
-            try:
-                client = await wslb.connect("huge", path="/?cost=2000")
-                break
-            except ConnectionError as e:
-                assert "[400]" in str(e), e
-                assert reactor.seconds() - registered < REFRESH_INTERVAL + 1, e
-                await deferLater(reactor, 0.1)
-        clients.append(client)
-        assert (await client.ask("whoami"))["worker"] == f"echo-{large.port}"
-        assert (await stats(large))["load"] == 2000
-        assert "[400]: cost 5000 is larger than any worker's capacity (4000)" in (
-            await refusal(wslb, "huger", "cost=5000"))
-    finally:
-        await wslb.stop()
+    wslb = await start_wslb([static], CAPACITY)
+    assert "[400]: cost 2000 is larger than any worker's capacity (1000)" in (
+        await refusal(wslb, "huge", "cost=2000"))
+    response = await treq.post(
+        wslb.admin + "/api/v1/workers",
+        json.dumps({"url": large.url, "capacity": 4000}).encode(),
+        headers={"Content-Type": ["application/json"]}, timeout=TIMEOUT,
+    )
+    assert response.code == 201, await response.text()
+
+    async def connectHuge():
+        try:
+            return await wslb.connect("huge", path="/?cost=2000")
+        except ConnectionError as e:
+            assert "[400]" in str(e), e
+
+    # Accepted once the refresh saw it (and it passed its health check).
+    client = await waitFor(connectHuge, timeout=REFRESH_INTERVAL + 1, interval=0.1,
+                           what="a cost of 2000 accepted")
+    clients.append(client)
+    assert (await client.ask("whoami"))["worker"] == f"echo-{large.port}"
+    assert (await stats(large))["load"] == 2000
+    assert "[400]: cost 5000 is larger than any worker's capacity (4000)" in (
+        await refusal(wslb, "huger", "cost=5000"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_malformed_costs_are_400_and_classes_name_costs(echo_workers, clients):
-    wslb = await running(echo_workers[:1], "cost.classes={complex = 700}")
-    try:
-        for bad in ["abc", "0", "-5", "1.5", "", "simple"]:
-            assert ("[400]: cost from query:cost must be a positive integer or one of "
-                    "['complex']") in await refusal(wslb, "k", f"cost={bad}")
-        client = await wslb.connect("k", path="/?cost=complex")
-        clients.append(client)
-        assert (await wslb.workers())[0]["load"] == 700
-    finally:
-        await wslb.stop()
+async def test_malformed_costs_are_400_and_classes_name_costs(echo_workers, start_wslb, clients):
+    wslb = await start_wslb(echo_workers[:1], CAPACITY, "cost.classes={complex = 700}")
+    for bad in ["abc", "0", "-5", "1.5", "", "simple"]:
+        assert ("[400]: cost from query:cost must be a positive integer or one of "
+                "['complex']") in await refusal(wslb, "k", f"cost={bad}")
+    client = await wslb.connect("k", path="/?cost=complex")
+    clients.append(client)
+    assert (await wslb.workers())[0]["load"] == 700
 
 
 @pytest_twisted.ensureDeferred
-async def test_allow_overtake_lets_small_sessions_pass_a_large_head(echo_workers, clients):
-    wslb = await running(echo_workers[:1], "queue.allow_overtake=true")
-    try:
-        for key, cost in [("a", 600), ("x", 300)]:
-            clients.append(await wslb.connect(key, path=f"/?cost={cost}"))
-        head = wslb.connect("head", path="/?cost=600")
-        small = wslb.connect("small", path="/?cost=200")  # room 100: queued too
-        await deferLater(reactor, 0.3)
-        assert not head.called and not small.called
-        clients[1].sendMessage(b"end")  # x (300) ends: room 400, still none for the head
-        clients.append(await small)  # served from behind the head on the retry
-        assert not head.called
-        clients.append(await wslb.connect("newcomer", path="/?cost=100"))  # passes at once
-        assert (await stats(echo_workers[0]))["load"] == 900
-        clients[0].sendMessage(b"end")  # a (600) ends: the head fits and goes first
-        clients.append(await head)
-        assert (await stats(echo_workers[0]))["load"] == 900
-    finally:
-        await wslb.stop()
+async def test_allow_overtake_lets_small_sessions_pass_a_large_head(
+        echo_workers, start_wslb, clients):
+    wslb = await start_wslb(echo_workers[:1], CAPACITY, "queue.allow_overtake=true")
+    for key, cost in [("a", 600), ("x", 300)]:
+        clients.append(await wslb.connect(key, path=f"/?cost={cost}"))
+    head = wslb.connect("head", path="/?cost=600")
+    await wslb.waitQueued(1)
+    small = wslb.connect("small", path="/?cost=200")  # room 100: queued too
+    await wslb.waitQueued(2)
+    assert not head.called and not small.called
+    clients[1].sendMessage(b"end")  # x (300) ends: room 400, still none for the head
+    clients.append(await small)  # served from behind the head on the retry
+    assert not head.called
+    clients.append(await wslb.connect("newcomer", path="/?cost=100"))  # passes at once
+    assert (await stats(echo_workers[0]))["load"] == 900
+    clients[0].sendMessage(b"end")  # a (600) ends: the head fits and goes first
+    clients.append(await head)
+    assert (await stats(echo_workers[0]))["load"] == 900

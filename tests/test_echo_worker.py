@@ -11,8 +11,8 @@ from _echo_helpers import (
     closeAll,
     connectWebSocket,
     getJSON,
-    waitFor,
 )
+from _polling import waitFor
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,7 @@ async def test_end_closes_with_4000_and_forgets_the_session(connect, worker):
     client.sendMessage(b"end")
     assert (await client.waitClosed())[0] == 4000
 
-    body = await waitFor(stats(worker), lambda s: "dave" not in s["sessions"])
-    assert "dave" not in body["sessions"]
+    await waitFor(stats(worker), lambda s: "dave" not in s["sessions"], what="dave forgotten")
     again = await connect("/", **session("dave"))
     assert (await again.ask("whoami"))["count"] == 0
 

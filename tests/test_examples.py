@@ -10,9 +10,10 @@ import tomllib
 import boto3
 import pytest
 import pytest_twisted
-from _ec2_helpers import CREDENTIALS, LoopbackOnly, LoopbackWorkers, MotoEc2
-from _echo_helpers import EchoWorkerProcess, closeAll, connectWebSocket, getJSON, waitFor
-from _examples_helpers import EXAMPLES, ClusterScript, connectWhenServing, running
+from _ec2_helpers import CREDENTIALS, LoopbackWorkers, MotoEc2
+from _echo_helpers import EchoWorkerProcess, closeAll, connectWebSocket, connectWhenServing, getJSON
+from _examples_helpers import EXAMPLES, ClusterScript, running
+from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from conftest import free_port
 from twisted.internet import threads
@@ -202,14 +203,6 @@ def test_ec2_example_takes_its_secrets_from_the_environment():
     assert config.admin.token == "admin-token"
     assert config.listen.endpoint.startswith("haproxy:")
     assert (config.pool.provider, config.pool.ec2.address) == ("ec2", "private_ip")
-
-
-@pytest.fixture
-def guard(monkeypatch):
-    """Every connection of the test goes to loopback (moto invents 10.x addresses)."""
-    guard = LoopbackOnly(monkeypatch)
-    yield guard
-    assert guard.refused == [], "a connection left loopback"
 
 
 @pytest.fixture

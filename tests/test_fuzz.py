@@ -12,6 +12,7 @@ import time
 
 import pytest
 from _echo_helpers import EchoWorkerProcess
+from _polling import waitForBlocking
 from _raw_ws import BINARY, CLOSE, PING, TEXT, frame, parseFrames, upgradeRequest
 from _twistd_helpers import TwistdWslb, rss
 from hypothesis import HealthCheck, Phase, given, settings
@@ -37,7 +38,7 @@ def settledRss(pid):
     """RSS once the storm's last connections have finished closing (3 s of samples)."""
     samples = []
     for _ in range(4):
-        time.sleep(1)
+        time.sleep(1)  # the thing measured: RSS a second apart
         samples.append(rss(pid))
     return min(samples[1:])
 
@@ -162,14 +163,9 @@ def hostileFrameSequence(port, payload):
 
 
 def waitServing(port, deadline=20):
-    started = time.monotonic()
-    while True:
-        try:
-            return echoOnce(port)
-        except (OSError, AssertionError, ConnectionError):
-            if time.monotonic() - started > deadline:
-                raise
-            time.sleep(0.2)
+    return waitForBlocking(lambda: echoOnce(port), timeout=deadline, interval=0.2,
+                           retrying=(OSError, AssertionError, ConnectionError),
+                           what=f"an echo through port {port}")
 
 
 @pytest.mark.timeout(420)

@@ -12,11 +12,11 @@ import socket
 import pytest
 import pytest_twisted
 from _browser import evaluateOnceTrue, parse
+from _cluster_helpers import healthyWorkers
 from _echo_helpers import connectWebSocket, getJSON
+from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from conftest import free_port
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,12 +39,9 @@ async def test_a_page_fetches_from_the_worker_its_websocket_reached(tmp_path):
     wslb = TwistdWslb(tmp_path, 'http.paths=["/session/"]',
                       f"pool.local.ports={twoFreePorts()}").waitListening()
     try:
-        for _ in range(300):  # the local provider starts both (a loaded box: up to 30 s)
-            _, body = await getJSON(wslb.admin + "/api/v1/workers")
-            if sum(w["state"] == "healthy" for w in body["workers"]) == 2:
-                break
-            await deferLater(reactor, 0.1)
-        assert sum(w["state"] == "healthy" for w in body["workers"]) == 2, body
+        # The local provider starts both (a loaded box: up to 30 s).
+        await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 2, timeout=30, interval=0.1,
+                      what="two healthy local workers")
         # The page comes from a worker too, through wslb: its request needs a session.
         opener = await connectWebSocket(wslb.url("/?session=page"))
         html = await evaluateOnceTrue(

@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from _certs import makeCertificates
 from _http_helpers import closedResponse, readResponse, request
+from _polling import waitFor
 from _raw_ws import connectRaw, upgradeRequest
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import serverFromString
@@ -92,18 +93,13 @@ class Listener:
             client.transport.abortConnection()
         await self.listening.stopListening()
         # The server side sees its connections go (their timers with them).
-        for _ in range(100):
-            if not self.proxy.web.channels and not self.proxy.gate.connections:
-                break
-            await deferLater(reactor, 0.02)
-        assert not self.proxy.web.channels
+        await waitFor(lambda: not self.proxy.web.channels and not self.proxy.gate.connections,
+                      what="no channel and no connection counted")
 
 
-@pytest_twisted.async_yield_fixture()
-async def listener():
-    listener = await Listener().start()
-    yield listener
-    await listener.stop()
+@pytest_twisted.async_fixture()
+async def listener(stop_after):
+    return await stop_after(Listener()).start()
 
 
 def get(path, **headers):
@@ -124,11 +120,7 @@ async def test_requests_for_a_mounted_path_are_served_one_after_another(listener
     assert listener.proxy.gate.connections == 1  # the same connection, still counted once
     client.transport.abortConnection()
     await client.closed
-    for _ in range(50):
-        if not listener.proxy.gate.connections:
-            break
-        await deferLater(reactor, 0.02)
-    assert listener.proxy.gate.connections == 0
+    await waitFor(lambda: listener.proxy.gate.connections == 0, what="the connection counted out")
 
 
 @pytest_twisted.ensureDeferred
@@ -138,7 +130,7 @@ async def test_what_came_with_the_first_request_is_handed_over_with_it(listener)
     client = await listener.connect()
     for i in range(0, len(data), 50):
         client.transport.write(data[i:i + 50])
-        await deferLater(reactor, 0.001)
+        await deferLater(reactor, 0.001)  # the thing tested: the requests in pieces
     answers = [await readResponse(client) for _ in range(3)]
     assert [a.status for a in answers] == [200, 200, 200]
     assert json.loads(answers[1].body) == {"length": 1000}
@@ -232,67 +224,55 @@ async def test_a_body_a_part_takes_whole_is_bounded(listener, body, headers):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_gate_admits_every_request_rate_and_origin():
-    listener = await Listener("listen.per_ip_rate=1",
-                              'listen.allowed_origins=["https://app.example"]').start()
-    try:
-        client = await listener.connect(get("/part/1", Origin="https://app.example"))
-        assert (await readResponse(client)).status == 200
-        client.transport.write(get("/part/2"))  # at once: beyond 1 a second
-        assert (await closedResponse(client)).status == 429
-        await deferLater(reactor, 1.1)
-        client = await listener.connect(get("/part/3", Origin="https://evil.example"))
-        assert (await closedResponse(client)).status == 403
-        assert listener.part.paths == [b"/part/1"]
-    finally:
-        await listener.stop()
+async def test_the_gate_admits_every_request_rate_and_origin(stop_after):
+    listener = await stop_after(Listener(
+        "listen.per_ip_rate=1", 'listen.allowed_origins=["https://app.example"]')).start()
+    client = await listener.connect(get("/part/1", Origin="https://app.example"))
+    assert (await readResponse(client)).status == 200
+    client.transport.write(get("/part/2"))  # at once: beyond 1 a second
+    assert (await closedResponse(client)).status == 429
+    await deferLater(reactor, 1.1)  # the rate's second passes (nothing to poll but the gate)
+    client = await listener.connect(get("/part/3", Origin="https://evil.example"))
+    assert (await closedResponse(client)).status == 403
+    assert listener.part.paths == [b"/part/1"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_idle_and_slow_kept_alive_connections_close_after_the_handshake_timeout():
-    listener = await Listener("listen.open_handshake_timeout=1").start()
-    try:
-        idle = await listener.connect(get("/part/1"))
-        assert (await readResponse(idle)).status == 200
-        slow = await listener.connect(get("/part/2"))
-        assert (await readResponse(slow)).status == 200
-        slow.transport.write(b"GET /part/3 HTTP/1.1\r\nHost: h\r\n")  # and no more
-        started = reactor.seconds()
-        await defer.gatherResults([idle.closed.addTimeout(5, reactor),
-                                   slow.closed.addTimeout(5, reactor)])
-        assert 0.9 < reactor.seconds() - started < 4
-        [family] = listener.metrics.limitHits.collect()
-        hits = {s.labels["limit"]: s.value for s in family.samples if s.name.endswith("_total")}
-        assert hits["open_handshake_timeout"] == 1  # the slow one; the idle one just closed
-    finally:
-        await listener.stop()
+async def test_idle_and_slow_kept_alive_connections_close_after_the_handshake_timeout(stop_after):
+    listener = await stop_after(Listener("listen.open_handshake_timeout=1")).start()
+    idle = await listener.connect(get("/part/1"))
+    assert (await readResponse(idle)).status == 200
+    slow = await listener.connect(get("/part/2"))
+    assert (await readResponse(slow)).status == 200
+    slow.transport.write(b"GET /part/3 HTTP/1.1\r\nHost: h\r\n")  # and no more
+    started = reactor.seconds()
+    await defer.gatherResults([idle.closed.addTimeout(5, reactor),
+                               slow.closed.addTimeout(5, reactor)])
+    assert 0.9 < reactor.seconds() - started < 4
+    [family] = listener.metrics.limitHits.collect()
+    hits = {s.labels["limit"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert hits["open_handshake_timeout"] == 1  # the slow one; the idle one just closed
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_client_address_behind_a_proxy_header_survives_the_hand_off():
-    listener = await Listener(endpoint="haproxy:tcp:0:interface=127.0.0.1").start()
-    try:
-        client = await listener.connect(PEER_V1 + get("/part/1") + get("/part/2"))
-        for _ in range(2):
-            assert json.loads((await readResponse(client)).body)["peer"] == "203.0.113.7"
-    finally:
-        await listener.stop()
+async def test_the_client_address_behind_a_proxy_header_survives_the_hand_off(stop_after):
+    listener = await stop_after(Listener(endpoint="haproxy:tcp:0:interface=127.0.0.1")).start()
+    client = await listener.connect(PEER_V1 + get("/part/1") + get("/part/2"))
+    for _ in range(2):
+        assert json.loads((await readResponse(client)).body)["peer"] == "203.0.113.7"
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_survives_the_hand_off(tmp_path):
+async def test_tls_survives_the_hand_off(tmp_path, stop_after):
     certs = makeCertificates(tmp_path)
-    listener = await Listener(endpoint=f"ssl:0:interface=127.0.0.1:privateKey="
-                                       f"{certs['server-key']}:certKey={certs['server']}").start()
-    try:
-        client = await listener.connect()
-        trust = ssl.Certificate.loadPEM(certs["ca"].read_bytes())
-        client.transport.startTLS(ssl.optionsForClientTLS("localhost", trustRoot=trust))
-        client.transport.write(get("/part/1") + get("/part/2"))
-        for _ in range(2):
-            assert json.loads((await readResponse(client)).body)["secure"] is True
-    finally:
-        await listener.stop()
+    listener = await stop_after(Listener(endpoint=f"ssl:0:interface=127.0.0.1:privateKey="
+                                         f"{certs['server-key']}:certKey={certs['server']}")).start()
+    client = await listener.connect()
+    trust = ssl.Certificate.loadPEM(certs["ca"].read_bytes())
+    client.transport.startTLS(ssl.optionsForClientTLS("localhost", trustRoot=trust))
+    client.transport.write(get("/part/1") + get("/part/2"))
+    for _ in range(2):
+        assert json.loads((await readResponse(client)).body)["secure"] is True
 
 
 @pytest_twisted.ensureDeferred
@@ -300,8 +280,8 @@ async def test_draining_closes_idle_connections_now_and_busy_ones_once_answered(
     idle = await listener.connect(get("/part/1"))
     assert (await readResponse(idle)).status == 200
     busy = await listener.connect(request("PUT", "/part/held"))
-    while getattr(listener.part, "held", None) is None:
-        await deferLater(reactor, 0.01)
+    await waitFor(lambda: getattr(listener.part, "held", None), interval=0.01,
+                  what="the PUT held by the part")
     listener.proxy.web.drain()
     await idle.closed.addTimeout(5, reactor)
     assert not busy.closed.called

@@ -15,7 +15,8 @@ from _echo_helpers import closeAll, getJSON
 from _http_helpers import closedResponse, readResponse, request
 from _http_worker import HTTPWorker
 from _raw_ws import connectRaw
-from _wslb_helpers import rawHandshake, scrape, staticWslb
+from _polling import waitFor
+from _wslb_helpers import rawHandshake, scrape
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
@@ -58,27 +59,33 @@ class Setup:
         return next(w for w in self.workers if w.worker.id == workerId)
 
 
-async def setUp(*overrides, workers=2):
-    httpWorkers = [HTTPWorker(f"w{i}") for i in range(workers)]
-    wslb = staticWslb(httpWorkers, PATHS, "pool.capacity=10", "pool.placement=spread",
-                      *overrides)
-    await wslb.start()
-    await wslb.waitHealthy(workers)
-    return Setup(httpWorkers, wslb)
-
-
-async def tearDown(setup):
-    closeAll(setup.clients)
-    await setup.wslb.stop()
-    for worker in setup.workers:
-        await worker.stop()
-
-
 @pytest_twisted.async_yield_fixture()
-async def http():
-    setup = await setUp()
-    yield setup
-    await tearDown(setup)
+async def setUp(start_wslb):
+    """
+    ``await setUp(*overrides, workers=2)``: a Setup over new HTTP workers;
+    after the test its clients, wslb and workers are stopped, in that order.
+    """
+    made = []
+
+    async def setUp(*overrides, workers=2):
+        httpWorkers = [HTTPWorker(f"w{i}") for i in range(workers)]
+        made.append(Setup(httpWorkers, None))
+        made[-1].wslb = await start_wslb(
+            httpWorkers, PATHS, "pool.capacity=10", "pool.placement=spread", *overrides)
+        return made[-1]
+
+    yield setUp
+    for setup in made:
+        closeAll(setup.clients)
+        if setup.wslb is not None:
+            await setup.wslb.stop()
+        for worker in setup.workers:
+            await worker.stop()
+
+
+@pytest_twisted.async_fixture()
+async def http(setUp):
+    return await setUp()
 
 
 def key(k, **more):
@@ -175,51 +182,42 @@ async def treqPost(url, body):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stalling_worker_is_504_after_the_timeout():
+async def test_a_stalling_worker_is_504_after_the_timeout(setUp):
     setup = await setUp("http.timeout=1", workers=1)
-    try:
-        await setup.session("alice")
-        started = reactor.seconds()
-        answer = await setup.ask("GET", "/session/stall", key("alice"))
-        assert answer.status == 504
-        assert "[http] timeout" in json.loads(answer.body)["error"]
-        assert 0.9 <= reactor.seconds() - started < 5
-    finally:
-        await tearDown(setup)
+    await setup.session("alice")
+    started = reactor.seconds()
+    answer = await setup.ask("GET", "/session/stall", key("alice"))
+    assert answer.status == 504
+    assert "[http] timeout" in json.loads(answer.body)["error"]
+    assert 0.9 <= reactor.seconds() - started < 5
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_worker_slow_to_take_a_body_is_waited_for_not_the_user_timed_out():
+async def test_a_worker_slow_to_take_a_body_is_waited_for_not_the_user_timed_out(setUp):
     # The user's connection is not read while the worker takes nothing: that
     # is no silence of the user's, whatever open_handshake_timeout says.
     setup = await setUp("listen.open_handshake_timeout=1", "http.timeout=10", workers=1)
-    try:
-        await setup.session("alice")
-        body = b"y" * (8 * 1024 * 1024)
-        answer = await setup.ask("POST", "/session/upload",
-                                 key("alice", **{"X-Pause-Reading": "2.5"}), body)
-        assert answer.status == 200
-        assert json.loads(answer.body)["bytes"] == len(body)
-    finally:
-        await tearDown(setup)
+    await setup.session("alice")
+    body = b"y" * (8 * 1024 * 1024)
+    answer = await setup.ask("POST", "/session/upload",
+                             key("alice", **{"X-Pause-Reading": "2.5"}), body)
+    assert answer.status == 200
+    assert json.loads(answer.body)["bytes"] == len(body)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_worker_stalling_mid_answer_has_the_users_connection_cut():
+async def test_a_worker_stalling_mid_answer_has_the_users_connection_cut(setUp):
     setup = await setUp("http.timeout=1", workers=1)
-    try:
-        await setup.session("alice")
-        client = await setup.raw(request("GET", "/session/halfway", key("alice")))
-        await client.closed.addTimeout(10, reactor)
-        head, _, body = client.received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 2000" in head
-        assert body == b"x" * 1000  # cut off: the user can tell
-        metrics = await scrape(setup.wslb)
-        workerId = setup.workers[0].url.removeprefix("ws://")
-        assert metrics[("wslb_http_requests_total",
-                        (("outcome", "aborted"), ("worker", workerId)))] == 1
-    finally:
-        await tearDown(setup)
+    await setup.session("alice")
+    client = await setup.raw(request("GET", "/session/halfway", key("alice")))
+    await client.closed.addTimeout(10, reactor)
+    head, _, body = client.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 2000" in head
+    assert body == b"x" * 1000  # cut off: the user can tell
+    metrics = await scrape(setup.wslb)
+    workerId = setup.workers[0].url.removeprefix("ws://")
+    assert metrics[("wslb_http_requests_total",
+                    (("outcome", "aborted"), ("worker", workerId)))] == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -227,13 +225,9 @@ async def test_a_user_leaving_mid_download_stops_the_worker_sending(http):
     worker = http.worker(await http.session("alice"))
     client = await http.raw(request("GET", f"/session/download?bytes={500 * 1024 * 1024}",
                                     key("alice")))
-    await client.waitFor(lambda data: len(data) > 1024 * 1024)
+    await client.untilReceived(lambda data: len(data) > 1024 * 1024)
     client.transport.abortConnection()
-    for _ in range(100):
-        if worker.pages.downloadsStopped:
-            break
-        await deferLater(reactor, 0.05)
-    assert worker.pages.downloadsStopped == 1
+    assert await waitFor(lambda: worker.pages.downloadsStopped, what="the download stopped") == 1
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -284,23 +278,20 @@ async def test_expect_100_continue_is_answered_when_the_worker_is_found(http):
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest_twisted.ensureDeferred
-async def test_a_body_over_max_body_is_413(chunked):
+async def test_a_body_over_max_body_is_413(setUp, chunked):
     setup = await setUp("http.max_body=1000", workers=1)
-    try:
-        await setup.session("alice")
-        body = b"x" * 5000
-        if chunked:
-            client = await setup.raw(request("POST", "/session/upload", key(
-                "alice", **{"Transfer-Encoding": "chunked"}), b"%x\r\n%s\r\n0\r\n\r\n" % (
-                len(body), body)))
-        else:
-            client = await setup.raw(request("POST", "/session/upload", key("alice"), body))
-        answer = await readResponse(client)
-        assert answer.status == 413
-        assert "max_body" in json.loads(answer.body)["error"]
-        assert setup.workers[0].pages.seen == []  # nothing reached it whole
-    finally:
-        await tearDown(setup)
+    await setup.session("alice")
+    body = b"x" * 5000
+    if chunked:
+        client = await setup.raw(request("POST", "/session/upload", key(
+            "alice", **{"Transfer-Encoding": "chunked"}), b"%x\r\n%s\r\n0\r\n\r\n" % (
+            len(body), body)))
+    else:
+        client = await setup.raw(request("POST", "/session/upload", key("alice"), body))
+    answer = await readResponse(client)
+    assert answer.status == 413
+    assert "max_body" in json.loads(answer.body)["error"]
+    assert setup.workers[0].pages.seen == []  # nothing reached it whole
 
 
 @pytest_twisted.ensureDeferred
@@ -321,54 +312,46 @@ async def test_keep_alive_requests_share_a_few_kept_alive_worker_connections(htt
 
 
 @pytest_twisted.ensureDeferred
-async def test_strip_prefix_asks_the_worker_for_the_rest():
+async def test_strip_prefix_asks_the_worker_for_the_rest(setUp):
     setup = await setUp('http.paths=["/api/"]', "http.strip_prefix=true", workers=1)
-    try:
-        await setup.session("alice")
-        answer = await setup.ask("GET", "/api/session/whoami?x=1", key("alice"))
-        seen = json.loads(answer.body)
-        assert seen["uri"] == "/session/whoami?x=1"
-        assert seen["headers"]["x-forwarded-prefix"] == "/api"
-    finally:
-        await tearDown(setup)
+    await setup.session("alice")
+    answer = await setup.ask("GET", "/api/session/whoami?x=1", key("alice"))
+    seen = json.loads(answer.body)
+    assert seen["uri"] == "/session/whoami?x=1"
+    assert seen["headers"]["x-forwarded-prefix"] == "/api"
 
 
 @pytest_twisted.ensureDeferred
-async def test_http_requests_neither_end_nor_extend_a_sessions_reconnect_grace():
+async def test_http_requests_neither_end_nor_extend_a_sessions_reconnect_grace(setUp):
     setup = await setUp("session.reconnect_grace=2", workers=1)
-    try:
-        await setup.session("alice")
-        setup.clients[-1].sendClose()
-        await setup.clients[-1].waitClosed()
-        ended = reactor.seconds() + 2
-        while reactor.seconds() < ended - 0.4:  # requests all through the grace
-            answer = await setup.ask("GET", "/session/x", key("alice"))
-            assert answer.status == 200
-            await deferLater(reactor, 0.2)
-        await deferLater(reactor, 1.5)  # the grace ran out meanwhile, on time
+    await setup.session("alice")
+    setup.clients[-1].sendClose()
+    await setup.clients[-1].waitClosed()
+    ended = reactor.seconds() + 2
+    while reactor.seconds() < ended - 0.4:  # requests all through the grace
         answer = await setup.ask("GET", "/session/x", key("alice"))
-        assert answer.status == 404
-    finally:
-        await tearDown(setup)
+        assert answer.status == 200
+        await deferLater(reactor, 0.2)  # the thing tested: requests now and then
+    # The grace runs out on time (by then and a bit), not extended by the requests.
+    await waitFor(lambda: setup.ask("GET", "/session/x", key("alice")),
+                  lambda answer: answer.status == 404, timeout=ended + 1.1 - reactor.seconds(),
+                  interval=0.1, what="alice's session ended")
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unsigned_key_is_401_when_keys_are_signed_and_a_minted_cookie_passes():
+async def test_an_unsigned_key_is_401_when_keys_are_signed_and_a_minted_cookie_passes(setUp):
     setup = await setUp("session.secret=" + "s" * 40, workers=1)
-    try:
-        answer = await setup.ask("GET", "/session/x", key("alice"))
-        assert answer.status == 401
-        assert answer.header("www-authenticate").startswith("Bearer")
-        assert "alice" not in [s[1] for s in setup.workers[0].pages.seen]
-        status, headers = await rawHandshake(setup.port)
-        assert status == 101
-        cookie = headers["set-cookie"].split(";")[0]
-        answer = await setup.ask("GET", "/session/x", {"Cookie": cookie})
-        assert answer.status == 200
-        signed = cookie.split("=", 1)[1]
-        assert json.loads(answer.body)["headers"]["x-wslb-session"] == signed.split(".")[0]
-    finally:
-        await tearDown(setup)
+    answer = await setup.ask("GET", "/session/x", key("alice"))
+    assert answer.status == 401
+    assert answer.header("www-authenticate").startswith("Bearer")
+    assert "alice" not in [s[1] for s in setup.workers[0].pages.seen]
+    status, headers = await rawHandshake(setup.port)
+    assert status == 101
+    cookie = headers["set-cookie"].split(";")[0]
+    answer = await setup.ask("GET", "/session/x", {"Cookie": cookie})
+    assert answer.status == 200
+    signed = cookie.split("=", 1)[1]
+    assert json.loads(answer.body)["headers"]["x-wslb-session"] == signed.split(".")[0]
 
 
 @pytest_twisted.ensureDeferred

@@ -10,8 +10,7 @@ import uuid
 import pytest
 import pytest_twisted
 import redis
-from _echo_helpers import closeAll, getJSON
-from _wslb_helpers import InProcessWslb
+from _echo_helpers import getJSON
 from twisted.internet import reactor
 
 from wslb.aws import lambdas
@@ -299,33 +298,23 @@ async def test_session_ended_frees_the_slot_and_tells_the_registry(store, redis_
 
 @pytest_twisted.ensureDeferred
 async def test_a_lambda_death_closes_the_user_and_a_reconnect_lands_elsewhere(
-        store, redis_server, echo_workers):
-    urls = ", ".join(f'"{w.url}"' for w in echo_workers)
-    wslb = InProcessWslb(
-        "registry.backend=redis", f'registry.url="{redis_server.url}"',
+        store, redis_server, echo_workers, start_wslb, clients):
+    wslb = await start_wslb(
+        echo_workers, "registry.backend=redis", f'registry.url="{redis_server.url}"',
         f'registry.namespace="{store.namespace}"',
-        "pool.provider=static", f"pool.static.workers=[{urls}]",
-        "pool.health.interval=60", "pool.min_spare=0", "pool.max_spare=0",
         "pool.scale_interval=0.2",  # adopts the static workers soon after it leads
     )
-    clients = []
-    await wslb.start()
-    try:
-        await wslb.waitHealthy(2)
-        user = await wslb.connect("alice")
-        clients.append(user)
-        first = (await user.ask("whoami"))["worker"]
-        _, session = await getJSON(wslb.admin + "/api/v1/sessions/alice")
+    user = await wslb.connect("alice")
+    clients.append(user)
+    first = (await user.ask("whoami"))["worker"]
+    _, session = await getJSON(wslb.admin + "/api/v1/sessions/alice")
 
-        assert report(session["worker"], "dead")["outcome"] == "done"
-        code, _ = await user.waitClosed()
-        assert code == wslb.config.session.end_close_code
+    assert report(session["worker"], "dead")["outcome"] == "done"
+    code, _ = await user.waitClosed()
+    assert code == wslb.config.session.end_close_code
 
-        again = await wslb.connect("alice")
-        clients.append(again)
-        assert (await again.ask("whoami"))["worker"] != first
-        _, moved = await getJSON(wslb.admin + "/api/v1/sessions/alice")
-        assert moved["worker"] != session["worker"]
-    finally:
-        closeAll(clients)
-        await wslb.stop()
+    again = await wslb.connect("alice")
+    clients.append(again)
+    assert (await again.ask("whoami"))["worker"] != first
+    _, moved = await getJSON(wslb.admin + "/api/v1/sessions/alice")
+    assert moved["worker"] != session["worker"]

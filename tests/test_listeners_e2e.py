@@ -8,9 +8,8 @@ import _guide as guide
 import pytest
 import pytest_twisted
 from _certs import makeCertificates
-from _echo_helpers import TIMEOUT, RecordingClient, closeAll
+from _echo_helpers import TIMEOUT, RecordingClient
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
-from _wslb_helpers import staticWslb
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
@@ -18,50 +17,37 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wra
 from wslb.config import ConfigError, load_config, parseEndpoints
 
 
-async def startedWslb(worker, endpoint, *overrides):
-    wslb = await staticWslb(
-        [worker], "pool.capacity=10", f"listen.endpoint={endpoint}", *overrides).start()
-    await wslb.waitHealthy(1)
-    return wslb
+def listening(endpoint):
+    return "pool.capacity=10", f"listen.endpoint={endpoint}"
+
+
+def connectTLS(port, ca):
+    """A WebSocket client for the session "secure" over TLS to localhost, trusting ``ca``."""
+    factory = WebSocketClientFactory(f"wss://localhost:{port}/?session=secure")
+    factory.protocol = RecordingClient
+    return wrapClientTLS(
+        ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(ca.read_bytes())),
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)).connect(factory)
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_end_to_end_with_a_verifying_client(echo_worker, tmp_path):
+async def test_tls_end_to_end_with_a_verifying_client(echo_worker, start_wslb, tmp_path, clients):
     certs = makeCertificates(tmp_path)
-    wslb = await startedWslb(
-        echo_worker, f"ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}"
-                f":certKey={certs['server']}")
-    client = None
-    try:
-        trust = ssl.Certificate.loadPEM(certs["ca"].read_bytes())
-        url = f"wss://localhost:{wslb.port}/?session=secure"
-        factory = WebSocketClientFactory(url)
-        factory.protocol = RecordingClient
-        endpoint = wrapClientTLS(
-            ssl.optionsForClientTLS("localhost", trustRoot=trust),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", wslb.port, timeout=TIMEOUT))
-        client = await endpoint.connect(factory)
-        await client.opened.addTimeout(TIMEOUT, reactor)
-        seen = await client.ask("whoami")
-        assert seen["session"] == "secure"
-        assert seen["headers"]["x-forwarded-proto"] == "https"
+    wslb = await start_wslb([echo_worker], *listening(
+        f"ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}:certKey={certs['server']}"))
+    client = await connectTLS(wslb.port, certs["ca"])
+    clients.append(client)
+    await client.opened.addTimeout(TIMEOUT, reactor)
+    seen = await client.ask("whoami")
+    assert seen["session"] == "secure"
+    assert seen["headers"]["x-forwarded-proto"] == "https"
 
-        other = tmp_path / "other"
-        other.mkdir()
-        wrong = makeCertificates(other, "another CA")
-        distrust = ssl.Certificate.loadPEM(wrong["ca"].read_bytes())
-        factory2 = WebSocketClientFactory(url)
-        factory2.protocol = RecordingClient
-        endpoint2 = wrapClientTLS(
-            ssl.optionsForClientTLS("localhost", trustRoot=distrust),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", wslb.port, timeout=TIMEOUT))
-        refused = await endpoint2.connect(factory2)
-        with pytest.raises(ConnectionError):  # the TLS handshake fails: never opened
-            await refused.opened.addTimeout(TIMEOUT, reactor)
-    finally:
-        if client is not None:
-            closeAll([client])
-        await wslb.stop()
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong = makeCertificates(other, "another CA")
+    refused = await connectTLS(wslb.port, wrong["ca"])
+    with pytest.raises(ConnectionError):  # the TLS handshake fails: never opened
+        await refused.opened.addTimeout(TIMEOUT, reactor)
 
 
 def proxyV2(source, sourcePort, dest, destPort):
@@ -74,35 +60,28 @@ def proxyV2(source, sourcePort, dest, destPort):
     (proxyV2("198.51.100.9", 40001, "127.0.0.1", 8080), "198.51.100.9"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_proxy_protocol_gives_the_real_client_address(echo_worker, header, address):
-    wslb = await startedWslb(echo_worker, "haproxy:tcp:0:interface=127.0.0.1")
-    client = None
-    try:
-        client = await connectRaw(wslb.port)
-        client.transport.write(header)
-        status = await client.handshake(upgradeRequest(
-            wslb.port, headers={"X-WSLB-Session": "proxied", "X-Forwarded-For": "6.6.6.6"}))
-        assert status == 101
-        client.transport.write(frame(TEXT, b"whoami"))
-        opcode, payload = await client.nextMessage()
-        seen = json.loads(payload)
-        assert seen["headers"]["x-forwarded-for"] == address
-    finally:
-        if client is not None:
-            client.transport.abortConnection()
-        await wslb.stop()
+async def test_proxy_protocol_gives_the_real_client_address(
+        echo_worker, start_wslb, raws, header, address):
+    wslb = await start_wslb([echo_worker], *listening("haproxy:tcp:0:interface=127.0.0.1"))
+    client = await connectRaw(wslb.port)
+    raws.append(client)
+    client.transport.write(header)
+    status = await client.handshake(upgradeRequest(
+        wslb.port, headers={"X-WSLB-Session": "proxied", "X-Forwarded-For": "6.6.6.6"}))
+    assert status == 101
+    client.transport.write(frame(TEXT, b"whoami"))
+    opcode, payload = await client.nextMessage()
+    seen = json.loads(payload)
+    assert seen["headers"]["x-forwarded-for"] == address
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_listener_drops_a_connection_without_the_header(echo_worker):
-    wslb = await startedWslb(echo_worker, "haproxy:tcp:0:interface=127.0.0.1")
-    try:
-        client = await connectRaw(wslb.port)
-        client.transport.write(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
-        await client.closed.addTimeout(TIMEOUT, reactor)
-        assert b"101" not in client.received
-    finally:
-        await wslb.stop()
+async def test_proxy_listener_drops_a_connection_without_the_header(echo_worker, start_wslb):
+    wslb = await start_wslb([echo_worker], *listening("haproxy:tcp:0:interface=127.0.0.1"))
+    client = await connectRaw(wslb.port)
+    client.transport.write(upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
+    await client.closed.addTimeout(TIMEOUT, reactor)
+    assert b"101" not in client.received
 
 
 # --- PROXY header, then TLS: what an NLB (proxy protocol v2) and HAProxy's send-proxy send ---
@@ -138,7 +117,7 @@ async def connectAs(port, *, clear=b"", certs=None, inside=b""):
 async def upgrade(client, port):
     """Upgrade without a session key: the status and the Set-Cookie values of the answer."""
     client.transport.write(upgradeRequest(port))
-    raw = await client.waitFor(lambda data: b"\r\n\r\n" in data)
+    raw = await client.untilReceived(lambda data: b"\r\n\r\n" in data)
     head, _, client.received = raw.partition(b"\r\n\r\n")
     status, *lines = head.decode("latin-1").split("\r\n")
     cookies = [line.split(":", 1)[1].strip() for line in lines
@@ -157,37 +136,30 @@ async def whatTheWorkerSees(client):
 ], ids=["v1", "v2"])
 @pytest_twisted.ensureDeferred
 async def test_proxy_header_then_tls_serves_with_a_secure_cookie(
-        echo_worker, tmp_path, header, address):
+        echo_worker, start_wslb, tmp_path, raws, header, address):
     certs = makeCertificates(tmp_path)
-    wslb = await startedWslb(echo_worker, guideEndpoint(certs))
-    client = None
-    try:
-        client = await connectAs(wslb.port, clear=header, certs=certs)
-        status, cookies = await upgrade(client, wslb.port)
-        assert status == 101
-        assert len(cookies) == 1 and cookies[0].startswith("wslb_session="), cookies
-        assert "; Secure" in cookies[0], cookies
-        seen = await whatTheWorkerSees(client)
-        assert seen["x-forwarded-for"] == address
-        assert seen["x-forwarded-proto"] == "https"
-    finally:
-        if client is not None:
-            client.transport.abortConnection()
-        await wslb.stop()
+    wslb = await start_wslb([echo_worker], *listening(guideEndpoint(certs)))
+    client = await connectAs(wslb.port, clear=header, certs=certs)
+    raws.append(client)
+    status, cookies = await upgrade(client, wslb.port)
+    assert status == 101
+    assert len(cookies) == 1 and cookies[0].startswith("wslb_session="), cookies
+    assert "; Secure" in cookies[0], cookies
+    seen = await whatTheWorkerSees(client)
+    assert seen["x-forwarded-for"] == address
+    assert seen["x-forwarded-proto"] == "https"
 
 
 @pytest_twisted.ensureDeferred
-async def test_proxy_header_then_tls_drops_a_connection_without_the_header(echo_worker, tmp_path):
+async def test_proxy_header_then_tls_drops_a_connection_without_the_header(
+        echo_worker, start_wslb, tmp_path):
     certs = makeCertificates(tmp_path)
-    wslb = await startedWslb(echo_worker, guideEndpoint(certs))
-    try:
-        client = await connectAs(  # the TLS handshake comes first
-            wslb.port, certs=certs,
-            inside=upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
-        await client.closed.addTimeout(TIMEOUT, reactor)
-        assert client.received == b""
-    finally:
-        await wslb.stop()
+    wslb = await start_wslb([echo_worker], *listening(guideEndpoint(certs)))
+    client = await connectAs(  # the TLS handshake comes first
+        wslb.port, certs=certs,
+        inside=upgradeRequest(wslb.port, headers={"X-WSLB-Session": "k"}))
+    await client.closed.addTimeout(TIMEOUT, reactor)
+    assert client.received == b""
 
 
 # --- How the client connected: X-Forwarded-Proto and minted cookies' Secure, decided once ---
@@ -203,27 +175,21 @@ async def test_proxy_header_then_tls_drops_a_connection_without_the_header(echo_
 ])
 @pytest_twisted.ensureDeferred
 async def test_the_scheme_the_worker_sees_decides_the_cookie(
-        echo_worker, tmp_path, listener, forwardedProto, scheme):
+        echo_worker, start_wslb, tmp_path, raws, listener, forwardedProto, scheme):
     certs = makeCertificates(tmp_path)
     tls = listener.endswith("ssl")
     files = f":privateKey={certs['server-key']}:certKey={certs['server']}" if tls else ""
-    wslb = await startedWslb(
-        echo_worker, f"{listener}:0:interface=127.0.0.1{files}",
-        f"listen.forwarded_proto={forwardedProto}")
+    wslb = await start_wslb([echo_worker], *listening(f"{listener}:0:interface=127.0.0.1{files}"),
+                            f"listen.forwarded_proto={forwardedProto}")
     header = V1_HEADER if listener.startswith("haproxy:") else b""
-    client = None
-    try:
-        client = await connectAs(wslb.port, clear=b"" if tls else header,
-                                 certs=certs if tls else None, inside=header if tls else b"")
-        status, cookies = await upgrade(client, wslb.port)
-        assert status == 101
-        assert ("; Secure" in cookies[0]) == (scheme == "https"), cookies
-        seen = await whatTheWorkerSees(client)
-        assert seen["x-forwarded-proto"] == scheme
-    finally:
-        if client is not None:
-            client.transport.abortConnection()
-        await wslb.stop()
+    client = await connectAs(wslb.port, clear=b"" if tls else header,
+                             certs=certs if tls else None, inside=header if tls else b"")
+    raws.append(client)
+    status, cookies = await upgrade(client, wslb.port)
+    assert status == 101
+    assert ("; Secure" in cookies[0]) == (scheme == "https"), cookies
+    seen = await whatTheWorkerSees(client)
+    assert seen["x-forwarded-proto"] == scheme
 
 
 @pytest.mark.timeout(10)

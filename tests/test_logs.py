@@ -6,9 +6,7 @@ import json
 
 import pytest
 import pytest_twisted
-from _echo_helpers import waitFor
-from _wslb_helpers import staticWslb
-from twisted.internet import defer
+from _polling import waitFor
 from twisted.logger import (
     Logger,
     LogLevel,
@@ -126,19 +124,16 @@ def test_a_session_key_is_logged_as_its_fingerprint_unless_plain(events):
 
 @pytest.mark.parametrize("mode", ["fingerprint", "plain"])
 @pytest_twisted.ensureDeferred
-async def test_a_relayed_users_key_never_reaches_the_logs_unless_plain(echo_worker, events, mode):
+async def test_a_relayed_users_key_never_reaches_the_logs_unless_plain(
+        echo_worker, start_wslb, events, mode):
     key = "alice-very-secret-key"
-    wslb = await staticWslb([echo_worker], f"log.session_keys={mode}").start()
-    try:
-        await wslb.waitHealthy(1)
-        client = await wslb.connect(key)
-        await client.ask("whoami")
-        client.sendClose()
-        await client.waitClosed()
-        await waitFor(lambda: defer.succeed(events),
-                      lambda seen: any(e.get("event") == "closed" for e in seen))
-    finally:
-        await wslb.stop()
+    wslb = await start_wslb([echo_worker], f"log.session_keys={mode}")
+    client = await wslb.connect(key)
+    await client.ask("whoami")
+    client.sendClose()
+    await client.waitClosed()
+    await waitFor(lambda: events, lambda seen: any(e.get("event") == "closed" for e in seen),
+                  what="the relay's closed event")
     shown = key if mode == "plain" else fingerprint(key)
     keyed = [e for e in events if e.get("event") in ("opened", "closed")]
     assert [e["key"] for e in keyed] == [shown, shown]

@@ -16,7 +16,6 @@ import pytest
 import pytest_twisted
 import treq
 import yaml
-from _wslb_helpers import InProcessWslb
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).parent.parent
@@ -123,13 +122,10 @@ def test_the_dashboard_is_a_grafana_10_dashboard_with_the_status_pages_charts():
 
 @pytest.mark.timeout(30)
 @pytest_twisted.ensureDeferred
-async def test_every_metric_an_expression_names_is_served():
-    wslb = await InProcessWslb("pool.provider=static", "pool.min_spare=0").start()
-    try:
-        response = await treq.get(wslb.admin + "/metrics", timeout=5)
-        text = (await response.content()).decode()
-    finally:
-        await wslb.stop()
+async def test_every_metric_an_expression_names_is_served(start_wslb):
+    wslb = await start_wslb([])
+    response = await treq.get(wslb.admin + "/metrics", timeout=5)
+    text = (await response.content()).decode()
     served = {sample.name for family in text_string_to_metric_families(text)
               for sample in family.samples}
     missing = {(where, name) for where, expr in expressions()

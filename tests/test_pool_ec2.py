@@ -18,6 +18,7 @@ from _ec2_helpers import (
     ThrottlingProxy,
 )
 from _echo_helpers import EchoWorkerProcess
+from _polling import waitFor
 from _pool_helpers import resultOf
 from botocore.exceptions import ClientError, EndpointConnectionError
 from conftest import free_port
@@ -74,14 +75,6 @@ def aws(moto, monkeypatch):
     moto.reset()
     moto.templateId = moto.createLaunchTemplate(TEMPLATE)
     return moto
-
-
-@pytest.fixture
-def guard(monkeypatch):
-    """Every connection of the test goes to loopback, checked at its end."""
-    guard = LoopbackOnly(monkeypatch)
-    yield guard
-    assert guard.refused == [], "a connection left loopback"
 
 
 @pytest.fixture
@@ -148,14 +141,6 @@ def onClock(clock, d):
     """Fire with C{d}'s result, driving C{clock} meanwhile."""
     yield onClockUntil(clock, lambda: d.called)
     return (yield d)
-
-
-@inlineCallbacks
-def waitUntil(predicate):
-    deadline = reactor.seconds() + DEADLINE
-    while not predicate():
-        assert reactor.seconds() < deadline, f"not true in time: {predicate}"
-        yield deferLater(reactor, 0.01, lambda: None)
 
 
 def retryDelays(events):
@@ -291,7 +276,7 @@ def test_tag_addresses_are_polled_for_and_an_instance_without_one_is_terminated(
     clock = Clock()
     provider = providers(address="tag:wslb:address", clock=clock)
     d = provider.launch(3)
-    yield waitUntil(lambda: clock.getDelayedCalls())  # no address yet: polling
+    yield waitFor(clock.getDelayedCalls, timeout=DEADLINE, interval=0.01)  # no address yet: polling
     with_port, bare, never = sorted(aws.instances(poolTag()))
     aws.client.create_tags(Resources=[with_port], Tags=[
         {"Key": "wslb:address", "Value": "worker-a.internal:9100"}])

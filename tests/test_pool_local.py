@@ -3,15 +3,15 @@
 import os
 import socket
 import sys
-import time
 
 import pytest
 import pytest_twisted
 import treq
-from _twistd_helpers import TwistdWslb
+from _polling import waitFor, waitForBlocking
+from _twistd_helpers import TwistdWslb, alive
 from conftest import free_port
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from zope.interface.verify import verifyObject
 
@@ -41,30 +41,12 @@ COMMAND = ["{python}", "-c", SERVER, "{port}"]
 DEADLINE = 10.0  # seconds any wait below may take
 
 
-@inlineCallbacks
-def waitUntil(predicate):
-    """Poll ``predicate`` (may return a Deferred) on the real reactor until true."""
-    for _ in range(int(DEADLINE / 0.05)):
-        if (yield predicate()):
-            return
-        yield deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"not true within {DEADLINE} s: {predicate}")
-
-
 def answers(port):
     """Fires with True when GET /health on the port answers 200."""
     d = treq.get(f"http://127.0.0.1:{port}/health", persistent=False, timeout=1)
     d.addCallback(lambda response: response.content().addCallback(
         lambda _: response.code == 200))
     return d.addErrback(lambda _: False)
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def pid(provider, worker_id):
@@ -101,7 +83,7 @@ def test_launch_kill_and_stop(providers):
     assert [worker.url for worker in launched] == [f"ws://127.0.0.1:{p}" for p in ports]
     assert len(set(ports)) == 2
     for port in ports:
-        yield waitUntil(lambda port=port: answers(port))
+        yield waitFor(lambda port=port: answers(port), timeout=DEADLINE)
     assert sorted((yield provider.list()), key=lambda w: w.id) == sorted(launched, key=lambda w: w.id)
 
     victim, survivor = launched
@@ -122,14 +104,14 @@ def test_terminate_escalates_to_sigkill_and_is_no_death(providers):
     provider.addDeathListener(died.append)
     [worker] = yield provider.launch(1)
     port = int(worker.id.removeprefix("local-"))
-    yield waitUntil(lambda: answers(port))
+    yield waitFor(lambda: answers(port), timeout=DEADLINE)
     process_id = pid(provider, worker.id)
     assert (yield provider.terminate([worker.id, "local-1"])) == [worker.id]
     assert (yield provider.list()) == []  # stopping: not listed any more
-    yield deferLater(reactor, 0.3, lambda: None)
+    yield deferLater(reactor, 0.3, lambda: None)  # the thing tested: alive until kill_after
     assert alive(process_id)  # SIGTERM ignored, SIGKILL not yet due
-    yield waitUntil(lambda: not alive(process_id))
-    yield waitUntil(lambda: not provider._processes)
+    yield waitFor(lambda: not alive(process_id), timeout=DEADLINE)
+    yield waitFor(lambda: not provider._processes, timeout=DEADLINE)
     assert died == []
 
 
@@ -167,7 +149,7 @@ def test_placeholders_and_environment(providers, tmp_path):
         environ={"LOCAL_TEST": "yes", "WSLB_SESSION_SECRET": "s", "PATH": os.environ["PATH"]},
     )
     [worker] = yield provider.launch(1)
-    yield waitUntil(lambda: out.exists() and out.read_text().endswith("."))
+    yield waitFor(lambda: out.exists() and out.read_text().endswith("."), timeout=DEADLINE)
     port = worker.id.removeprefix("local-")
     assert out.read_text().split() == [sys.executable, f"--port={port}", "yes", "."]
     assert isinstance(worker, LaunchedWorker)
@@ -212,10 +194,8 @@ def test_local_workers_see_no_wslb_variable_and_die_with_a_killed_wslb(tmp_path)
     ).waitListening()
     workers = []
     try:
-        deadline = time.monotonic() + 20
-        while not all(not portFree(port) for port in ports):
-            assert time.monotonic() < deadline, wslb.output()
-            time.sleep(0.1)
+        waitForBlocking(lambda: not any(portFree(port) for port in ports), timeout=20,
+                        interval=0.1, what=lambda: f"both workers listening:\n{wslb.output()}")
         workers += children(wslb.process.pid)
         assert len(workers) == 2
         for worker in workers:
@@ -225,10 +205,8 @@ def test_local_workers_see_no_wslb_variable_and_die_with_a_killed_wslb(tmp_path)
             assert [name for name in names if name.startswith(b"WSLB_")] == []
         wslb.process.kill()
         wslb.process.wait()
-        killed = time.monotonic()
-        while not all(portFree(port) for port in ports):
-            assert time.monotonic() - killed < 5, "workers outlived their wslb"
-            time.sleep(0.1)
+        waitForBlocking(lambda: all(portFree(port) for port in ports), timeout=5, interval=0.1,
+                        what="the workers gone with their wslb")
     finally:
         wslb.stop()
         for worker in workers:  # only when the test failed

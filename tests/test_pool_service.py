@@ -5,11 +5,12 @@ import os
 
 import pytest
 import pytest_twisted
+from _polling import waitFor
 from _pool_helpers import RecordingProvider, SwitchableLeader
 from conftest import free_port
-from test_pool_local import answers, waitUntil
+from test_pool_local import DEADLINE, answers
 from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from wslb.config import load_config
@@ -88,16 +89,17 @@ def test_a_pool_of_echo_workers_keeps_its_spares_and_replaces_a_killed_one():
     pool = PoolService(registry, provider, AlwaysLeader(), reactor, config)
     pool.startService()
     try:
-        yield waitUntil(lambda: healthyWorkers(registry, 2))
+        yield waitFor(lambda: healthyWorkers(registry, 2), timeout=DEADLINE)
         workers = yield registry.listWorkers()
         for worker in workers:
             assert (yield answers(worker.url.rsplit(":", 1)[1]))
         victim = workers[0].id
         victim_pid = provider._processes[victim].transport.pid
         os.kill(victim_pid, 9)
-        yield waitUntil(lambda: any(
-            a.action == "terminate" and a.workers == (victim,) for a in pool.scaler.recentActions))
-        yield waitUntil(lambda: healthyWorkers(registry, 2))
+        yield waitFor(lambda: any(
+            a.action == "terminate" and a.workers == (victim,) for a in pool.scaler.recentActions),
+            timeout=DEADLINE)
+        yield waitFor(lambda: healthyWorkers(registry, 2), timeout=DEADLINE)
         assert [a.action for a in pool.scaler.recentActions].count("launch") == 2
         pids = [process.transport.pid for process in provider._processes.values()]
         assert len(pids) == 2 and victim_pid not in pids
@@ -122,8 +124,8 @@ def test_the_longest_starting_worker_is_reported_by_the_leader_only():
     pool = PoolService(registry, RecordingProvider(), leader, clock, poolConfig("pool.min_spare=0"))
     assert pool.startingFor() == 0  # no round yet
     pool.startService()  # a first health round at once: "w" is starting
-    while not pool.health.outcomes["unreachable"]:
-        yield deferLater(reactor, 0.01, lambda: None)
+    yield waitFor(lambda: pool.health.outcomes["unreachable"], interval=0.01,
+                  what="the first health round over")
     clock.advance(40)  # the rounds it runs meanwhile find it still starting
     assert pool.startingFor() == 40
     leader.leading = False

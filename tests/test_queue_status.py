@@ -8,6 +8,7 @@ registry, with real sockets.
 import pytest
 import pytest_twisted
 import treq
+from _polling import waitFor
 from _sse import openEvents
 from registry_contract import addHealthy, request
 from twisted.internet import defer, reactor
@@ -75,11 +76,9 @@ class Listener:
             channel.transport.abortConnection()
 
 
-@pytest_twisted.async_yield_fixture()
-async def listener():
-    listener = await Listener().start(queued="abc")
-    yield listener
-    await listener.stop()
+@pytest_twisted.async_fixture()
+async def listener(stop_after):
+    return await stop_after(Listener()).start(queued="abc")
 
 
 @pytest_twisted.ensureDeferred
@@ -105,16 +104,13 @@ async def test_a_keys_place_as_json(listener):
 
 
 @pytest_twisted.ensureDeferred
-async def test_signed_keys_as_for_a_handshake():
-    listener = await Listener(f'session.secret="{SECRET}"').start(queued="ab")
-    try:
-        code, body, _ = await listener.get("/wslb/queue?session=b")
-        assert code == 401 and "session key from" in body["error"]
-        signed = Signer(SECRET, [], reactor).mintCookie("b")
-        code, body, _ = await listener.get("/wslb/queue", {"Cookie": f"wslb_session={signed}"})
-        assert (code, body["position"]) == (200, 1)
-    finally:
-        await listener.stop()
+async def test_signed_keys_as_for_a_handshake(stop_after):
+    listener = await stop_after(Listener(f'session.secret="{SECRET}"')).start(queued="ab")
+    code, body, _ = await listener.get("/wslb/queue?session=b")
+    assert code == 401 and "session key from" in body["error"]
+    signed = Signer(SECRET, [], reactor).mintCookie("b")
+    code, body, _ = await listener.get("/wslb/queue", {"Cookie": f"wslb_session={signed}"})
+    assert (code, body["position"]) == (200, 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -133,7 +129,7 @@ async def test_events_follow_the_position_once_a_second_and_end_with_ready(liste
     second, later = await stream.next()
     assert second["position"] == 0
     assert later - at >= EVENT_INTERVAL * 0.95
-    await deferLater(reactor, 0.5)
+    await deferLater(reactor, 0.5)  # the thing tested: no event meanwhile
     assert stream.pending() == 0  # nothing new: no event
     await listener.serve("c")
     ready, _ = await stream.next()
@@ -161,29 +157,23 @@ async def test_a_stream_waits_for_a_handshake_not_queued_yet(listener):
     await listener.registry.leaveQueue(listener.tickets["a"])  # a notice: places are read
     assert (await stream.next())[0]["position"] == 2
     stream.close()
-    await deferLater(reactor, 0.3)
-    assert not listener.proxy.services[-1]._listeners  # the watch follows it no more
+    await waitFor(lambda: not listener.proxy.services[-1]._listeners,
+                  what="the watch following it no more")
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_client_script_and_paths_off_by_default():
-    listener = await Listener().start()
-    try:
-        response = await treq.get(listener.url("/wslb/client.js"), timeout=5)
-        assert response.code == 200
-        assert response.headers.getRawHeaders("Content-Type") == [
-            "text/javascript; charset=utf-8"]
-        assert b"wslb" in await response.content()
-    finally:
-        await listener.stop()
-    off = Listener("queue.status_path=\"\"", "queue.client_path=\"\"")
+async def test_the_client_script_and_paths_off_by_default(stop_after):
+    listener = await stop_after(Listener()).start()
+    response = await treq.get(listener.url("/wslb/client.js"), timeout=5)
+    assert response.code == 200
+    assert response.headers.getRawHeaders("Content-Type") == [
+        "text/javascript; charset=utf-8"]
+    assert b"wslb" in await response.content()
+    off = stop_after(Listener("queue.status_path=\"\"", "queue.client_path=\"\""))
     off.config = load_config(overrides=[])
     off.proxy = makeProxy(off.config, off.registry, Metrics(), reactor, "test")
     await off.start()
-    try:
-        for path in ("/wslb/queue?session=a", "/wslb/client.js"):
-            response = await treq.get(off.url(path), timeout=5)
-            assert response.code == 426  # not served: a GET that is no upgrade
-            await response.content()
-    finally:
-        await off.stop()
+    for path in ("/wslb/queue?session=a", "/wslb/client.js"):
+        response = await treq.get(off.url(path), timeout=5)
+        assert response.code == 426  # not served: a GET that is no upgrade
+        await response.content()

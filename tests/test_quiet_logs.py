@@ -9,7 +9,8 @@ import re
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import healthyWorkers, waitUntil
+from _cluster_helpers import healthyWorkers
+from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -64,12 +65,12 @@ async def test_twenty_workers_checked_every_second_write_no_line(tmp_path):
 
         async def allHealthy():
             return await healthyWorkers(wslb) == WORKERS
-        await waitUntil(allHealthy, timeout=20)
+        await waitFor(allHealthy, timeout=20)
         before = await healthChecks(wslb)
         logged = wslb.log.stat().st_size
         connections = sum(site.connections for site in sites)
 
-        await deferLater(reactor, QUIET)
+        await deferLater(reactor, QUIET)  # the thing tested: QUIET seconds of health checks
 
         after = await healthChecks(wslb)
         quietLines = wslb.log.read_bytes()[logged:].decode().splitlines()

@@ -16,7 +16,6 @@ import pytest
 import pytest_twisted
 import redis
 from _ec2_helpers import CREDENTIALS, REGION
-from _redis_helpers import TLSRedisServer
 from conftest import RedisServer
 from packaging.requirements import Requirement
 from twisted.internet import reactor
@@ -143,14 +142,6 @@ def test_the_aws_extra_requires_a_redis_py_that_checks_host_names():
     [required] = [Requirement(r) for r in project["project"]["optional-dependencies"]["aws"]
                   if Requirement(r).name == "redis"]
     assert not required.specifier.contains("5.3.1") and required.specifier.contains("6.0.0")
-
-
-@pytest.fixture
-def tls_redis(tmp_path):
-    server = TLSRedisServer(tmp_path)  # its certificate names 127.0.0.1 only
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.timeout(20)

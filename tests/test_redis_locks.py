@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 import pytest_twisted
+from _polling import waitFor
 from twisted.internet import defer, reactor, task
 from zope.interface.verify import verifyObject
 
@@ -41,16 +42,6 @@ def lockKey():
     return "{test}:lock:" + uuid.uuid4().hex
 
 
-@defer.inlineCallbacks
-def until(condition, within, step=0.02):
-    deadline = reactor.seconds() + within
-    while not condition():
-        if reactor.seconds() > deadline:
-            return False
-        yield sleep(step)
-    return True
-
-
 class TestRedisLock:
     @pytest_twisted.inlineCallbacks
     def test_twoContendersExactlyOneHolds(self, connect, lockKey):
@@ -82,7 +73,7 @@ class TestRedisLock:
         lock = RedisLock(connection, lockKey, 0.3, reactor)
         assert (yield lock.acquire())
         for _ in range(3):
-            yield sleep(0.15)
+            yield sleep(0.15)  # the thing tested: half the TTL, renewed
             assert (yield lock.renew())
         assert (yield lock.check())
         assert 0 < (yield connection.execute("PTTL", lockKey)) <= 300
@@ -93,7 +84,7 @@ class TestRedisLock:
         second = RedisLock(connect(), lockKey, 5, reactor)
         assert (yield first.acquire())
         assert not (yield second.acquire())
-        yield sleep(0.4)
+        yield sleep(0.4)  # the thing tested: the TTL runs out
         assert (yield second.acquire())
         assert (yield first.renew()) is False
         assert (yield first.release()) is False
@@ -138,10 +129,10 @@ class TestRedisLeader:
         assert verifyObject(ILeader, contenders[0])
         tokens = []
         for _ in range(3):
-            assert (yield until(lambda: any(c.isLeader() for c in contenders), within=1.0))
+            yield waitFor(lambda: any(c.isLeader() for c in contenders), timeout=1.0, interval=0.02)
             for _ in range(10):  # never two at once
                 assert sum(c.isLeader() for c in contenders) == 1
-                yield sleep(0.03)
+                yield sleep(0.03)  # the thing tested: one leader all along
             current = next(c for c in contenders if c.isLeader())
             assert (yield current.checkLeader())
             tokens.append(current.fencingToken)
@@ -155,12 +146,12 @@ class TestRedisLeader:
         connection = connect()
         namespace = uuid.uuid4().hex[:8]
         first = leader(namespace, connection=connection)
-        assert (yield until(first.isLeader, within=1.0))
+        yield waitFor(first.isLeader, timeout=1.0, interval=0.02)
         yield first.stopService()
         assert not first.isLeader()
         assert (yield connection.execute("GET", Keys(namespace).leader)) is None
         successor = leader(namespace, connection=connection)
-        assert (yield until(successor.isLeader, within=0.5))
+        yield waitFor(successor.isLeader, timeout=0.5, interval=0.02)
         assert successor.fencingToken == first.fencingToken + 1
 
     @pytest_twisted.inlineCallbacks
@@ -169,7 +160,7 @@ class TestRedisLeader:
         registry.startService()
         try:
             current = leader("shared", connection=registry)
-            assert (yield until(current.isLeader, within=1.0))
+            yield waitFor(current.isLeader, timeout=1.0, interval=0.02)
             assert (yield current.checkLeader())
             yield current.stopService()
         finally:
@@ -180,7 +171,7 @@ class TestRedisLeader:
         connection = connect()
         namespace = uuid.uuid4().hex[:8]
         current = leader(namespace, connection=connection)
-        assert (yield until(current.isLeader, within=1.0))
+        yield waitFor(current.isLeader, timeout=1.0, interval=0.02)
         yield connection.execute("SET", Keys(namespace).leader, "someone else")
         assert (yield current.checkLeader()) is False
         assert not current.isLeader()
@@ -190,11 +181,11 @@ class TestRedisLeader:
     @pytest_twisted.inlineCallbacks
     def test_losingRedisEndsLeadershipWithinTheTTL(self, own_redis_server, connect, leader):
         current = leader("lost", ttl=0.6, connection=connect(own_redis_server, timeout=0.2))
-        assert (yield until(current.isLeader, within=1.0))
+        yield waitFor(current.isLeader, timeout=1.0, interval=0.02)
         own_redis_server.stop()
         lost = reactor.seconds()
-        assert (yield until(lambda: not current.isLeader(), within=1.0))
+        yield waitFor(lambda: not current.isLeader(), timeout=1.0, interval=0.02)
         assert reactor.seconds() - lost <= 0.6 + 0.2  # the TTL, and polling slack
         assert (yield current.checkLeader()) is False
         own_redis_server.start()
-        assert (yield until(current.isLeader, within=15))
+        yield waitFor(current.isLeader, timeout=15, interval=0.02)

@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 import redis
 import txredisapi
+from _polling import waitFor
 from _redis_audit import auditRedisRegistry
 from _redis_helpers import USER, TLSRedisServer
 from registry_contract import Calls, RegistryContract, addHealthy, request
@@ -193,28 +194,26 @@ class TestSharedRegistry:
 
             before = yield clients()
             yield registry.stopService()
-            deadline = reactor.seconds() + 1  # the server may see the goodbye a bit later
-            while (yield clients()) != before - 2 and reactor.seconds() < deadline:
-                yield task.deferLater(reactor, 0.02, lambda: None)
-            assert (yield clients()) == before - 2  # commands, subscriber
+            # Commands and subscriber: the server may see the goodbye a bit later.
+            yield waitFor(clients, lambda n: n == before - 2, timeout=1, interval=0.02,
+                          what=f"{before - 2} Redis clients")
             with pytest.raises(NotConnected):
                 yield registry.listWorkers()
         finally:
             yield observer.stopService()
 
 
-@defer.inlineCallbacks
 def untilAnswered(registry, within):
     """Retry a cheap call until the registry answers again; fail after ``within`` s."""
-    deadline = reactor.seconds() + within
-    while True:
+
+    async def answer():
         try:
-            result = yield registry.queueInfo(reactor.seconds())
-            return result
+            return await registry.queueInfo(reactor.seconds())
         except Exception:
-            if reactor.seconds() > deadline:
-                raise
-            yield task.deferLater(reactor, 0.1, lambda: None)
+            return None
+
+    return waitFor(answer, lambda info: info is not None, timeout=within, interval=0.1,
+                   what="the registry answering")
 
 
 class TestSynchronousCallers:
@@ -279,10 +278,8 @@ class TestRedisFaults:
             own_redis_server.start()
             capacity.calls.clear()
             # resubscribing tells capacity once: a notice may have been lost
-            deadline = reactor.seconds() + 15
-            while not capacity.calls and reactor.seconds() < deadline:
-                yield task.deferLater(reactor, 0.1, lambda: None)
-            assert capacity.calls
+            yield waitFor(lambda: capacity.calls, timeout=15, interval=0.1,
+                          what="capacity told after resubscribing")
             yield untilAnswered(registry, within=5)
             yield addHealthy(registry, "w1")
             yield registry.assign(request("a"), 1)
@@ -435,19 +432,12 @@ class TestLostDataAndDeadInstances:
         yield registry.assign(request("b", instance="alive"), 1)
         yield registry.assign(request("c", instance="silent"), 1)  # never beats: never swept
         assert (yield registry.sweepInstances(2)) == []
-        yield task.deferLater(reactor, 0.3, lambda: None)
-        assert (yield registry.sweepInstances(3)) == ["dying"]
+        # Redis expires the dying one's heartbeat (0.2 s): the next sweep drops it.
+        yield waitFor(lambda: registry.sweepInstances(3), lambda swept: swept == ["dying"],
+                      timeout=2, what="dying swept")
         connections = {s.key: s.connections for s in (yield registry.listSessions())}
         assert connections == {"a": 0, "b": 1, "c": 1}
         assert (yield registry.instanceHeartbeat("dying", 10)) is False
-
-
-@pytest.fixture
-def tls_redis(tmp_path):
-    server = TLSRedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 class DropAtOnce(protocol.Protocol):

@@ -10,8 +10,9 @@ import signal
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import connect, getJSON, startEchoFleet, waitUntil
+from _cluster_helpers import connect, getJSON, startEchoFleet
 from _echo_helpers import closeAll
+from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -36,7 +37,7 @@ async def test_assigns_lost_while_redis_was_stopped_leave_no_slot_taken(
     ).waitListening()
     clients = []
     try:
-        await waitUntil(lambda: _healthy(wslb, 3), 30)
+        await waitFor(lambda: _healthy(wslb, 3), timeout=30)
         # One user first, so that Redis has the scripts: an EVALSHA answered
         # NOSCRIPT after its caller gave up is not sent again as EVAL.
         warmup = await connect(wslb, "warm-up")
@@ -50,7 +51,7 @@ async def test_assigns_lost_while_redis_was_stopped_leave_no_slot_taken(
         try:
             attempts = [defer.ensureDeferred(_tryConnect(wslb, f"stalled-{i}"))
                         for i in range(6)]
-            await deferLater(reactor, 2.5)
+            await deferLater(reactor, 2.5)  # the thing tested: Redis stalled this long
         finally:
             os.kill(redis, signal.SIGCONT)
         outcomes = await defer.gatherResults(attempts)
@@ -62,7 +63,7 @@ async def test_assigns_lost_while_redis_was_stopped_leave_no_slot_taken(
             current = await loads(wslb)
             return len(current) == 3 and set(current.values()) == {0}
 
-        await waitUntil(allIdle, timeout=15)
+        await waitFor(allIdle, timeout=15)
         for i in range(3):
             client = await connect(wslb, f"after-{i}", wait=10)
             clients.append(client)

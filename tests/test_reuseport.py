@@ -12,8 +12,9 @@ from functools import partial
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import connect, healthyWorkers, startEchoFleet, waitUntil
-from _echo_helpers import TIMEOUT, closeAll
+from _cluster_helpers import healthyWorkers, startEchoFleet
+from _echo_helpers import TIMEOUT, closeAll, connectWhenServing
+from _polling import waitFor
 from _twistd_helpers import TWISTD, TwistdWslb
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
@@ -194,18 +195,11 @@ async def echoing(instances, keys):
     """Open one connection per key (retrying while workers are adopted); each echoes."""
     clients = {}
     for key in keys:
-        clients[key] = await waitUntil(lambda key=key: _tryConnect(instances[0], key), timeout=20)
+        clients[key] = await connectWhenServing(instances[0].url(f"/?session={key}"))
     for key, client in clients.items():
         client.sendMessage(key.encode())
         assert await client.nextMessage() == (key.encode(), False)
     return clients
-
-
-async def _tryConnect(instance, key):
-    try:
-        return await connect(instance, key)
-    except Exception:
-        return None
 
 
 @pytest.mark.timeout(120)
@@ -213,7 +207,7 @@ async def _tryConnect(instance, key):
 async def test_two_processes_share_the_port_and_one_survives_the_other(pair):
     instances, workers = pair
     for instance in instances:
-        await waitUntil(lambda instance=instance: healthyWorkers(instance), timeout=30)
+        await waitFor(lambda instance=instance: healthyWorkers(instance), timeout=30)
     clients = {}
     try:
         clients.update(await echoing(instances, [f"u{i:02d}" for i in range(USERS)]))
@@ -229,7 +223,7 @@ async def test_two_processes_share_the_port_and_one_survives_the_other(pair):
         async def orphaned():
             closed = [key for key, client in clients.items() if client.closed.called]
             return closed if len(closed) == served[1] else None
-        orphans = await waitUntil(orphaned, timeout=TIMEOUT)
+        orphans = await waitFor(orphaned, timeout=TIMEOUT)
         before = await handshakes(survivor)
 
         # New users, and the users the dead process relayed, all come through the

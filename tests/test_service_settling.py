@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.task import Clock, deferLater
+from _polling import waitFor
+from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from wslb.registry.redis import RedisRegistry
 from wslb.service import REGISTRY_SETTLE, registryReady
@@ -91,11 +92,8 @@ def test_aRedisRestartHoldsThePoolAgain(own_redis_server):
         yield ticks(ready, clock, SETTLE_TICKS + 1)
         own_redis_server.stop()
         disruptions = registry.disruptions
-        for _ in range(100):  # the dropped connection is noticed at once
-            if registry.disruptions != disruptions:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        assert registry.disruptions != disruptions
+        yield waitFor(lambda: registry.disruptions != disruptions,  # noticed at once
+                      what="the dropped connection noticed")
         for _ in range(2):
             asking = ready()
             clock.advance(TIMEOUT)

@@ -9,8 +9,16 @@ import signal
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import LEADER_TTL, connect, leaderOf, startCluster, startEchoFleet, waitUntil
+from _cluster_helpers import (
+    LEADER_TTL,
+    connect,
+    healthyWorkers,
+    leaderOf,
+    startCluster,
+    startEchoFleet,
+)
 from _echo_helpers import closeAll
+from _polling import waitFor
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
@@ -29,15 +37,12 @@ async def test_sigterm_drains_fifty_users_to_another_instance(own_redis_server, 
         async def aLeads():
             view = await leaderOf(a)
             return view is not None and view[0]
-        await waitUntil(aLeads, timeout=10)
+        await waitFor(aLeads, timeout=10)
         (b,) = startCluster(tmp_path, own_redis_server, workers, 1, capacity=10)
         instances.append(b)
 
-        async def healthyEverywhere():
-            response = await treq.get(a.admin + "/api/v1/workers", timeout=5)
-            body = await response.json()
-            return sum(w["state"] == "healthy" for w in body["workers"]) == 10
-        await waitUntil(healthyEverywhere, timeout=20)
+        await waitFor(lambda: healthyWorkers(a), lambda n: n == 10, timeout=20,
+                      what="ten healthy workers")
 
         clients = await defer.gatherResults([connect(a, f"user{i}") for i in range(50)])
         placed = {}
@@ -54,7 +59,7 @@ async def test_sigterm_drains_fifty_users_to_another_instance(own_redis_server, 
             except Exception:
                 return False
             return response.code == 503
-        await waitUntil(unhealthy, timeout=1, interval=0.05)  # at once, while users stay
+        await waitFor(unhealthy, timeout=1)  # at once, while users stay
         assert not closes.called
 
         codes = await closes.addTimeout(DRAIN + 5, reactor)
@@ -64,7 +69,7 @@ async def test_sigterm_drains_fifty_users_to_another_instance(own_redis_server, 
         async def bLeads():
             view = await leaderOf(b)
             return view is not None and view[0]
-        await waitUntil(bLeads, timeout=LEADER_TTL)  # handed over, not waited out
+        await waitFor(bLeads, timeout=LEADER_TTL)  # handed over, not waited out
         assert a.process.wait(10) in (0, -signal.SIGTERM)
 
         again = await defer.gatherResults([connect(b, f"user{i}") for i in range(50)])

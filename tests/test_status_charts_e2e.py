@@ -9,8 +9,9 @@ import re
 import pytest
 import pytest_twisted
 from _browser import parse, render
-from _cluster_helpers import healthyWorkers, waitUntil
-from _echo_helpers import closeAll, connectWebSocket
+from _cluster_helpers import healthyWorkers
+from _echo_helpers import closeAll, connectWebSocket, getJSON
+from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -43,13 +44,16 @@ async def test_a_burst_of_30_users_is_drawn_on_the_charts(tmp_path, echo_worker)
 
         async def healthy():
             return await healthyWorkers(wslb) == 1
-        await waitUntil(healthy, timeout=20)
+        await waitFor(healthy, timeout=20)
         began = reactor.seconds()
         for i in range(USERS):
             users.append(await connectWebSocket(wslb.url(f"/?session=burst{i}")))
+            # The thing tested: arrivals spread over BURST seconds.
             await deferLater(reactor, max(0, began + (i + 1) * BURST / USERS - reactor.seconds()))
         ended = reactor.seconds()
-        await deferLater(reactor, SAMPLE + 1)  # a sample after the last arrival
+        await waitFor(lambda: getJSON(wslb.admin + "/api/v1/history"),
+                      lambda answer: any(s["time"] > ended for s in answer[1]["samples"]),
+                      timeout=SAMPLE + 2, interval=0.25, what="a sample after the last arrival")
 
         html, screenshot = await render(wslb.admin + "/status", tmp_path, budget_ms=3000)
     finally:

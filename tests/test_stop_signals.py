@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import pytest_twisted
-from _echo_helpers import closeAll, connectWebSocket
+from _echo_helpers import closeAll, connectWhenServing
 from _twistd_helpers import TwistdWslb
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -18,14 +18,9 @@ USERS = 3
 
 
 async def connectedUsers(wslb, count):
-    started = reactor.seconds()
-    users = []
-    while len(users) < count:
-        try:  # the worker is starting: 503 until its first health check passes
-            users.append(await connectWebSocket(wslb.url(f"/?session=user{len(users)}")))
-        except Exception:
-            assert reactor.seconds() - started < 15, wslb.output()
-            await deferLater(reactor, 0.2)
+    # The worker is starting: 503 until its first health check passes.
+    users = [await connectWhenServing(wslb.url(f"/?session=user{n}"), within=15)
+             for n in range(count)]
     for user in users:
         assert (await user.ask("whoami"))["session"].startswith("user")
     return users
@@ -46,11 +41,11 @@ async def test_a_stop_signal_twice_50ms_apart_drains_and_exits_as_once_does(
 
         wslb.signal(signum)
         signalled = reactor.seconds()
-        await deferLater(reactor, 0.05)
+        await deferLater(reactor, 0.05)  # the thing tested: repeats 50 ms, then 300 ms apart
         wslb.signal(signum)
         await deferLater(reactor, 0.3)
         wslb.signal(signum)  # a third: still one line in the log
-        await deferLater(reactor, 0.1)
+        await deferLater(reactor, 0.1)  # the thing tested: the drain goes on meanwhile
         assert not closes.called  # the repeats did not cut the drain short
 
         codes = await closes.addTimeout(DRAIN + 5, reactor)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from _certs import makeCertificates
+from _polling import waitFor
 from packaging.requirements import Requirement
 from twisted.internet import defer, reactor, ssl, tcp
 from twisted.internet.endpoints import (
@@ -72,21 +73,9 @@ class Listener:
         """A blocking socket connected to the listener, and the Recorder it reached."""
         client = socket.create_connection(("127.0.0.1", self.port.getHost().port), 5)
         client.sendall(first)
-        while not self.accepted or not self.accepted[-1].made.called:
-            await deferLater(reactor, 0.01)
+        await waitFor(lambda: self.accepted and self.accepted[-1].made.called, interval=0.01,
+                      what="the listener's protocol connected")
         return client, self.accepted[-1]
-
-
-async def received(protocol, data, timeout=5.0):
-    await until(lambda: protocol.received == data, timeout)
-
-
-async def until(condition, timeout=5.0):
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01)
-    raise AssertionError("not within the timeout")
 
 
 @pytest.mark.timeout(10)
@@ -110,7 +99,7 @@ async def test_writeNow_sends_at_once_when_twisted_holds_nothing():
             with pytest.raises(BlockingIOError):
                 client.recv(16)
             client.setblocking(True)
-            await deferLater(reactor, 0.05)
+            await deferLater(reactor, 0.05)  # a reactor turn writes what Twisted holds
             assert client.recv(64) == b"queued after"
 
             transport.abortConnection()
@@ -151,7 +140,7 @@ async def test_takeOver_a_server_connection(tmp_path):
                 new = Recorder()
                 takeOver(server, new)
                 client.sendall(b"to the new one")
-                await received(new, b"to the new one")
+                await waitFor(lambda: new.received == b"to the new one", interval=0.01)
                 assert server.received == b""
 
 
@@ -164,11 +153,11 @@ async def test_takeOver_a_client_endpoints_connection():
             Factory.forProtocol(Recorder))
         try:
             assert old.transport.protocol._wrappedProtocol is old
-            await until(lambda: listener.accepted)
+            await waitFor(lambda: listener.accepted, interval=0.01)
             new = Recorder()
             takeOver(old, new)
             listener.accepted[0].transport.write(b"to the new one")
-            await until(lambda: new.received == b"to the new one")
+            await waitFor(lambda: new.received == b"to the new one", interval=0.01)
             assert old.received == b""
         finally:
             old.transport.abortConnection()
@@ -188,16 +177,16 @@ async def test_takeOver_a_tls_connection_and_its_writes_are_not_sent_raw(tmp_pat
             TCP4ClientEndpoint(reactor, "127.0.0.1", listener.port.getHost().port))
         client = await endpoint.connect(Factory.forProtocol(Recorder))
         try:
-            await until(lambda: listener.accepted)
+            await waitFor(lambda: listener.accepted, interval=0.01)
             server = listener.accepted[0]
             assert isinstance(server.transport, TLSMemoryBIOProtocol)
             assert writesLandIn(server.transport) is server.transport
             new = Recorder()
             takeOver(server, new)
             client.transport.write(b"encrypted")
-            await until(lambda: new.received == b"encrypted")
+            await waitFor(lambda: new.received == b"encrypted", interval=0.01)
             writeNow(server.transport, b"back")
-            await until(lambda: client.received == b"back")
+            await waitFor(lambda: client.received == b"back", interval=0.01)
         finally:
             client.transport.abortConnection()
 

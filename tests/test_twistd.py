@@ -1,15 +1,14 @@
 """``twistd -n wslb`` as a real process: the embedded default, and bad configs."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 
 import pytest
 import pytest_twisted
-from _echo_helpers import connectWebSocket
-from _twistd_helpers import TWISTD, TwistdWslb
+from _echo_helpers import connectWhenServing
+from _twistd_helpers import TWISTD, TwistdWslb, alive
 from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -24,14 +23,6 @@ def workerPids(parent):
     return [int(pid) for pid in out.split()]
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture
 def default_wslb(tmp_path):
     first = free_port()
@@ -44,14 +35,8 @@ def default_wslb(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_embedded_default_serves_an_echo_within_seconds(default_wslb):
     default_wslb.waitListening()
-    started = reactor.seconds()
-    client = None
-    while client is None:  # the local workers are starting: 503/502 until healthy
-        try:
-            client = await connectWebSocket(default_wslb.url("/?session=newcomer"))
-        except Exception:
-            assert reactor.seconds() - started < 20, default_wslb.output()
-            await deferLater(reactor, 0.25)
+    # The local workers are starting: 503/502 until healthy.
+    client = await connectWhenServing(default_wslb.url("/?session=newcomer"))
     try:
         client.sendMessage(b"hello wslb")
         assert await client.nextMessage() == (b"hello wslb", False)
@@ -115,19 +100,12 @@ async def test_json_logs_carry_a_connection_lifecycle(tmp_path):
     )
     try:
         wslb.waitListening()
-        started = reactor.seconds()
-        while True:
-            try:
-                client = await connectWebSocket(wslb.url("/?session=logged"))
-                break
-            except Exception:
-                assert reactor.seconds() - started < 15
-                await deferLater(reactor, 0.2)
+        client = await connectWhenServing(wslb.url("/?session=logged"), within=15)
         client.sendMessage(b"hello")
         await client.nextMessage()
         client.sendClose(4001, "done")
         await client.waitClosed()
-        await deferLater(reactor, 0.3)
+        await deferLater(reactor, 0.3)  # the closed line logged (stdout is read once stopped)
     finally:
         wslb.stop()
         worker.kill()

@@ -12,7 +12,6 @@ import pytest_twisted
 from _certs import makeCertificates
 from _echo_helpers import getJSON
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
-from _wslb_helpers import staticWslb
 from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
@@ -21,13 +20,9 @@ from wslb.proxy.sessions import LiveSessions
 pytestmark = pytest.mark.workers(1)
 
 
-@pytest_twisted.async_yield_fixture()
-async def wslb(echo_workers):
-    wslb = staticWslb(echo_workers, "pool.capacity=10")
-    await wslb.start()
-    await wslb.waitHealthy(1)
-    yield wslb
-    await wslb.stop()
+@pytest_twisted.async_fixture()
+async def wslb(echo_workers, start_wslb):
+    return await start_wslb(echo_workers, "pool.capacity=10")
 
 
 async def raw(wslb, raws):
@@ -46,11 +41,11 @@ async def test_a_request_in_pieces_and_frames_sent_before_the_101_are_relayed(ws
     request = upgradeRequest(wslb.port, headers={"X-WSLB-Session": "eager"})
     for i in range(0, len(request), 7):  # the head split at every 7th byte
         client.transport.write(request[i:i + 7])
-        await deferLater(reactor, 0.002)
+        await deferLater(reactor, 0.002)  # the thing tested: the head in pieces
     # The client does not wait for the 101 (its handshake is held meanwhile).
     client.transport.write(frame(TEXT, b"first") + frame(TEXT, b"whoami"))
-    head, _, client.received = (await client.waitFor(lambda d: b"\r\n\r\n" in d)).partition(
-        b"\r\n\r\n")
+    received = await client.untilReceived(lambda d: b"\r\n\r\n" in d)
+    head, _, client.received = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 ")
     assert await client.nextMessage() == (TEXT, b"first")
     opcode, payload = await client.nextMessage()
@@ -116,24 +111,20 @@ def tlsClientRefusedThenPipelining(port, ca, second):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_refused_tls_client_gets_no_second_answer_and_is_dropped(echo_workers, tmp_path):
+async def test_a_refused_tls_client_gets_no_second_answer_and_is_dropped(
+        echo_workers, start_wslb, tmp_path):
     certs = makeCertificates(tmp_path)
-    wslb = staticWslb(
+    wslb = await start_wslb(
         echo_workers, "pool.capacity=10", "listen.open_handshake_timeout=1s",
         f"listen.endpoint=ssl:0:interface=127.0.0.1:privateKey={certs['server-key']}"
         f":certKey={certs['server']}")
-    await wslb.start()
-    try:
-        await wslb.waitHealthy(1)
-        second = upgradeRequest(wslb.port, headers={"X-WSLB-Session": "second"})
-        answer, dropped = await threads.deferToThread(
-            tlsClientRefusedThenPipelining, wslb.port, certs["ca"], second)
-        assert answer.startswith(b"HTTP/1.1 405 ")
-        assert dropped < 3  # by the request timeout, not by the client
-        _, sessions = await getJSON(wslb.admin + "/api/v1/sessions")
-        assert sessions["sessions"] == []  # the second request opened nothing
-    finally:
-        await wslb.stop()
+    second = upgradeRequest(wslb.port, headers={"X-WSLB-Session": "second"})
+    answer, dropped = await threads.deferToThread(
+        tlsClientRefusedThenPipelining, wslb.port, certs["ca"], second)
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert dropped < 3  # by the request timeout, not by the client
+    _, sessions = await getJSON(wslb.admin + "/api/v1/sessions")
+    assert sessions["sessions"] == []  # the second request opened nothing
 
 
 @pytest_twisted.ensureDeferred

@@ -7,8 +7,9 @@ sessions allocated before their users connect.
 import pytest
 import pytest_twisted
 import redis as redis_py
-from _cluster_helpers import healthyWorkers, startCluster, startEchoFleet, waitUntil
+from _cluster_helpers import healthyWorkers, startCluster, startEchoFleet
 from _echo_helpers import closeAll
+from _polling import waitFor
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _sse import openEvents
 from twisted.internet import defer, reactor
@@ -61,7 +62,7 @@ class Queue:
         return None if ticket is None else self.client.zrank(self.prefix + "queue", ticket)
 
     async def becomes(self, expected, timeout=10):
-        await waitUntil(lambda: defer.succeed(self.order() == expected), timeout, 0.05)
+        await waitFor(lambda: self.order() == expected, timeout=timeout)
 
 
 async def hold(cleanup, instance, key):
@@ -74,7 +75,7 @@ async def hold(cleanup, instance, key):
 
 def answered(raw):
     """Fire with the status of ``raw``'s handshake once it is answered."""
-    d = raw.waitFor(lambda data: b"\r\n\r\n" in data, timeout=15)
+    d = raw.untilReceived(lambda data: b"\r\n\r\n" in data, timeout=15)
     return d.addCallback(lambda data: int(data.split(b" ", 2)[1]))
 
 
@@ -83,7 +84,7 @@ def isWaiting(raw):
 
 
 async def healthy(instance, n):
-    await waitUntil(lambda: defer.ensureDeferred(_atLeast(instance, n)), timeout=30)
+    await waitFor(lambda: _atLeast(instance, n), timeout=30)
 
 
 async def _atLeast(instance, n):
@@ -110,10 +111,10 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
 
     # B drops (through b) and comes back through a within the grace: same place.
     waiting.pop("B").transport.abortConnection()
-    await deferLater(reactor, 1.2)
+    await deferLater(reactor, 1.2)  # the thing tested: a queue heartbeat passes, B keeps its place
     assert queue.order() == ["A", "B", "C"]
     waiting["B"] = await hold(cleanup, a, "B")
-    await deferLater(reactor, 0.5)
+    await deferLater(reactor, 0.5)  # the thing tested: nothing moves meanwhile
     assert queue.order() == ["A", "B", "C"] and queue.ticketOf("B") == ticket
     assert queue.rank("A") < queue.rank("B") < queue.rank("C")
 
@@ -126,12 +127,12 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
     # A head that is away does not stall the others: A drops, the worker
     # frees, C is served; A, back within its grace, is still first.
     waiting.pop("A").transport.abortConnection()
-    await deferLater(reactor, 0.5)
+    await deferLater(reactor, 0.5)  # A's drop noticed (nothing to poll: it keeps its place)
     holder.transport.write(frame(TEXT, b"end"))  # the session ends: its worker is free
     assert await answered(waiting["C"]) == 101
     assert queue.order() == ["A", "B"]
     waiting["A"] = await hold(cleanup, b, "A")
-    await deferLater(reactor, 0.5)
+    await deferLater(reactor, 0.5)  # the thing tested: nothing moves meanwhile
     assert queue.order() == ["A", "B"] and isWaiting(waiting["A"]) and isWaiting(waiting["B"])
 
 
@@ -189,7 +190,7 @@ async def test_forty_users_see_their_exact_place_fall_to_zero_and_are_served_in_
         return all(w.positions()[-1:] == [order.index(key)]
                    for key, w in watchers.items() if key in order)
 
-    await waitUntil(allTold, timeout=30, interval=0.1)
+    await waitFor(allTold, timeout=30, interval=0.1)
     while len(served) < len(users):
         leaving = served[len(served) - 2]  # the earlier of the two relayed now
         expected = queue.order()[0]
@@ -197,7 +198,7 @@ async def test_forty_users_see_their_exact_place_fall_to_zero_and_are_served_in_
         assert await answered(raws[expected]) == 101  # the head, whichever instance holds it
         served.append(expected)
         await collecting[expected]  # its stream ended: ready
-        await waitUntil(allTold, timeout=30, interval=0.1)
+        await waitFor(allTold, timeout=30, interval=0.1)
 
     assert served == users  # first come, first served, across the three instances
     for i, key in enumerate(users[2:], start=2):

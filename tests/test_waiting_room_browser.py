@@ -11,9 +11,7 @@ import pytest_twisted
 from _browser import Page
 from _cluster_helpers import workerStats
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
-from _wslb_helpers import staticWslb
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.web.server import Site
 from twisted.web.static import File
 
@@ -34,20 +32,19 @@ def ended(raw):
 @pytest.mark.workers(1)
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
-async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_path):
-    wslb = staticWslb(echo_workers, "queue.status_path=/wslb/queue",
-                      "queue.client_path=/wslb/client.js", "queue.timeout=60")
-    await wslb.start()
+async def test_the_example_page_shows_its_place_then_echoes(
+        echo_workers, start_wslb, raws, tmp_path):
+    wslb = await start_wslb(echo_workers, "queue.status_path=/wslb/queue",
+                            "queue.client_path=/wslb/client.js", "queue.timeout=60")
     pages = reactor.listenTCP(0, Site(File(str(EXAMPLES))), interface="127.0.0.1")
-    raws, page = [], None
+    page = None
     try:
-        await wslb.waitHealthy(1)
         holder = await held(wslb, "holder")  # the one worker is busy
         raws.append(holder)
-        await holder.waitFor(lambda data: b"101" in data)
-        for key in ("ahead-1", "ahead-2"):
+        await holder.untilReceived(lambda data: b"101" in data)
+        for n, key in enumerate(("ahead-1", "ahead-2"), 1):
             raws.append(await held(wslb, key))
-            await deferLater(reactor, 0.2)  # in this order
+            await wslb.waitQueued(n)  # in this order
 
         page = await Page.open(f"http://127.0.0.1:{pages.getHost().port}/waiting-room.html"
                                f"?wslb=http://127.0.0.1:{wslb.port}&fresh", tmp_path)
@@ -60,7 +57,7 @@ async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_pa
         for user, position in ((holder, "1"), (raws[1], "0")):
             ended(user)
             served = raws[raws.index(user) + 1]
-            await served.waitFor(lambda data: b"101" in data)
+            await served.untilReceived(lambda data: b"101" in data)
             assert await page.evaluateOnceTrue(
                 f"document.getElementById('position').textContent === '{position}'")
         ended(raws[2])
@@ -78,10 +75,7 @@ async def test_the_example_page_shows_its_place_then_echoes(echo_workers, tmp_pa
     finally:
         if page is not None:
             await page.close()
-        for raw in raws:
-            raw.transport.abortConnection()
         await pages.stopListening()
-        await wslb.stop()
 
 
 def workerSaw(worker, key):
