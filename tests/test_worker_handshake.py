@@ -62,3 +62,29 @@ def test_a_good_answer_gives_the_chosen_subprotocol():
 def test_a_bad_answer_is_refused(head, why):
     with pytest.raises(HandshakeFailed, match=why):
         checkAnswer(b"\r\n".join(head), ACCEPT, ["v1"])
+
+
+def test_an_answered_handshake_keeps_nothing_of_its_request():
+    """
+    A relayed connection keeps its factory for its whole life (the
+    connector's): the request, the expected accept and the offered
+    subprotocols must not stay with it.
+    """
+    from twisted.internet import defer
+    from twisted.internet.testing import StringTransport
+
+    from wslb.proxy.worker_handshake import HandshakeFactory
+
+    request, accept = handshakeRequest("h:1", "/", {}, ["v1"])
+    factory = HandshakeFactory(request, accept, ["v1"])
+    opened = factory.opened = defer.Deferred()
+    handshake = factory.buildProtocol(None)
+    transport = StringTransport()
+    handshake.makeConnection(transport)
+    assert transport.value() == request
+    handshake.dataReceived(b"\r\n".join([
+        b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket", b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + accept, b"Sec-WebSocket-Protocol: v1"]) + b"\r\n\r\n\x81")
+    assert opened.called and opened.result is handshake
+    assert (handshake.websocket_protocol_in_use, handshake.data) == ("v1", b"\x81")
+    assert (factory.request, factory.accept, factory.protocols, factory.opened) == (None,) * 4
