@@ -18,7 +18,8 @@ connection meets these modules in this order:
                          headers (frames.py), bytes forwarded (transports.writeNow)
     sessions.py          the live relays by key; reconnect graces; ended sessions closed
                          (held.py: the registry's counts this instance holds, released
-                         safely however long the registry takes to answer)
+                         safely however long the registry takes to answer; grouped.py:
+                         both by session key, a lone connection kept without a set)
     keepalive.py         auto_ping, and ...
     idle.py              ... idle_timeout: each relay visited once per period, the
                          relays spread over it (wheel.py), so no turn visits them all

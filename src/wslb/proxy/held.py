@@ -19,6 +19,7 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from wslb.logs import Logger
+from wslb.proxy.grouped import Grouped
 
 log = Logger()
 
@@ -40,21 +41,17 @@ class Held:
         self._settled = settled
         self._clock = clock
         self._instance = instance
-        self._byKey = {}  # session key -> request ids held
+        self._byKey = Grouped()  # session key -> request ids held
         self._retries = {}  # DelayedCall -> the Deferred it will settle
         self._stopped = False
 
     def hold(self, key, requestId):
         """A connection's assign is about to be sent: the registry may count it from now."""
-        self._byKey.setdefault(key, set()).add(requestId)
+        self._byKey.add(key, requestId)
 
     def forget(self, key, requestId):
         """The registry counts the connection no more (or never did)."""
-        ids = self._byKey.get(key)
-        if ids is not None:
-            ids.discard(requestId)
-            if not ids:
-                del self._byKey[key]
+        self._byKey.discard(key, requestId)
 
     def byKey(self):
         """Session key -> the request ids held, sorted."""

@@ -12,6 +12,7 @@ from collections import deque
 from twisted.application.service import Service
 
 from wslb.logs import Logger
+from wslb.proxy.grouped import Grouped
 from wslb.proxy.held import Held
 
 log = Logger()
@@ -24,7 +25,7 @@ class LiveSessions(Service):
         self._instance = instance
         self._grace = grace
         self._endCloseCode = endCloseCode
-        self._legs = {}  # key -> set of open user legs
+        self._legs = Grouped()  # key -> open user legs
         self._wheels = []  # what visits every relay in turn (keep-alive, idle)
         # Reconnect graces, one timer for all: the grace is the same for
         # every session, so deadlines arrive in order and a deque holds them.
@@ -57,7 +58,7 @@ class LiveSessions(Service):
             wheel.add(leg)
 
     def opened(self, key, leg):
-        self._legs.setdefault(key, set()).add(leg)
+        self._legs.add(key, leg)
         self._deadlines.pop(key, None)  # back before its grace ran out
         for wheel in self._wheels:
             wheel.add(leg)
@@ -65,11 +66,7 @@ class LiveSessions(Service):
     def closed(self, key, leg):
         for wheel in self._wheels:
             wheel.discard(leg)
-        legs = self._legs.get(key)
-        if legs is not None:
-            legs.discard(leg)
-            if not legs:
-                del self._legs[key]
+        self._legs.discard(key, leg)
 
     def release(self, key, requestId):
         """
@@ -110,5 +107,5 @@ class LiveSessions(Service):
 
     def sessionEnded(self, key):
         """The session was ended (anywhere): close its users here."""
-        for leg in list(self._legs.get(key, ())):
+        for leg in self._legs.get(key, ()):
             leg.closeWith(self._endCloseCode, "session ended")
