@@ -126,3 +126,18 @@ def test_cancel_all_leaves_no_timer(clock):
     timeouts.start(lambda: pytest.fail("expired"))
     timeouts.cancelAll()
     clock.advance(10.0)
+
+
+def test_cancelled_timeouts_are_forgotten_as_the_next_one_starts(clock):
+    """A held connection's timeouts, all cancelled, do not wait for the timer to be dropped."""
+    timeouts = Timeouts(clock, 10.0)
+    for _ in range(1000):
+        timeouts.start(lambda: pytest.fail("expired")).cancel()
+    running = timeouts.start(lambda: None)
+    assert len(timeouts) == 1
+    late = timeouts.start(lambda: None)
+    running.cancel()
+    assert len(timeouts) == 2  # behind one still running: kept until it is done
+    late.cancel()
+    clock.advance(10.0)
+    assert len(timeouts) == 0

@@ -7,8 +7,8 @@ costs a DelayedCall pushed on the reactor's heap and cancelled again:
 ``Deferred.addTimeout`` measured ~25 µs a call, about a tenth of a short
 connection's CPU. With one length, timeouts expire in the order they were
 set, so a queue holds them and one timer waits for the oldest still
-running; a cancelled one is only marked, and dropped when the timer passes
-it.
+running; a cancelled one is only marked, and dropped when it reaches the
+front of the queue (as the next one starts, or the timer passes it).
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ class Timeouts:
     def start(self, expire):
         """Call ``expire()`` in ``length`` seconds, unless the L{Timeout} is cancelled."""
         timeout = Timeout(self.clock.seconds() + self.length, expire)
-        self._queue.append(timeout)
+        queue = self._queue
+        while queue and queue[0]._expire is None:  # cancelled: forget them now
+            queue.popleft()
+        queue.append(timeout)
         if self._timer is None:
             self._timer = self.clock.callLater(self.length, self._due)
         return timeout
