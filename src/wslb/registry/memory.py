@@ -97,19 +97,16 @@ class _WorkerRecord:
                 and self.capacity - self.load >= cost)
 
 
-@dataclass
+@dataclass(slots=True)
 class _SessionRecord:
     key: str
     worker: str
     cost: int
     since: float
-    # Live connections per wslb instance, so one instance's count can be
-    # dropped without touching the others'.
-    connections: Counter = field(default_factory=Counter)
     disconnected_at: float | None = None
-    # The request id that counted each connection -> (instance, whether that
-    # request bound the session): what keeps assign, release and abandon
-    # idempotent (IRegistry.assign).
+    # The request id that counted each live connection -> (instance, whether
+    # that request bound the session): the connections each instance holds,
+    # and what keeps assign, release and abandon idempotent (IRegistry.assign).
     requests: dict = field(default_factory=dict)
 
 
@@ -339,7 +336,7 @@ class MemoryRegistry:
         if session is None:
             return None
         held = self._disconnect(session, request_id, now)
-        if held and held[1] and not session.connections:
+        if held and held[1] and not session.requests:
             self._end([key], now)
             self._tellCapacity()
             return None
@@ -374,7 +371,7 @@ class MemoryRegistry:
     def expireSessions(self, now, grace):
         expired = sorted(
             key for key, session in self._sessions.items()
-            if not session.connections
+            if not session.requests
             and session.disconnected_at is not None
             and now - session.disconnected_at >= grace
         )
@@ -396,7 +393,7 @@ class MemoryRegistry:
     def countSessions(self, connected=None):
         if connected is None:
             return len(self._sessions)
-        return sum(bool(s.connections) == connected for s in self._sessions.values())
+        return sum(bool(s.requests) == connected for s in self._sessions.values())
 
     # -- queue ----------------------------------------------------------
 
@@ -475,7 +472,7 @@ class MemoryRegistry:
     def _session(self, record):
         return Session(
             key=record.key, worker=record.worker, cost=record.cost,
-            connections=sum(record.connections.values()), since=record.since,
+            connections=len(record.requests), since=record.since,
             disconnected_at=record.disconnected_at,
         )
 
@@ -539,20 +536,14 @@ class MemoryRegistry:
         held = session.requests.get(request.request_id)
         if held is None:
             held = session.requests[request.request_id] = (request.instance, fresh)
-            session.connections[request.instance] += 1
             session.disconnected_at = None
         return Assigned(self._worker(self._workers[session.worker], listed=False), held[1])
 
     def _disconnect(self, session, request_id, now):
         """Count out the connection of ``request_id``; its (instance, fresh), or None."""
         held = session.requests.pop(request_id, None)
-        if held is not None:
-            instance = held[0]
-            session.connections[instance] -= 1
-            if not session.connections[instance]:
-                del session.connections[instance]
-            if not session.connections:
-                session.disconnected_at = now
+        if held is not None and not session.requests:
+            session.disconnected_at = now
         return held
 
     def _end(self, keys, now):
