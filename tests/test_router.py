@@ -218,6 +218,7 @@ def test_a_handshake_that_leaves_while_its_assign_is_answered_frees_the_slot(que
     q.clock.advance(LATENCY)
     assert a.called and q.load() == 0
     assert outcome(q.registry.getSession("a")) is None and q.held.byKey() == {}
+    assert q.metrics.registryErrors._value.get() == 0  # a user leaving is no registry error
     b = q.route("b")
     q.clock.advance(LATENCY)
     assert workerOf(b) == "w1"

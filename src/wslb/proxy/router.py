@@ -109,6 +109,9 @@ class Router(Service):
         self._held.hold(key, requestId)
         try:
             result = yield self._registry.assign(request, started)
+        except defer.CancelledError:  # the user left: no registry error
+            self._held.abandon(key, requestId, self._keepPlaceUntil())
+            raise
         except Exception as e:
             self._held.abandon(key, requestId, self._keepPlaceUntil())
             self._metrics.registryErrors.inc()
