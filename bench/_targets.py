@@ -283,10 +283,12 @@ class Wslb(Target):
             waitListening(self._redisPort, redis, READY_TIMEOUT, "redis-server")
             shared.append(f"registry.url=redis://127.0.0.1:{self._redisPort}/0")
         self.logs = []
+        self.adminPorts = []
         twistds = []
         try:
             for number in range(processes):
                 adminPort = freePort()
+                self.adminPorts.append(adminPort)
                 name = self.name if processes == 1 else f"{self.name}-{number + 1}"
                 admin = f"admin.endpoint=tcp:{adminPort}:interface=127.0.0.1"
                 process = self._startTwistd(logDir, name, [*shared, admin])

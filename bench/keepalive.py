@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import _report
@@ -66,6 +67,22 @@ def variants(args):
     return out
 
 
+def fullCollections(wslb):
+    """
+    (count, seconds) of the full GC passes wslb made so far, from its
+    wslb_gc_pause_seconds; (nan, nan) from a wslb without that metric.
+    """
+    url = f"http://127.0.0.1:{wslb.adminPorts[0]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f'wslb_gc_pause_seconds_{part}{{generation="2"}} '):
+                found[part] = float(line.split()[-1])
+    return found.get("count", float("nan")), found.get("sum", float("nan"))
+
+
 def measure(children, node, workers, logDir, args, twistd, ping, redisServer):
     """Hold the idle users, ping-pong the probe through the same instance."""
     # A label marks another checkout's wslb, which may predate [http].
@@ -97,8 +114,10 @@ def measure(children, node, workers, logDir, args, twistd, ping, redisServer):
                     kind, name, result = probe.next()
                     if (kind, name) == ("EVENT", "measure-start"):
                         meter.start()
+                        collectedBefore = fullCollections(wslb)
                     elif (kind, name) == ("EVENT", "measure-end"):
                         cpu = meter.stop()
+                        collectedAfter = fullCollections(wslb)
                     elif kind == "RESULT":
                         break
             finally:
@@ -117,7 +136,9 @@ def measure(children, node, workers, logDir, args, twistd, ping, redisServer):
     return {"p50_us": result["p50_us"], "p99_us": result["p99_us"], "max_us": result["max_us"],
             "round_trips": result["messages"], "wslb_cpu": cpu["wslb"], "other_cpu": cpu["other"],
             "busy_before": load, "held": held["held"], "open_s": released["open_seconds"],
-            "pings": released["pings"], "dropped": released["dropped"]}
+            "pings": released["pings"], "dropped": released["dropped"],
+            "gc2": collectedAfter[0] - collectedBefore[0],
+            "gc2_ms": (collectedAfter[1] - collectedBefore[1]) * 1000}
 
 
 def render(args, runs, labels, load):
@@ -154,10 +175,15 @@ def render(args, runs, labels, load):
     on, off = labels[0], labels[1]
     worst = max(r["max_us"] for r in runs[on]) / 1000
     ratios = [a["p50_us"] / b["p50_us"] for a, b in zip(runs[on], runs[off])]
+    quiet = [r["max_us"] / 1000 for r in runs[on] if r["gc2"] == 0]
     lines += [
         "",
         f"- {on}: the largest round trip of any round {worst:,.1f} ms (bound: below "
         f"{MAX_BOUND_MS:g} ms): {'held' if worst < MAX_BOUND_MS else 'NOT held'}",
+        f"- {on}: full GC passes during the probe, each round: "
+        + ", ".join(f"{r['gc2']:.0f} ({r['gc2_ms']:,.0f} ms)" for r in runs[on])
+        + "; the largest round trip of the rounds without one: "
+        + (f"{max(quiet):,.1f} ms" if quiet else "none was without one"),
         "- p50 with pings on / off, each round's pair: "
         + ", ".join(f"{r:.2f}" for r in ratios)
         + f"; median {statistics.median(ratios):.2f} (bound: at most {P50_BOUND}): "
@@ -165,14 +191,16 @@ def render(args, runs, labels, load):
         "",
         "<details><summary>Every round</summary>\n",
         "| round | variant | p50 (us) | p99 (us) | max (us) | pings | dropped | idle users "
-        "opened in (s) | machine busy before the probe (% of a core) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "opened in (s) | machine busy before the probe (% of a core) | full GC passes in "
+        "the probe (ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label in labels:
         for number, r in enumerate(runs[label], 1):
             lines.append(
                 f"| {number} | {label} | {r['p50_us']:,} | {r['p99_us']:,} | {r['max_us']:,} | "
-                f"{r['pings']:,} | {r['dropped']} | {r['open_s']:.1f} | {r['busy_before']:.0f} |")
+                f"{r['pings']:,} | {r['dropped']} | {r['open_s']:.1f} | {r['busy_before']:.0f} | "
+                f"{r['gc2']:.0f} ({r['gc2_ms']:,.0f}) |")
     lines += ["", "</details>", ""]
     return lines
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
 
+from wslb.gcpauses import PAUSE_BUCKETS
 from wslb.registry import WORKER_STATES
 
 TO_WORKER = "to_worker"
@@ -106,6 +107,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                      60, 300),
+        )
+        self.gcPauses = Histogram(
+            "wslb_gc_pause_seconds", "Pauses of Python's garbage collector (the reactor waits "
+            "meanwhile), by generation; a full pass (2) traces every object.", ["generation"],
+            registry=self.registry, buckets=PAUSE_BUCKETS,
         )
         self.pool = None  # PoolNumbers as of the last refresh; None when it failed
         self._live = {}  # name -> callable giving a number now (connections...)

@@ -21,6 +21,7 @@ from wslb.admin.history import History
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
 from wslb.config import parseEndpoints
+from wslb.gcpauses import GCPauses
 from wslb.logs import showSessionKeys
 from wslb.metrics import Metrics
 from wslb.pool.leader import AlwaysLeader
@@ -143,6 +144,7 @@ def makeService(config, reactor=None):
     top = OrderedServices()
 
     metrics = Metrics()
+    GCPauses(metrics.gcPauses).setServiceParent(top)
     registry, leader = makeRegistry(config, reactor)
     for part in (registry, leader):
         if service.IService.providedBy(part):
