@@ -42,6 +42,17 @@ def startCluster(tmp_path, redis, workers, n=3, *overrides, capacity=1):
     return instances
 
 
+def fleet(stop_after, n):
+    """``startEchoFleet(n)``, each worker stopped after the test (conftest.stop_after)."""
+    return [stop_after(worker) for worker in startEchoFleet(n)]
+
+
+def cluster(stop_after, tmp_path, redis, workers, n=3, *overrides, capacity=1):
+    """``startCluster(...)``, each instance stopped after the test (conftest.stop_after)."""
+    return [stop_after(instance) for instance in
+            startCluster(tmp_path, redis, workers, n, *overrides, capacity=capacity)]
+
+
 async def healthyWorkers(instance):
     try:
         _, body = await getJSON(instance.admin + "/api/v1/workers")

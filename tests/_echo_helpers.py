@@ -55,6 +55,8 @@ class EchoWorkerProcess:
         self.process.wait()
         self.process.stderr.close()
 
+    stop = kill  # what conftest.stop_after calls
+
 
 class RecordingClient(WebSocketClientProtocol):
     """A WebSocket client that queues what it receives and records its close."""

@@ -12,12 +12,12 @@ import redis as redis_py
 from _cluster_helpers import (
     LEADER_TTL,
     SCALE_INTERVAL,
+    cluster,
     connect,
+    fleet,
     getJSON,
     healthyWorkers,
     leaderOf,
-    startCluster,
-    startEchoFleet,
     workerStats,
 )
 from _echo_helpers import closeAll
@@ -25,28 +25,6 @@ from _polling import waitFor
 from _wslb_helpers import rawHandshake
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
-
-
-@pytest.fixture
-def cleanup():
-    """Things a test started: processes with kill()/stop(), and clients."""
-    things = {"processes": [], "clients": []}
-    yield things
-    closeAll(things["clients"])
-    for process in things["processes"]:
-        process.stop() if hasattr(process, "stop") else process.kill()
-
-
-def fleet(cleanup, n):
-    workers = startEchoFleet(n)
-    cleanup["processes"].extend(workers)
-    return workers
-
-
-def cluster(cleanup, tmp_path, redis, workers, n=3, *overrides, capacity=1):
-    instances = startCluster(tmp_path, redis, workers, n, *overrides, capacity=capacity)
-    cleanup["processes"].extend(instances)
-    return instances
 
 
 async def _atLeast(instance, n):
@@ -64,9 +42,9 @@ def queueOrder(redis, namespace="wslb"):
 @pytest.mark.timeout(180)
 @pytest_twisted.ensureDeferred
 async def test_race_three_instances_thirty_workers_hundred_clients(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 30)
-    instances = cluster(cleanup, tmp_path, own_redis_server, workers)
+        own_redis_server, tmp_path, stop_after, clients):
+    workers = fleet(stop_after, 30)
+    instances = cluster(stop_after, tmp_path, own_redis_server, workers)
     # Thirty Python workers and three twistd start at once: on a busy 2-core box
     # that alone has taken over 30 s. Only the race below is under test.
     await waitFor(lambda: _atLeast(instances[0], 30), timeout=90)
@@ -78,13 +56,13 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
         d = connect(instances[i % 3], key, wait=120)
         d.addCallback(lambda client, key=key: (opened.append(key), client)[1])
         pending[key] = d
-    clients = {}
+    byKey = {}
 
     async def thirtyServed():
         for key in opened:
-            if key not in clients:
-                clients[key] = await pending[key]
-                cleanup["clients"].append(clients[key])
+            if key not in byKey:
+                byKey[key] = await pending[key]
+                clients.append(byKey[key])
         return len(opened) >= 30
     await waitFor(thirtyServed, timeout=30)
     # The other seventy all queued: nobody else got in while all 30 are held.
@@ -98,13 +76,13 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
     assert max(s["max_open_sessions"] for s in stats) == 1
 
     for expected in order[:12]:  # FIFO across instances as sessions end
-        leaving = next(key for key in opened if key in clients and clients[key].transport.connected)
-        clients.pop(leaving).sendMessage(b"end")
+        leaving = next(key for key in opened if key in byKey and byKey[key].transport.connected)
+        byKey.pop(leaving).sendMessage(b"end")
         count = len(opened)
         await waitFor(lambda count=count: len(opened) > count, timeout=10)
         assert opened[-1] == expected
-        clients[expected] = await pending[expected]
-        cleanup["clients"].append(clients[expected])
+        byKey[expected] = await pending[expected]
+        clients.append(byKey[expected])
         await deferLater(reactor, 0.3)  # the thing tested: no second taker meanwhile
         assert len(opened) == count + 1  # exactly one took the freed slot
     assert max(workerStats(w)["max_open_sessions"] for w in workers) == 1
@@ -115,27 +93,27 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 4)
-    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2, capacity=10)
+        own_redis_server, tmp_path, stop_after, clients):
+    workers = fleet(stop_after, 4)
+    a, b = cluster(stop_after, tmp_path, own_redis_server, workers, 2, capacity=10)
     await waitFor(lambda: _atLeast(a, 4), timeout=30)
 
     for i in range(5):
         first, second = await defer.gatherResults([connect(a, f"twin{i}"), connect(b, f"twin{i}")])
-        cleanup["clients"] += [first, second]
+        clients += [first, second]
         seenA, seenB = await first.ask("whoami"), await second.ask("whoami")
         assert seenA["worker"] == seenB["worker"]
         closeAll([first, second])
 
     client = await connect(a, "traveller")
-    cleanup["clients"].append(client)
+    clients.append(client)
     client.sendMessage(b"state")
     await client.nextMessage()
     seen = await client.ask("whoami")
     client.sendClose(1000)
     await client.waitClosed()
     again = await connect(b, "traveller")
-    cleanup["clients"].append(again)
+    clients.append(again)
     seen2 = await again.ask("whoami")
     assert (seen2["worker"], seen2["count"]) == (seen["worker"], 1)
 
@@ -144,7 +122,7 @@ async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
     b.signal(signal.SIGKILL)
     await again.waitClosed()
     back = await connect(a, "traveller")
-    cleanup["clients"].append(back)
+    clients.append(back)
     seen3 = await back.ask("whoami")
     assert (seen3["worker"], seen3["count"]) == (seen["worker"], 1)
 
@@ -152,9 +130,9 @@ async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_leader_failover_within_ttl_and_one_leader_at_a_time(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 1)
-    instances = cluster(cleanup, tmp_path, own_redis_server, workers)
+        own_redis_server, tmp_path, stop_after):
+    workers = fleet(stop_after, 1)
+    instances = cluster(stop_after, tmp_path, own_redis_server, workers)
     await waitFor(lambda: _atLeast(instances[0], 1), timeout=30)
 
     async def leaders(among):
@@ -182,24 +160,24 @@ RECONNECTED_WITHIN = 3.0  # seconds: REGISTRY_SETTLE, by which all must have re-
 @pytest.mark.timeout(150)
 @pytest_twisted.ensureDeferred
 async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 24)
-    instances = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
+        own_redis_server, tmp_path, stop_after, clients):
+    workers = fleet(stop_after, 24)
+    instances = cluster(stop_after, tmp_path, own_redis_server, workers, 2)
     await waitFor(lambda: _atLeast(instances[0], 24), timeout=30)
 
-    clients = []
+    users = []
     placed = {}
     for i in range(20):
         client = await connect(instances[i % 2], f"r{i}")
-        clients.append(client)
+        users.append(client)
         placed[f"r{i}"] = (await client.ask("whoami"))["worker"]
-    cleanup["clients"] += clients
+    clients += users
 
     own_redis_server.stop()
     killed = reactor.seconds()
     await deferLater(reactor, 0.5)  # the thing tested: relays go on with Redis away a while
     for round in range(3):
-        for client in clients:  # every relay keeps echoing
+        for client in users:  # every relay keeps echoing
             client.sendMessage(f"ping {round}".encode())
             assert await client.nextMessage() == (f"ping {round}".encode(), False)
     started = reactor.seconds()
@@ -231,7 +209,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
             client = await connect(instances[1], "newcomer")
         except Exception:
             return None
-        cleanup["clients"].append(client)
+        clients.append(client)
         return client
     newcomer = await waitFor(newcomerServed, timeout=3 * SCALE_INTERVAL + 8)
     assert reactor.seconds() - back < 3 * SCALE_INTERVAL + 8
@@ -245,12 +223,12 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
 
     # Old sessions are still sticky: reconnect one through the other instance.
     key = "r3"
-    clients[3].sendClose(1000)
-    await clients[3].waitClosed()
+    users[3].sendClose(1000)
+    await users[3].waitClosed()
     again = await connect(instances[0], key)
-    cleanup["clients"].append(again)
+    clients.append(again)
     assert (await again.ask("whoami"))["worker"] == placed[key]
-    for i, client in enumerate(clients):  # and nobody else's relay was disturbed
+    for i, client in enumerate(users):  # and nobody else's relay was disturbed
         if f"r{i}" != key:
             assert client.transport.connected, f"r{i}'s relay was closed"
             client.sendMessage(b"after")
@@ -260,14 +238,14 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_session_ended_on_one_instance_closes_it_on_another_and_serves_the_queue(
-        own_redis_server, tmp_path, cleanup):
+        own_redis_server, tmp_path, stop_after, clients):
     import treq
 
-    workers = fleet(cleanup, 1)
-    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2)
+    workers = fleet(stop_after, 1)
+    a, b = cluster(stop_after, tmp_path, own_redis_server, workers, 2)
     await waitFor(lambda: _atLeast(a, 1), timeout=30)
     holder = await connect(a, "holder")
-    cleanup["clients"].append(holder)
+    clients.append(holder)
     waiting = connect(b, "next", wait=30)
     await waitFor(lambda: queueOrder(own_redis_server) == ["next"], timeout=5)
 
@@ -277,6 +255,6 @@ async def test_session_ended_on_one_instance_closes_it_on_another_and_serves_the
     code, _ = await holder.waitClosed()
     assert code == 4000  # closed on instance A, where it lived
     served = await waiting
-    cleanup["clients"].append(served)
+    clients.append(served)
     assert reactor.seconds() - ended < SCALE_INTERVAL  # at once, not on a tick
     assert (await served.ask("whoami"))["session"] == "next"

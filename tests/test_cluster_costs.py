@@ -11,13 +11,8 @@ import random
 
 import pytest
 import pytest_twisted
-from _cluster_helpers import (
-    healthyWorkers,
-    startCluster,
-    startEchoFleet,
-    workerStats,
-)
-from _echo_helpers import closeAll, connectWebSocket
+from _cluster_helpers import cluster, fleet, healthyWorkers, workerStats
+from _echo_helpers import connectWebSocket
 from _polling import waitFor
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -26,14 +21,6 @@ WORKERS = 6
 SESSIONS = 200
 COSTS = [100, 300, 600]
 CAPACITY = 1000
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for process in started:
-        process.stop() if hasattr(process, "stop") else process.kill()
 
 
 async def session(instance, key, cost, hold, clients):
@@ -58,31 +45,25 @@ async def session(instance, key, cost, hold, clients):
 @pytest.mark.parametrize("overtake", [False, True], ids=["fifo", "overtake"])
 @pytest_twisted.ensureDeferred
 async def test_random_costs_never_exceed_capacity_on_any_worker(
-        own_redis_server, tmp_path, processes, overtake):
-    workers = startEchoFleet(WORKERS)
-    processes.extend(workers)
-    instances = startCluster(
-        tmp_path, own_redis_server, workers, 3, f"queue.allow_overtake={str(overtake).lower()}",
-        capacity=CAPACITY,
+        own_redis_server, tmp_path, stop_after, clients, overtake):
+    workers = fleet(stop_after, WORKERS)
+    instances = cluster(
+        stop_after, tmp_path, own_redis_server, workers, 3,
+        f"queue.allow_overtake={str(overtake).lower()}", capacity=CAPACITY,
     )
-    processes.extend(instances)
 
     async def allHealthy():
         return await healthyWorkers(instances[0]) >= WORKERS
     await waitFor(allHealthy, timeout=30)
 
     rng = random.Random(5)
-    clients = []
     started = reactor.seconds()
-    try:
-        servedBy = await defer.gatherResults([
-            defer.ensureDeferred(session(
-                instances[i % 3], f"c{i:03d}", rng.choice(COSTS), rng.uniform(0.1, 0.4), clients,
-            ))
-            for i in range(SESSIONS)
-        ], consumeErrors=True)
-    finally:
-        closeAll(clients)
+    servedBy = await defer.gatherResults([
+        defer.ensureDeferred(session(
+            instances[i % 3], f"c{i:03d}", rng.choice(COSTS), rng.uniform(0.1, 0.4), clients,
+        ))
+        for i in range(SESSIONS)
+    ], consumeErrors=True)
     took = reactor.seconds() - started
 
     stats = [workerStats(w) for w in workers]

@@ -6,7 +6,7 @@ users already relayed by the same process do not notice.
 """
 
 import pytest_twisted
-from _echo_helpers import closeAll, connectWebSocket
+from _echo_helpers import connectWebSocket
 from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from _wslb_helpers import rawHandshake
@@ -23,40 +23,36 @@ async def timed(call):
 
 
 @pytest_twisted.ensureDeferred
-async def test_hostile_cookies_are_answered_at_once_and_relays_go_on(tmp_path, echo_worker):
-    wslb = TwistdWslb(
+async def test_hostile_cookies_are_answered_at_once_and_relays_go_on(
+        tmp_path, echo_worker, stop_after, clients):
+    wslb = stop_after(TwistdWslb(
         tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
         "pool.capacity=10", "pool.min_spare=0", "pool.max_spare=0", "pool.health.interval=60",
         "listen.drain_period=0",
-    ).waitListening()
-    clients = []
-    try:
-        clients.append(await connectWebSocket(wslb.url("/?session=relayed")))
-        user = clients[0]
-        await user.ask("whoami")
+    )).waitListening()
+    clients.append(await connectWebSocket(wslb.url("/?session=relayed")))
+    user = clients[0]
+    await user.ask("whoami")
 
-        roundTrips = []
-        hostileDone = False
+    roundTrips = []
+    hostileDone = False
 
-        async def ping():
-            while not hostileDone:
-                _, took = await timed(lambda: user.ask("whoami"))
-                roundTrips.append(took)
-                await deferLater(reactor, 0.02)  # the thing tested: round trips all along
+    async def ping():
+        while not hostileDone:
+            _, took = await timed(lambda: user.ask("whoami"))
+            roundTrips.append(took)
+            await deferLater(reactor, 0.02)  # the thing tested: round trips all along
 
-        pinging = defer.ensureDeferred(ping())
-        await waitFor(lambda: roundTrips, what="a first round trip")
-        answers = await defer.gatherResults([
-            defer.ensureDeferred(timed(lambda: rawHandshake(
-                wslb.port, headers={"Cookie": HOSTILE_COOKIE})))
-            for _ in range(4)
-        ])
-        hostileDone = True
-        await pinging
+    pinging = defer.ensureDeferred(ping())
+    await waitFor(lambda: roundTrips, what="a first round trip")
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(timed(lambda: rawHandshake(
+            wslb.port, headers={"Cookie": HOSTILE_COOKIE})))
+        for _ in range(4)
+    ])
+    hostileDone = True
+    await pinging
 
-        assert [status for (status, _), _ in answers] == [400] * 4
-        assert max(took for _, took in answers) < 0.25, answers
-        assert len(roundTrips) >= 3 and max(roundTrips) < 0.2, roundTrips
-    finally:
-        closeAll(clients)
-        wslb.stop()
+    assert [status for (status, _), _ in answers] == [400] * 4
+    assert max(took for _, took in answers) < 0.25, answers
+    assert len(roundTrips) >= 3 and max(roundTrips) < 0.2, roundTrips

@@ -35,28 +35,25 @@ def twoFreePorts():
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_page_fetches_from_the_worker_its_websocket_reached(tmp_path):
-    wslb = TwistdWslb(tmp_path, 'http.paths=["/session/"]',
-                      f"pool.local.ports={twoFreePorts()}").waitListening()
-    try:
-        # The local provider starts both (a loaded box: up to 30 s).
-        await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 2, timeout=30, interval=0.1,
-                      what="two healthy local workers")
-        # The page comes from a worker too, through wslb: its request needs a session.
-        opener = await connectWebSocket(wslb.url("/?session=page"))
-        html = await evaluateOnceTrue(
-            f"http://127.0.0.1:{wslb.port}/session/demo?session=page",
-            "document.getElementById('out').dataset.same && "
-            "document.getElementById('out').outerHTML", tmp_path)
-        opener.transport.loseConnection()
-        out = parse(html).byId("out")
-        assert out.text().startswith("{"), (out.text(), wslb.output())
-        seen = json.loads(out.text())
-        assert out.attrs["data-same"] == "true", seen
-        assert seen["websocket"] == seen["http"] == seen["upload"]
-        assert seen["session"] not in ("page", "-")  # minted for the page's WebSocket
-        assert seen["uploaded"] == 100000
-        _, sessions = await getJSON(wslb.admin + "/api/v1/sessions")
-        assert {s["key"] for s in sessions["sessions"]} == {"page", seen["session"]}
-    finally:
-        wslb.stop()
+async def test_a_page_fetches_from_the_worker_its_websocket_reached(tmp_path, stop_after):
+    wslb = stop_after(TwistdWslb(tmp_path, 'http.paths=["/session/"]',
+                                 f"pool.local.ports={twoFreePorts()}")).waitListening()
+    # The local provider starts both (a loaded box: up to 30 s).
+    await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 2, timeout=30, interval=0.1,
+                  what="two healthy local workers")
+    # The page comes from a worker too, through wslb: its request needs a session.
+    opener = await connectWebSocket(wslb.url("/?session=page"))
+    html = await evaluateOnceTrue(
+        f"http://127.0.0.1:{wslb.port}/session/demo?session=page",
+        "document.getElementById('out').dataset.same && "
+        "document.getElementById('out').outerHTML", tmp_path)
+    opener.transport.loseConnection()
+    out = parse(html).byId("out")
+    assert out.text().startswith("{"), (out.text(), wslb.output())
+    seen = json.loads(out.text())
+    assert out.attrs["data-same"] == "true", seen
+    assert seen["websocket"] == seen["http"] == seen["upload"]
+    assert seen["session"] not in ("page", "-")  # minted for the page's WebSocket
+    assert seen["uploaded"] == 100000
+    _, sessions = await getJSON(wslb.admin + "/api/v1/sessions")
+    assert {s["key"] for s in sessions["sessions"]} == {"page", seen["session"]}

@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import healthyWorkers, startEchoFleet
+from _cluster_helpers import fleet, healthyWorkers
 from _echo_helpers import TIMEOUT, closeAll, connectWhenServing
 from _polling import waitFor
 from _twistd_helpers import TWISTD, TwistdWslb
@@ -155,29 +155,21 @@ def test_twistd_refuses_reuseport_with_the_memory_registry(tmp_path):
 
 
 @pytest.fixture
-def pair(tmp_path, own_redis_server):
+def pair(tmp_path, own_redis_server, stop_after):
     """Two ``twistd -n wslb`` on one reuseport port and one Redis, over three echo workers."""
-    workers = startEchoFleet(3)
+    workers = fleet(stop_after, 3)
     port = free_port()
     urls = ", ".join(f'"{w.url}"' for w in workers)
-    instances = []
-    try:
-        for _ in range(2):
-            instance = TwistdWslb(
-                tmp_path, "registry.backend=redis", f'registry.url="{own_redis_server.url}"',
-                "pool.provider=static", f"pool.static.workers=[{urls}]",
-                "pool.capacity=100", "pool.min_spare=0", "pool.max_spare=0",
-                "pool.scale_interval=1", "pool.health.interval=1", "listen.drain_period=0",
-                f"listen.endpoint=reuseport:{port}:interface=127.0.0.1",  # wins over tcp:
-            )
-            instance.port = port
-            instances.append(instance)
-        yield instances, workers
-    finally:
-        for instance in instances:
-            instance.stop()
-        for worker in workers:
-            worker.kill()
+    instances = [stop_after(TwistdWslb(
+        tmp_path, "registry.backend=redis", f'registry.url="{own_redis_server.url}"',
+        "pool.provider=static", f"pool.static.workers=[{urls}]",
+        "pool.capacity=100", "pool.min_spare=0", "pool.max_spare=0",
+        "pool.scale_interval=1", "pool.health.interval=1", "listen.drain_period=0",
+        f"listen.endpoint=reuseport:{port}:interface=127.0.0.1",  # wins over tcp:
+    )) for _ in range(2)]
+    for instance in instances:
+        instance.port = port
+    return instances, workers
 
 
 async def handshakes(instance):

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from _browser import parse, render
 from _cluster_helpers import healthyWorkers
-from _echo_helpers import closeAll, connectWebSocket, getJSON
+from _echo_helpers import connectWebSocket, getJSON
 from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from twisted.internet import reactor
@@ -35,30 +35,25 @@ def drawn(dom, chart, series):
 
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
-async def test_a_burst_of_30_users_is_drawn_on_the_charts(tmp_path, echo_worker):
-    wslb = TwistdWslb(tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
-                      "pool.min_spare=0", f"pool.capacity={USERS}")
-    users = []
-    try:
-        wslb.waitListening()
+async def test_a_burst_of_30_users_is_drawn_on_the_charts(
+        tmp_path, echo_worker, stop_after, clients):
+    wslb = stop_after(TwistdWslb(
+        tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
+        "pool.min_spare=0", f"pool.capacity={USERS}"))
+    wslb.waitListening()
+    await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 1, timeout=20,
+                  what="the worker healthy")
+    began = reactor.seconds()
+    for i in range(USERS):
+        clients.append(await connectWebSocket(wslb.url(f"/?session=burst{i}")))
+        # The thing tested: arrivals spread over BURST seconds.
+        await deferLater(reactor, max(0, began + (i + 1) * BURST / USERS - reactor.seconds()))
+    ended = reactor.seconds()
+    await waitFor(lambda: getJSON(wslb.admin + "/api/v1/history"),
+                  lambda answer: any(s["time"] > ended for s in answer[1]["samples"]),
+                  timeout=SAMPLE + 2, interval=0.25, what="a sample after the last arrival")
 
-        async def healthy():
-            return await healthyWorkers(wslb) == 1
-        await waitFor(healthy, timeout=20)
-        began = reactor.seconds()
-        for i in range(USERS):
-            users.append(await connectWebSocket(wslb.url(f"/?session=burst{i}")))
-            # The thing tested: arrivals spread over BURST seconds.
-            await deferLater(reactor, max(0, began + (i + 1) * BURST / USERS - reactor.seconds()))
-        ended = reactor.seconds()
-        await waitFor(lambda: getJSON(wslb.admin + "/api/v1/history"),
-                      lambda answer: any(s["time"] > ended for s in answer[1]["samples"]),
-                      timeout=SAMPLE + 2, interval=0.25, what="a sample after the last arrival")
-
-        html, screenshot = await render(wslb.admin + "/status", tmp_path, budget_ms=3000)
-    finally:
-        closeAll(users)
-        wslb.stop()
+    html, screenshot = await render(wslb.admin + "/status", tmp_path, budget_ms=3000)
     dom = parse(html)
     assert "hidden" in dom.byId("banner").attrs
 

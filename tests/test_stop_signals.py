@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import pytest_twisted
-from _echo_helpers import closeAll, connectWhenServing
+from _echo_helpers import connectWhenServing
 from _twistd_helpers import TwistdWslb
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -30,33 +30,29 @@ async def connectedUsers(wslb, count):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest_twisted.ensureDeferred
 async def test_a_stop_signal_twice_50ms_apart_drains_and_exits_as_once_does(
-        tmp_path, echo_worker, signum):
-    wslb = TwistdWslb(tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
-                      "pool.min_spare=0", "pool.capacity=10", f"listen.drain_period={DRAIN}")
-    users = []
-    try:
-        wslb.waitListening()
-        users = await connectedUsers(wslb, USERS)
-        closes = defer.gatherResults([user.closed for user in users])
+        tmp_path, echo_worker, stop_after, clients, signum):
+    wslb = stop_after(TwistdWslb(
+        tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
+        "pool.min_spare=0", "pool.capacity=10", f"listen.drain_period={DRAIN}"))
+    wslb.waitListening()
+    users = await connectedUsers(wslb, USERS)
+    clients += users
+    closes = defer.gatherResults([user.closed for user in users])
 
-        wslb.signal(signum)
-        signalled = reactor.seconds()
-        await deferLater(reactor, 0.05)  # the thing tested: repeats 50 ms, then 300 ms apart
-        wslb.signal(signum)
-        await deferLater(reactor, 0.3)
-        wslb.signal(signum)  # a third: still one line in the log
-        await deferLater(reactor, 0.1)  # the thing tested: the drain goes on meanwhile
-        assert not closes.called  # the repeats did not cut the drain short
+    wslb.signal(signum)
+    signalled = reactor.seconds()
+    await deferLater(reactor, 0.05)  # the thing tested: repeats 50 ms, then 300 ms apart
+    wslb.signal(signum)
+    await deferLater(reactor, 0.3)
+    wslb.signal(signum)  # a third: still one line in the log
+    await deferLater(reactor, 0.1)  # the thing tested: the drain goes on meanwhile
+    assert not closes.called  # the repeats did not cut the drain short
 
-        codes = await closes.addTimeout(DRAIN + 5, reactor)
-        assert {code for code, _ in codes} == {1001}
-        assert reactor.seconds() - signalled >= DRAIN - 0.2
-        # twistd re-raises the signal it stopped on, as after one signal.
-        assert wslb.process.wait(10) == -signum
-    finally:
-        closeAll(users)
-        wslb.stop()
-
+    codes = await closes.addTimeout(DRAIN + 5, reactor)
+    assert {code for code, _ in codes} == {1001}
+    assert reactor.seconds() - signalled >= DRAIN - 0.2
+    # twistd re-raises the signal it stopped on, as after one signal.
+    assert wslb.process.wait(10) == -signum
     log = wslb.log.read_text()
     assert "Traceback" not in log and "ReactorNotRunning" not in log
     assert "#critical" not in log and "Unhandled" not in log

@@ -7,38 +7,12 @@ sessions allocated before their users connect.
 import pytest
 import pytest_twisted
 import redis as redis_py
-from _cluster_helpers import healthyWorkers, startCluster, startEchoFleet
-from _echo_helpers import closeAll
+from _cluster_helpers import cluster, fleet, healthyWorkers
 from _polling import waitFor
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _sse import openEvents
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
-
-
-@pytest.fixture
-def cleanup():
-    """Things a test started: processes with kill()/stop(), and clients."""
-    things = {"processes": [], "clients": [], "raws": []}
-    yield things
-    closeAll(things["clients"])
-    for raw in things["raws"]:
-        if raw.transport.connected:
-            raw.transport.abortConnection()
-    for process in things["processes"]:
-        process.stop() if hasattr(process, "stop") else process.kill()
-
-
-def cluster(cleanup, tmp_path, redis, workers, n, *overrides):
-    instances = startCluster(tmp_path, redis, workers, n, *overrides)
-    cleanup["processes"].extend(instances)
-    return instances
-
-
-def fleet(cleanup, n):
-    workers = startEchoFleet(n)
-    cleanup["processes"].extend(workers)
-    return workers
 
 
 class Queue:
@@ -65,10 +39,10 @@ class Queue:
         await waitFor(lambda: self.order() == expected, timeout=timeout)
 
 
-async def hold(cleanup, instance, key):
+async def hold(raws, instance, key):
     """A handshake with ``key`` through ``instance``, sent and held (not answered yet)."""
     raw = await connectRaw(instance.port)
-    cleanup["raws"].append(raw)
+    raws.append(raw)
     raw.transport.write(upgradeRequest(instance.port, f"/?session={key}"))
     return raw
 
@@ -94,18 +68,18 @@ async def _atLeast(instance, n):
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 1)
-    a, b = cluster(cleanup, tmp_path, own_redis_server, workers, 2, "queue.rejoin_grace=3s")
+        own_redis_server, tmp_path, stop_after, raws):
+    workers = fleet(stop_after, 1)
+    a, b = cluster(stop_after, tmp_path, own_redis_server, workers, 2, "queue.rejoin_grace=3s")
     await healthy(a, 1)
     queue = Queue(own_redis_server)
-    holder = await hold(cleanup, a, "holder")
+    holder = await hold(raws, a, "holder")
     assert await answered(holder) == 101
-    waiting = {"A": await hold(cleanup, a, "A")}
+    waiting = {"A": await hold(raws, a, "A")}
     await queue.becomes(["A"])
-    waiting["B"] = await hold(cleanup, b, "B")
+    waiting["B"] = await hold(raws, b, "B")
     await queue.becomes(["A", "B"])
-    waiting["C"] = await hold(cleanup, a, "C")
+    waiting["C"] = await hold(raws, a, "C")
     await queue.becomes(["A", "B", "C"])
     ticket = queue.ticketOf("B")
 
@@ -113,7 +87,7 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
     waiting.pop("B").transport.abortConnection()
     await deferLater(reactor, 1.2)  # the thing tested: a queue heartbeat passes, B keeps its place
     assert queue.order() == ["A", "B", "C"]
-    waiting["B"] = await hold(cleanup, a, "B")
+    waiting["B"] = await hold(raws, a, "B")
     await deferLater(reactor, 0.5)  # the thing tested: nothing moves meanwhile
     assert queue.order() == ["A", "B", "C"] and queue.ticketOf("B") == ticket
     assert queue.rank("A") < queue.rank("B") < queue.rank("C")
@@ -121,7 +95,7 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
     # B drops again and stays away past the grace: back, it joins the tail.
     waiting.pop("B").transport.abortConnection()
     await queue.becomes(["A", "C"], timeout=3 + 3)
-    waiting["B"] = await hold(cleanup, b, "B")
+    waiting["B"] = await hold(raws, b, "B")
     await queue.becomes(["A", "C", "B"])
 
     # A head that is away does not stall the others: A drops, the worker
@@ -131,7 +105,7 @@ async def test_a_user_back_within_the_rejoin_grace_keeps_its_place(
     holder.transport.write(frame(TEXT, b"end"))  # the session ends: its worker is free
     assert await answered(waiting["C"]) == 101
     assert queue.order() == ["A", "B"]
-    waiting["A"] = await hold(cleanup, b, "A")
+    waiting["A"] = await hold(raws, b, "A")
     await deferLater(reactor, 0.5)  # the thing tested: nothing moves meanwhile
     assert queue.order() == ["A", "B"] and isWaiting(waiting["A"]) and isWaiting(waiting["B"])
 
@@ -158,18 +132,18 @@ class Watcher:
 @pytest.mark.timeout(300)
 @pytest_twisted.ensureDeferred
 async def test_forty_users_see_their_exact_place_fall_to_zero_and_are_served_in_order(
-        own_redis_server, tmp_path, cleanup):
-    workers = fleet(cleanup, 2)
-    instances = cluster(cleanup, tmp_path, own_redis_server, workers, 3,
+        own_redis_server, tmp_path, stop_after, raws):
+    workers = fleet(stop_after, 2)
+    instances = cluster(stop_after, tmp_path, own_redis_server, workers, 3,
                         "queue.status_path=/wslb/queue")
     await healthy(instances[0], 2)
     queue = Queue(own_redis_server)
     users = [f"u{i:02}" for i in range(40)]
-    raws, served = {}, []
+    held, served = {}, []
     for i, key in enumerate(users):  # one at a time, so the arrival order is known
-        raws[key] = await hold(cleanup, instances[i % 3], key)
+        held[key] = await hold(raws, instances[i % 3], key)
         if i < 2:
-            assert await answered(raws[key]) == 101
+            assert await answered(held[key]) == 101
             served.append(key)
         else:
             await queue.becomes(users[2:i + 1])
@@ -194,8 +168,8 @@ async def test_forty_users_see_their_exact_place_fall_to_zero_and_are_served_in_
     while len(served) < len(users):
         leaving = served[len(served) - 2]  # the earlier of the two relayed now
         expected = queue.order()[0]
-        raws[leaving].transport.write(frame(TEXT, b"end"))
-        assert await answered(raws[expected]) == 101  # the head, whichever instance holds it
+        held[leaving].transport.write(frame(TEXT, b"end"))
+        assert await answered(held[expected]) == 101  # the head, whichever instance holds it
         served.append(expected)
         await collecting[expected]  # its stream ended: ready
         await waitFor(allTold, timeout=30, interval=0.1)
