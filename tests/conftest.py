@@ -67,13 +67,16 @@ class RedisServer:
             s.recv(16)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """One redis-server for the test session; tests flush it themselves."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def _serving(server):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the test session; tests flush it themselves."""
+    yield from _serving(RedisServer(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +96,24 @@ def tls_redis(tmp_path):
     """A TLS-only redis-server with an ACL user; its certificate names 127.0.0.1 only."""
     from _redis_helpers import TLSRedisServer  # imports conftest: import late
 
-    server = TLSRedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    yield from _serving(TLSRedisServer(tmp_path))
 
 
 @pytest.fixture
 def own_redis_server(tmp_path):
     """A redis-server for one test, which it may kill and restart."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    yield from _serving(RedisServer(tmp_path))
+
+
+@pytest.fixture
+def log_events():
+    """Every log event (twisted.logger's global publisher) during the test."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from twisted.logger import (
     LogPublisher,
     formatEvent,
     formatEventAsClassicLogText,
-    globalLogPublisher,
 )
 from twisted.python.failure import Failure
 
@@ -99,12 +98,9 @@ def test_textLineObserverWritesEveryLevel():
 
 
 @pytest.fixture
-def events():
+def events(log_events):
     """Every log event during the test, and the session key mode put back after."""
-    seen = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
+    yield log_events
     showSessionKeys("fingerprint")
 
 

@@ -25,7 +25,6 @@ from conftest import free_port
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from wslb.config import load_config
@@ -75,15 +74,6 @@ def aws(moto, monkeypatch):
     moto.reset()
     moto.templateId = moto.createLaunchTemplate(TEMPLATE)
     return moto
-
-
-@pytest.fixture
-def logged():
-    """Every log event of the test."""
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest_twisted.async_yield_fixture()
@@ -272,7 +262,7 @@ def test_terminate_touches_only_the_pools_instances(providers, aws):
 
 @pytest_twisted.inlineCallbacks
 def test_tag_addresses_are_polled_for_and_an_instance_without_one_is_terminated(
-        providers, aws, logged):
+        providers, aws, log_events):
     clock = Clock()
     provider = providers(address="tag:wslb:address", clock=clock)
     d = provider.launch(3)
@@ -288,7 +278,7 @@ def test_tag_addresses_are_polled_for_and_an_instance_without_one_is_terminated(
         with_port: "worker-a.internal:9100", bare: "worker-b.internal:9000"}
     assert clock.seconds() >= ec2.ADDRESS_TIMEOUT
     assert aws.states(POOL_ID)[never] in ("shutting-down", "terminated")
-    assert any("have no address" in event.get("log_format", "") for event in logged)
+    assert any("have no address" in event.get("log_format", "") for event in log_events)
     assert sorted(worker.id for worker in (yield timely(provider.list()))) == [with_port, bare]
 
 
@@ -296,7 +286,7 @@ def test_tag_addresses_are_polled_for_and_an_instance_without_one_is_terminated(
 
 
 @pytest_twisted.inlineCallbacks
-def test_throttling_is_retried_with_backoff_until_it_passes(providers, aws, logged):
+def test_throttling_is_retried_with_backoff_until_it_passes(providers, aws, log_events):
     proxy = ThrottlingProxy(aws.url, throttle=3)
     try:
         clock = Clock()
@@ -306,11 +296,11 @@ def test_throttling_is_retried_with_backoff_until_it_passes(providers, aws, logg
         yield proxy.close()
     assert len(launched) == 2 and len(aws.instances(poolTag())) == 2
     assert proxy.requests == 4
-    assert retryDelays(logged) == [0.5, 1.0, 2.0]
+    assert retryDelays(log_events) == [0.5, 1.0, 2.0]
 
 
 @pytest_twisted.inlineCallbacks
-def test_throttling_gives_up_after_bounded_attempts(providers, aws, logged):
+def test_throttling_gives_up_after_bounded_attempts(providers, aws, log_events):
     proxy = ThrottlingProxy(aws.url, throttle=1000)
     try:
         clock = Clock()
@@ -321,7 +311,7 @@ def test_throttling_gives_up_after_bounded_attempts(providers, aws, logged):
         yield proxy.close()
     assert raised.value.response["Error"]["Code"] == "RequestLimitExceeded"
     assert proxy.requests == ec2.ATTEMPTS, "botocore must not retry on its own"
-    assert retryDelays(logged) == [0.5, 1.0, 2.0, 4.0]
+    assert retryDelays(log_events) == [0.5, 1.0, 2.0, 4.0]
 
 
 @pytest_twisted.inlineCallbacks
@@ -446,8 +436,8 @@ def test_scaler_adopts_an_orphan_tagged_instance(providers, aws):
 
 
 @pytest_twisted.inlineCallbacks
-def test_throttling_does_not_stop_the_pool_service(providers, aws, logged):
-    """A tick that fails after its retries is logged; the next one goes on and launches."""
+def test_throttling_does_not_stop_the_pool_service(providers, aws, log_events):
+    """A tick that fails after its retries is log_events; the next one goes on and launches."""
     proxy = ThrottlingProxy(aws.url, throttle=ec2.ATTEMPTS)
     clock = Clock()
     registry = MemoryRegistry(clock)
@@ -458,7 +448,7 @@ def test_throttling_does_not_stop_the_pool_service(providers, aws, logged):
     try:
         service.startService()  # the first tick runs at once
         def failed():
-            return [e for e in logged if "pool {tick} failed" in e.get("log_format", "")]
+            return [e for e in log_events if "pool {tick} failed" in e.get("log_format", "")]
 
         yield onClockUntil(clock, failed)
         [event] = failed()
