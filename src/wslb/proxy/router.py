@@ -95,33 +95,36 @@ class Router(Service):
             allow_overtake=self._allowOvertake, request_id=requestId,
         )
 
-    @defer.inlineCallbacks
     def assign(self, request):
         """
         One assign for ``request``, whose request id this instance holds
         from before it is sent: fire with the L{Assigned}, L{Queued} or
         L{QueueFull}; or fail with a refusal (503) when the registry does
         not answer, the request then abandoned (an assign that timed out
-        here may still run).
+        here may still run). (Callbacks: L{route}'s generator is enough of
+        one per connection.)
         """
-        key, requestId = request.key, request.request_id
         started = self._clock.seconds()
-        self._held.hold(key, requestId)
-        try:
-            result = yield self._registry.assign(request, started)
-        except defer.CancelledError:  # the user left: no registry error
-            self._held.abandon(key, requestId, self._keepPlaceUntil())
-            raise
-        except Exception as e:
-            self._held.abandon(key, requestId, self._keepPlaceUntil())
-            self._metrics.registryErrors.inc()
-            log.warn("registry unavailable for {key}: {error!r}", key=key, error=e)
-            raise self._refuse("the registry is unavailable", self.retryAfter) from e
+        self._held.hold(request.key, request.request_id)
+        d = self._registry.assign(request, started)
+        d.addCallbacks(self._assigned, self._unanswered,
+                       callbackArgs=(request, started), errbackArgs=(request,))
+        return d
+
+    def _assigned(self, result, request, started):
         self._metrics.assignSeconds.observe(self._clock.seconds() - started)
         if not isinstance(result, (Assigned, Queued)):  # QueueFull (Abandoned: not a new id)
-            self._held.forget(key, requestId)  # nothing counted, nothing queued
+            self._held.forget(request.key, request.request_id)  # nothing counted, nothing queued
             self._metrics.limitHits.labels("queue_length").inc()
         return result
+
+    def _unanswered(self, failure, request):
+        self._held.abandon(request.key, request.request_id, self._keepPlaceUntil())
+        if failure.check(defer.CancelledError):  # the user left: no registry error
+            return failure
+        self._metrics.registryErrors.inc()
+        log.warn("registry unavailable for {key}: {error!r}", key=request.key, error=failure.value)
+        raise self._refuse("the registry is unavailable", self.retryAfter) from failure.value
 
     @defer.inlineCallbacks
     def route(self, key, cost, requestId):
