@@ -54,3 +54,20 @@ def test_young_collections_are_counted_under_their_generation():
     finally:
         pauses.stopService()
     assert observed(metrics, 0)[0] >= 1
+
+
+@pytest.mark.timeout(10)
+def test_stopped_without_a_start_or_started_twice_it_times_each_collection_once():
+    metrics = Metrics()
+    GCPauses(metrics.gcPauses).stopService()  # a composition stops parts never started
+    pauses = GCPauses(metrics.gcPauses, timer=SteppingTimer(0.5))
+    pauses.startService()
+    pauses.startService()
+    try:
+        before = observed(metrics, 2)[0]
+        gc.collect(2)
+        count, total = observed(metrics, 2)
+        assert total == pytest.approx(0.5 * count) and count - before >= 1
+        assert gc.callbacks.count(pauses._collecting) == 1
+    finally:
+        pauses.stopService()
