@@ -499,3 +499,13 @@ class TestTLS:
         finally:
             yield registry.stopService()
             server.stop()
+
+
+@pytest.mark.parametrize("requestId", ["", "a b", "a\tb", " a", "a\n", "a\u00a0b"])
+def test_a_request_id_with_space_in_it_is_refused_before_any_script(requestId):
+    """The scripts take request ids listed with spaces between: one must be a single word."""
+    from wslb.registry import redis_ops
+
+    with pytest.raises(ValueError, match="non-empty word"):
+        redis_ops.abandon("k", requestId, 1.0)
+    assert redis_ops.abandon("k", "0f" * 16, 1.0).args[1] == "0f" * 16

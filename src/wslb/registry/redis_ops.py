@@ -252,7 +252,7 @@ def claimIdleWorker(worker_id) -> Op:
 
 def _requestId(request_id):
     """A request id as the scripts take it: listed with spaces between, so none inside."""
-    if not request_id or any(c.isspace() for c in request_id):
+    if not request_id or request_id.split() != [request_id]:  # split: by str.isspace, in C
         raise ValueError(f"a request id is a non-empty word, not {request_id!r}")
     return request_id
 
