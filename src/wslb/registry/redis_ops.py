@@ -45,6 +45,7 @@ from wslb.registry._interfaces import (
     Session,
     Worker,
 )
+from wslb.registry.prelude import withPrelude
 
 _LUA = resources.files("wslb.registry") / "lua"
 
@@ -67,8 +68,11 @@ _CONSTANTS = (f"local SERVED_BUCKET, SERVED_SLOTS, START_SAMPLES = "
 
 @cache
 def registryScript(name: str) -> str:
-    """The source of a registry script: the shared constants and prelude, then its body."""
-    return _CONSTANTS + _text("_prelude") + "\n" + _text(name)
+    """
+    The source of a registry script: its body after the shared constants
+    and the prelude's definitions it uses (L{wslb.registry.prelude}).
+    """
+    return withPrelude(_CONSTANTS + _text("_prelude"), _text(name))
 
 
 def lockScript(name: str) -> str:

@@ -1,7 +1,9 @@
--- wslb registry prelude: wslb.registry.redis_ops puts it in front of every
--- registry script (not the lock scripts), so each script is one
--- self-contained EVAL. Anyone running the scripts (the Twisted registry, the
--- Lambda handlers with redis-py) loads them through redis_ops (Op.source).
+-- wslb registry prelude: wslb.registry.redis_ops puts in front of every
+-- registry script (not the lock scripts) the definitions below it uses, so
+-- each script is one self-contained EVAL. Only definitions ("local ...")
+-- and comments at the top level (wslb.registry.prelude reads it so).
+-- Anyone running the scripts (the Twisted registry, the Lambda handlers
+-- with redis-py) loads them through redis_ops (Op.source).
 --
 -- KEYS, the same list for every registry script (Keys.scriptKeys()):
 --   KEYS[1] "{ns}:"                  the prefix; never a key itself
