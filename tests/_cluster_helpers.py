@@ -9,6 +9,9 @@ from twisted.internet import defer
 
 SCALE_INTERVAL = 1.0
 LEADER_TTL = 3.0
+# Seconds between two questions to an instance's admin API while waiting: each
+# is a registry read, and a 2-core box also runs the instances and their workers.
+POLL = 0.2
 
 
 def startEchoFleet(n):

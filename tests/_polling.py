@@ -31,8 +31,8 @@ async def _poll(fetch, predicate, timeout, interval, what):
         if predicate(value):
             return value
         if reactor.seconds() >= deadline:
-            awaited = (what() if callable(what) else what) or getattr(
-                predicate, "__qualname__", repr(predicate))
+            awaited = (what() if callable(what) else what) or (
+                "true" if predicate is bool else getattr(predicate, "__qualname__", predicate))
             raise AssertionError(
                 f"still not {awaited} after {timeout}s; last seen: {value!r:.2000}")
         await deferLater(reactor, interval)

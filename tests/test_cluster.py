@@ -11,6 +11,7 @@ import pytest_twisted
 import redis as redis_py
 from _cluster_helpers import (
     LEADER_TTL,
+    POLL,
     SCALE_INTERVAL,
     cluster,
     connect,
@@ -47,7 +48,7 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
     instances = cluster(stop_after, tmp_path, own_redis_server, workers)
     # Thirty Python workers and three twistd start at once: on a busy 2-core box
     # that alone has taken over 30 s. Only the race below is under test.
-    await waitFor(lambda: _atLeast(instances[0], 30), timeout=90)
+    await waitFor(lambda: _atLeast(instances[0], 30), timeout=90, interval=POLL)
 
     opened = []
     pending = {}
@@ -64,7 +65,7 @@ async def test_race_three_instances_thirty_workers_hundred_clients(
                 byKey[key] = await pending[key]
                 clients.append(byKey[key])
         return len(opened) >= 30
-    await waitFor(thirtyServed, timeout=30)
+    await waitFor(thirtyServed, timeout=30, interval=POLL)
     # The other seventy all queued: nobody else got in while all 30 are held.
     order = await waitFor(lambda: queueOrder(own_redis_server), lambda order: len(order) == 70,
                           timeout=10, what="seventy queued")
@@ -96,7 +97,7 @@ async def test_same_key_two_instances_same_instant_and_sticky_across_instances(
         own_redis_server, tmp_path, stop_after, clients):
     workers = fleet(stop_after, 4)
     a, b = cluster(stop_after, tmp_path, own_redis_server, workers, 2, capacity=10)
-    await waitFor(lambda: _atLeast(a, 4), timeout=30)
+    await waitFor(lambda: _atLeast(a, 4), timeout=30, interval=POLL)
 
     for i in range(5):
         first, second = await defer.gatherResults([connect(a, f"twin{i}"), connect(b, f"twin{i}")])
@@ -133,7 +134,7 @@ async def test_leader_failover_within_ttl_and_one_leader_at_a_time(
         own_redis_server, tmp_path, stop_after):
     workers = fleet(stop_after, 1)
     instances = cluster(stop_after, tmp_path, own_redis_server, workers)
-    await waitFor(lambda: _atLeast(instances[0], 1), timeout=30)
+    await waitFor(lambda: _atLeast(instances[0], 1), timeout=30, interval=POLL)
 
     async def leaders(among):
         """The instances that say they lead, with their fencing tokens: never two."""
@@ -141,7 +142,8 @@ async def test_leader_failover_within_ttl_and_one_leader_at_a_time(
         leading = [(i, v[1]) for i, v in zip(among, views) if v and v[0]]
         assert len(leading) <= 1, "two leaders at once"
         return leading
-    [(old, oldToken)] = await waitFor(lambda: leaders(instances), timeout=10, what="a leader")
+    [(old, oldToken)] = await waitFor(lambda: leaders(instances), timeout=10, interval=POLL,
+                                      what="a leader")
 
     old.signal(signal.SIGKILL)
     survivors = [i for i in instances if i is not old]
@@ -163,7 +165,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
         own_redis_server, tmp_path, stop_after, clients):
     workers = fleet(stop_after, 24)
     instances = cluster(stop_after, tmp_path, own_redis_server, workers, 2)
-    await waitFor(lambda: _atLeast(instances[0], 24), timeout=30)
+    await waitFor(lambda: _atLeast(instances[0], 24), timeout=30, interval=POLL)
 
     users = []
     placed = {}
@@ -211,7 +213,7 @@ async def test_redis_killed_relays_continue_and_redis_back_empty_is_rebuilt(
             return None
         clients.append(client)
         return client
-    newcomer = await waitFor(newcomerServed, timeout=3 * SCALE_INTERVAL + 8)
+    newcomer = await waitFor(newcomerServed, timeout=3 * SCALE_INTERVAL + 8, interval=POLL)
     assert reactor.seconds() - back < 3 * SCALE_INTERVAL + 8
     worker = (await newcomer.ask("whoami"))["worker"]
     holders = sorted(name for name, held in placed.items() if held == worker)
@@ -243,7 +245,7 @@ async def test_session_ended_on_one_instance_closes_it_on_another_and_serves_the
 
     workers = fleet(stop_after, 1)
     a, b = cluster(stop_after, tmp_path, own_redis_server, workers, 2)
-    await waitFor(lambda: _atLeast(a, 1), timeout=30)
+    await waitFor(lambda: _atLeast(a, 1), timeout=30, interval=POLL)
     holder = await connect(a, "holder")
     clients.append(holder)
     waiting = connect(b, "next", wait=30)

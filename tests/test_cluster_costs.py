@@ -11,7 +11,7 @@ import random
 
 import pytest
 import pytest_twisted
-from _cluster_helpers import cluster, fleet, healthyWorkers, workerStats
+from _cluster_helpers import POLL, cluster, fleet, healthyWorkers, workerStats
 from _echo_helpers import connectWebSocket
 from _polling import waitFor
 from twisted.internet import defer, reactor
@@ -54,7 +54,7 @@ async def test_random_costs_never_exceed_capacity_on_any_worker(
 
     async def allHealthy():
         return await healthyWorkers(instances[0]) >= WORKERS
-    await waitFor(allHealthy, timeout=30)
+    await waitFor(allHealthy, timeout=30, interval=POLL)
 
     rng = random.Random(5)
     started = reactor.seconds()

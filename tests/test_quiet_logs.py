@@ -9,7 +9,7 @@ import re
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import healthyWorkers
+from _cluster_helpers import POLL, healthyWorkers
 from _polling import waitFor
 from _twistd_helpers import TwistdWslb
 from twisted.internet import defer, reactor
@@ -65,7 +65,7 @@ async def test_twenty_workers_checked_every_second_write_no_line(tmp_path):
 
         async def allHealthy():
             return await healthyWorkers(wslb) == WORKERS
-        await waitFor(allHealthy, timeout=20)
+        await waitFor(allHealthy, timeout=20, interval=POLL)
         before = await healthChecks(wslb)
         logged = wslb.log.stat().st_size
         connections = sum(site.connections for site in sites)

@@ -10,7 +10,7 @@ import signal
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import connect, fleet, getJSON
+from _cluster_helpers import POLL, connect, fleet, getJSON
 from _echo_helpers import closeAll
 from _polling import waitFor
 from _twistd_helpers import TwistdWslb
@@ -35,7 +35,7 @@ async def test_assigns_lost_while_redis_was_stopped_leave_no_slot_taken(
         "pool.min_spare=0", "pool.max_spare=0", "pool.health.interval=1",
         "queue.timeout=3s", "listen.drain_period=0",
     )).waitListening()
-    await waitFor(lambda: _healthy(wslb, 3), timeout=30)
+    await waitFor(lambda: _healthy(wslb, 3), timeout=30, interval=POLL)
     # One user first, so that Redis has the scripts: an EVALSHA answered
     # NOSCRIPT after its caller gave up is not sent again as EVAL.
     warmup = await connect(wslb, "warm-up")
@@ -60,7 +60,7 @@ async def test_assigns_lost_while_redis_was_stopped_leave_no_slot_taken(
         current = await loads(wslb)
         return len(current) == 3 and set(current.values()) == {0}
 
-    await waitFor(allIdle, timeout=15)
+    await waitFor(allIdle, timeout=15, interval=POLL)
     for i in range(3):
         client = await connect(wslb, f"after-{i}", wait=10)
         clients.append(client)

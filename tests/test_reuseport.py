@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 import pytest_twisted
 import treq
-from _cluster_helpers import fleet, healthyWorkers
+from _cluster_helpers import POLL, fleet, healthyWorkers
 from _echo_helpers import TIMEOUT, closeAll, connectWhenServing
 from _polling import waitFor
 from _twistd_helpers import TWISTD, TwistdWslb
@@ -199,7 +199,8 @@ async def echoing(instances, keys):
 async def test_two_processes_share_the_port_and_one_survives_the_other(pair):
     instances, workers = pair
     for instance in instances:
-        await waitFor(lambda instance=instance: healthyWorkers(instance), timeout=30)
+        await waitFor(lambda instance=instance: healthyWorkers(instance), timeout=30,
+                      interval=POLL)
     clients = {}
     try:
         clients.update(await echoing(instances, [f"u{i:02d}" for i in range(USERS)]))

@@ -11,6 +11,7 @@ import pytest_twisted
 import treq
 from _cluster_helpers import (
     LEADER_TTL,
+    POLL,
     cluster,
     connect,
     fleet,
@@ -35,10 +36,10 @@ async def test_sigterm_drains_fifty_users_to_another_instance(
     workers = fleet(stop_after, 10)
     (a,) = cluster(stop_after, tmp_path, own_redis_server, workers, 1,
                    f"listen.drain_period={DRAIN}", capacity=10)
-    await waitFor(lambda: leads(a), timeout=10, what="a leading")
+    await waitFor(lambda: leads(a), timeout=10, interval=POLL, what="a leading")
     (b,) = cluster(stop_after, tmp_path, own_redis_server, workers, 1, capacity=10)
 
-    await waitFor(lambda: healthyWorkers(a), lambda n: n == 10, timeout=20,
+    await waitFor(lambda: healthyWorkers(a), lambda n: n == 10, timeout=20, interval=POLL,
                   what="ten healthy workers")
 
     users = await defer.gatherResults([connect(a, f"user{i}") for i in range(50)])
@@ -64,8 +65,8 @@ async def test_sigterm_drains_fifty_users_to_another_instance(
     assert {code for code, _ in codes} == {1001}
     assert reactor.seconds() - signalled >= DRAIN - 0.2  # users got the drain period
 
-    await waitFor(lambda: leads(b), timeout=LEADER_TTL,  # handed over, not waited out
-                  what="b leading")
+    await waitFor(lambda: leads(b), timeout=LEADER_TTL, interval=POLL,
+                  what="b leading")  # handed over, not waited out
     assert a.process.wait(10) in (0, -signal.SIGTERM)
 
     again = await defer.gatherResults([connect(b, f"user{i}") for i in range(50)])

@@ -9,7 +9,7 @@ import re
 import pytest
 import pytest_twisted
 from _browser import parse, render
-from _cluster_helpers import healthyWorkers
+from _cluster_helpers import POLL, healthyWorkers
 from _echo_helpers import connectWebSocket, getJSON
 from _polling import waitFor
 from _twistd_helpers import TwistdWslb
@@ -41,7 +41,7 @@ async def test_a_burst_of_30_users_is_drawn_on_the_charts(
         tmp_path, "pool.provider=static", f'pool.static.workers=["{echo_worker.url}"]',
         "pool.min_spare=0", f"pool.capacity={USERS}"))
     wslb.waitListening()
-    await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 1, timeout=20,
+    await waitFor(lambda: healthyWorkers(wslb), lambda n: n == 1, timeout=20, interval=POLL,
                   what="the worker healthy")
     began = reactor.seconds()
     for i in range(USERS):

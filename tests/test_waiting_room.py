@@ -7,7 +7,7 @@ sessions allocated before their users connect.
 import pytest
 import pytest_twisted
 import redis as redis_py
-from _cluster_helpers import cluster, fleet, healthyWorkers
+from _cluster_helpers import POLL, cluster, fleet, healthyWorkers
 from _polling import waitFor
 from _raw_ws import TEXT, connectRaw, frame, upgradeRequest
 from _sse import openEvents
@@ -58,7 +58,7 @@ def isWaiting(raw):
 
 
 async def healthy(instance, n):
-    await waitFor(lambda: _atLeast(instance, n), timeout=30)
+    await waitFor(lambda: _atLeast(instance, n), timeout=30, interval=POLL)
 
 
 async def _atLeast(instance, n):
