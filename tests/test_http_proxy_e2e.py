@@ -14,8 +14,8 @@ import treq
 from _echo_helpers import closeAll, getJSON
 from _http_helpers import closedResponse, readResponse, request
 from _http_worker import HTTPWorker
-from _raw_ws import connectRaw
 from _polling import waitFor
+from _raw_ws import connectRaw
 from _wslb_helpers import rawHandshake, scrape
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater

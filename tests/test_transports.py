@@ -140,7 +140,7 @@ async def test_takeOver_a_server_connection(tmp_path):
                 new = Recorder()
                 takeOver(server, new)
                 client.sendall(b"to the new one")
-                await waitFor(lambda: new.received == b"to the new one", interval=0.01)
+                await waitFor(lambda new=new: new.received == b"to the new one", interval=0.01)
                 assert server.received == b""
 
 
@@ -157,7 +157,7 @@ async def test_takeOver_a_client_endpoints_connection():
             new = Recorder()
             takeOver(old, new)
             listener.accepted[0].transport.write(b"to the new one")
-            await waitFor(lambda: new.received == b"to the new one", interval=0.01)
+            await waitFor(lambda new=new: new.received == b"to the new one", interval=0.01)
             assert old.received == b""
         finally:
             old.transport.abortConnection()
