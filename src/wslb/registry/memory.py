@@ -533,7 +533,7 @@ class MemoryRegistry:
 
     def _connect(self, session, request, fresh, now):
         """Count the connection of ``request``, once (IRegistry.assign)."""
-        held = session.requests.get(request.request_id)
+        held = session.requests.get(request.request_id)  # reactor-safe: a dict
         if held is None:
             held = session.requests[request.request_id] = (request.instance, fresh)
             session.disconnected_at = None
