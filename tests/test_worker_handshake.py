@@ -88,3 +88,7 @@ def test_an_answered_handshake_keeps_nothing_of_its_request():
     assert opened.called and opened.result is handshake
     assert (handshake.websocket_protocol_in_use, handshake.data) == ("v1", b"\x81")
     assert (factory.request, factory.accept, factory.protocols, factory.opened) == (None,) * 4
+    # Until the relay takes the connection over, what comes is frames, even
+    # bytes that would end a head: kept for the relay, never read as an answer.
+    handshake.dataReceived(b"HTTP/1.1 500 x\r\n\r\n")
+    assert handshake.data == b"\x81HTTP/1.1 500 x\r\n\r\n" and not transport.disconnecting

@@ -108,6 +108,8 @@ class WorkerHandshake(Protocol):
 
     def dataReceived(self, data):
         self.data += data
+        if self.factory.accept is None:  # answered: what follows is the relay's
+            return
         end = self.data.find(b"\r\n\r\n")
         if end < 0:
             if len(self.data) > MAX_RESPONSE_HEAD:
