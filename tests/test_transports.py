@@ -6,8 +6,10 @@ releases these passed on; the last test keeps the installed Twisted inside
 that bound, so that a green run means the bound holds.
 """
 
+import gc
 import socket
 import tomllib
+import weakref
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,13 +25,13 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols import policies
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from wslb.proxy.transports import noDelay, takeOver, writeNow, writesLandIn
+from wslb.proxy.transports import dropConnector, noDelay, takeOver, writeNow, writesLandIn
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -161,6 +163,41 @@ async def test_takeOver_a_client_endpoints_connection():
             assert old.received == b""
         finally:
             old.transport.abortConnection()
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.ensureDeferred
+async def test_dropConnector_leaves_a_lost_client_connection_to_reference_counting():
+    """
+    A TCP client connection and its connector name each other; once
+    dropConnector let go of one side, the lost connection is freed without
+    the garbage collector.
+    """
+    lost = defer.Deferred()
+
+    class Client(Protocol):
+        def connectionLost(self, reason):
+            dropConnector(self.transport)
+            lost.callback(None)
+
+    async with Listener("tcp:0:interface=127.0.0.1") as listener:
+        connector = reactor.connectTCP("127.0.0.1", listener.port.getHost().port,
+                                       ClientFactory.forProtocol(Client), timeout=None)
+        await waitFor(lambda connector=connector: connector.state == "connected", interval=0.01)
+        client = connector.transport
+        assert client.connector is connector  # the cycle dropConnector breaks
+        gone = weakref.ref(client)
+        gc.disable()
+        try:
+            client.loseConnection()
+            del client
+            await lost
+            await deferLater(reactor, 0, lambda: None)  # Twisted's connectionLost returns
+            assert connector.transport is None
+            del connector
+            assert gone() is None, gc.get_referrers(gone())
+        finally:
+            gc.enable()
 
 
 @pytest.mark.timeout(20)

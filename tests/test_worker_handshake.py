@@ -76,7 +76,7 @@ def test_an_answered_handshake_keeps_nothing_of_its_request():
     from wslb.proxy.worker_handshake import HandshakeFactory
 
     request, accept = handshakeRequest("h:1", "/", {}, ["v1"])
-    factory = HandshakeFactory(request, accept, ["v1"])
+    factory = HandshakeFactory(request, accept, ["v1"], "ws://127.0.0.1:9/")
     opened = factory.opened = defer.Deferred()
     handshake = factory.buildProtocol(None)
     transport = StringTransport()

@@ -42,7 +42,7 @@ class Held:
         self._clock = clock
         self._instance = instance
         self._byKey = Grouped()  # session key -> request ids held
-        self._retries = {}  # DelayedCall -> the Deferred it will settle
+        self._retries = {}  # _Settling -> the DelayedCall of its next attempt
         self._stopped = False
 
     def hold(self, key, requestId):
@@ -84,37 +84,62 @@ class Held:
         """No more retries: wslb is stopping."""
         self._stopped = True
         retries, self._retries = self._retries, {}
-        for call, settled in retries.items():
+        for settling, call in retries.items():
             call.cancel()
-            settled.callback(None)
+            settling.settled.callback(None)
 
     def _settle(self, what, key, requestId, call):
-        settled = defer.Deferred()
-        started = self._clock.seconds()
+        settling = _Settling(self, what, key, requestId, call)
+        settling.attempt(0)
+        return settling.settled
 
-        def attempt(failures):
-            d = call(self._clock.seconds())
-            d.addCallbacks(done, failed, errbackArgs=(failures,))
+    def _retryLater(self, delay, settling, failures):
+        self._retries[settling] = self._clock.callLater(delay, self._retry, settling, failures)
 
-        def done(session):
-            self.forget(key, requestId)
-            self._settled(session)
-            settled.callback(None)
+    def _retry(self, settling, failures):
+        del self._retries[settling]
+        settling.attempt(failures)
 
-        def failed(failure, failures):
-            if self._stopped:
-                settled.callback(None)
-            elif self._clock.seconds() - started >= RETRY_FOR:
-                log.warn("{what} of {key} unanswered for {seconds:.0f} s ({error}): left to "
-                         "the registry's reconcile", what=what, key=key, seconds=RETRY_FOR,
-                         error=failure.getErrorMessage())
-                self.forget(key, requestId)
-                settled.callback(None)
-            else:
-                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
-                retry = self._clock.callLater(delay, lambda: (
-                    self._retries.pop(retry, None), attempt(failures + 1)))
-                self._retries[retry] = settled
 
-        attempt(0)
-        return settled
+class _Settling:
+    """
+    One release or abandon until it is answered or given up. Plain
+    attributes and bound methods, not closures that name each other: those
+    would make every connection's end a reference cycle, which only the
+    garbage collector frees (and which stays forever once the collector
+    froze it, see wslb.collector).
+    """
+
+    __slots__ = ("_held", "_what", "_key", "_requestId", "_call", "_started", "settled")
+
+    def __init__(self, held, what, key, requestId, call):
+        self._held = held
+        self._what = what
+        self._key = key
+        self._requestId = requestId
+        self._call = call
+        self._started = held._clock.seconds()
+        self.settled = defer.Deferred()
+
+    def attempt(self, failures):
+        d = self._call(self._held._clock.seconds())
+        d.addCallbacks(self._done, self._failed, errbackArgs=(failures,))
+
+    def _done(self, session):
+        held = self._held
+        held.forget(self._key, self._requestId)
+        held._settled(session)
+        self.settled.callback(None)
+
+    def _failed(self, failure, failures):
+        held = self._held
+        if held._stopped:
+            self.settled.callback(None)
+        elif held._clock.seconds() - self._started >= RETRY_FOR:
+            log.warn("{what} of {key} unanswered for {seconds:.0f} s ({error}): left to "
+                     "the registry's reconcile", what=self._what, key=self._key,
+                     seconds=RETRY_FOR, error=failure.getErrorMessage())
+            held.forget(self._key, self._requestId)
+            self.settled.callback(None)
+        else:
+            held._retryLater(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)], self, failures)

@@ -38,7 +38,7 @@ from wslb.proxy.frames import (
     unmask,
 )
 from wslb.proxy.interfaces import IRelay
-from wslb.proxy.transports import isTCP, sendNow, takeOver, writesLandIn
+from wslb.proxy.transports import dropConnector, isTCP, sendNow, takeOver, writesLandIn
 
 log = Logger()
 
@@ -280,6 +280,7 @@ class Direction:
         return not self._remaining
 
     def connectionLost(self, reason):
+        dropConnector(self.transport)
         self.transport = None
         self._splice.sideLost(self)
 
@@ -482,3 +483,6 @@ class Splice:
         context.gate.connectionLost(self.counted)
         context.sessions.closed(self.key, self)
         context.sessions.release(self.key, self.requestId)
+        # Nothing reads any more: the directions let go of the splice, so
+        # that no reference cycle outlives the connections (see wslb.collector).
+        self.toWorker._splice = self.toUser._splice = None

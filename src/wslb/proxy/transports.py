@@ -14,6 +14,8 @@ were checked against.
   handshake is done (C{protocol} of a TCP connection, C{wrappedProtocol} of
   TLS and PROXY wrappers, C{_wrappedProtocol} of a client endpoint's).
 - L{noDelay}: TCP_NODELAY on a transport that may have no TCP under it.
+- L{dropConnector}: a lost client connection's C{connector} lets go of it
+  (C{Connector.transport}).
 """
 
 from __future__ import annotations
@@ -101,3 +103,20 @@ def takeOver(protocol, new):
         protocol.connectionLost = new.connectionLost
     else:
         setattr(*holder, new)
+
+
+def dropConnector(transport):
+    """
+    A TCP client connection and its connector name each other
+    (C{Client.connector}, C{Connector.transport}) for good: every connection
+    to a worker would end as a reference cycle, which only the garbage
+    collector frees (and never, once it froze them: see wslb.collector).
+    Called once ``transport``, a worker connection, is lost; a connector
+    of an endpoint's is not used again. Wrappers (TLS) are looked through.
+    """
+    while transport is not None:
+        connector = getattr(transport, "connector", None)
+        if connector is not None:
+            connector.transport = None
+            return
+        transport = getattr(transport, "transport", None)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from functools import partial
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 
-from wslb.proxy.transports import noDelay, writeNow
+from wslb.proxy.transports import dropConnector, noDelay, writeNow
 from wslb.timeouts import Timeouts
 
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
@@ -134,22 +135,30 @@ class WorkerHandshake(Protocol):
             opened.errback(reason)
 
     def connectionLost(self, reason):
+        dropConnector(self.transport)
+        self.factory.handshake = None
         opened, self.factory.opened = self.factory.opened, None
         if opened is not None:
             opened.errback(HandshakeFailed("closed during the handshake"))
 
 
-class HandshakeFactory(Factory):
+class HandshakeFactory(ClientFactory):
     """One worker connection's request and what its answer must say."""
 
     protocol = WorkerHandshake
     noisy = False
 
-    def __init__(self, request, accept, protocols):
+    def __init__(self, request, accept, protocols, workerUrl):
         self.request = request
         self.accept = accept
         self.protocols = protocols
+        self.workerUrl = workerUrl
         self.opened = None  # the Deferred connect() waits on
+        self.handshake = None  # the connection's protocol, until answered or lost
+
+    def buildProtocol(self, addr):
+        self.handshake = super().buildProtocol(addr)
+        return self.handshake
 
     def answered(self):
         """
@@ -157,7 +166,13 @@ class HandshakeFactory(Factory):
         it lives; not the request and answer it no longer needs (a third of
         a kilobyte per relayed connection).
         """
-        self.request = self.accept = self.protocols = None
+        self.request = self.accept = self.protocols = self.handshake = None
+
+    def clientConnectionFailed(self, connector, reason):
+        """No connection (refused, unreachable, or given up on)."""
+        opened, self.opened = self.opened, None
+        if opened is not None:
+            opened.errback(WorkerUnavailable(f"{self.workerUrl}: {reason.getErrorMessage()}"))
 
 
 def clientEndpoint(reactor, host, port, tls, timeout):
@@ -197,16 +212,20 @@ class WorkerConnector:
         self._reactor = reactor
         self._timeout = timeout
         self._timeouts = Timeouts(reactor, timeout)  # one timer bounds every handshake
-        self._endpoints = {}  # worker URL -> what _endpoint made of it
+        self._dialers = {}  # worker URL -> what _dialer made of it
 
-    def _endpoint(self, workerUrl):
-        """("host:port", client endpoint) for a worker, made once per worker."""
-        known = self._endpoints.get(workerUrl)
+    def _dialer(self, workerUrl):
+        """("host:port", a dial function: see L{_direct}), made once per worker."""
+        known = self._dialers.get(workerUrl)
         if known is None:
             parts = urlsplit(workerUrl)
-            endpoint = clientEndpoint(self._reactor, parts.hostname, parts.port,
-                                      parts.scheme == "wss", self._timeout)
-            known = remember(self._endpoints, workerUrl, (parts.netloc, endpoint))
+            host, port, tls = parts.hostname, parts.port, parts.scheme == "wss"
+            if not tls and (isIPAddress(host) or isIPv6Address(host)):
+                dial = partial(_direct, self._reactor, host, port or 80)
+            else:
+                dial = partial(_throughEndpoint, clientEndpoint(
+                    self._reactor, host, port, tls, self._timeout))
+            known = remember(self._dialers, workerUrl, (parts.netloc, dial))
         return known
 
     def connect(self, workerUrl, uri, headers, protocols):
@@ -217,43 +236,56 @@ class WorkerConnector:
         takes over; else fails with L{WorkerUnavailable}.
         """
         timeout = self._timeout
-        netloc, endpoint = self._endpoint(workerUrl)
+        netloc, dial = self._dialer(workerUrl)
         request, accept = handshakeRequest(netloc, uri, headers, protocols)
-        factory = HandshakeFactory(request, accept, protocols or [])
+        factory = HandshakeFactory(request, accept, protocols or [], workerUrl)
         opened = factory.opened = defer.Deferred()
-        connecting = endpoint.connect(factory)
-
-        def connectFailed(failure):
-            if factory.opened is not None:
-                factory.opened = None
-                opened.errback(WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}"))
-
-        def abort(handshake):
-            if handshake is not None:
-                handshake.transport.abortConnection()
+        stopConnecting = dial(factory)
 
         def giveUp(failure):
             # Timed out, or the user left: take the half-open connection down.
             failure.trap(defer.TimeoutError, defer.CancelledError)
             factory.opened = None
-            connecting.cancel()
-            connecting.addCallback(abort)
+            if factory.handshake is not None:
+                factory.handshake.transport.abortConnection()
+            else:
+                stopConnecting()
             if failure.check(defer.TimeoutError):
                 raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
             return failure
-
-        def forget(handshake):
-            # The connection keeps the endpoint's factory, and with it this
-            # Deferred, for its whole life: it must not keep the handshake too.
-            connecting.addCallback(lambda _: None)
-            return handshake
 
         def refused(failure):
             failure.trap(HandshakeFailed)
             raise WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}")
 
-        connecting.addErrback(connectFailed)
         self._timeouts.bound(opened)
-        opened.addCallbacks(forget, giveUp)
+        opened.addErrback(giveUp)
         opened.addErrback(refused)
         return opened
+
+
+def _direct(reactor, host, port, factory):
+    """
+    Connect ``factory`` to a worker at an IP address, with no endpoint: an
+    endpoint adds a wrapping factory and a Deferred to every connection,
+    which name each other and its connector (reference cycles that outlive
+    the connection; see wslb.collector). Returns what gives up on the
+    connection attempt.
+    """
+    # No timer of the connector's own: the caller's bound covers it.
+    return reactor.connectTCP(host, port, factory, timeout=None).stopConnecting
+
+
+def _throughEndpoint(endpoint, factory):
+    """L{_direct} through an endpoint: for a worker with TLS or a host name."""
+    connecting = endpoint.connect(factory)
+    connecting.addErrback(lambda failure: factory.clientConnectionFailed(None, failure))
+
+    def forget(handshake):
+        # The connection keeps the endpoint's factory, and with it this
+        # Deferred, for its whole life: it must not keep the handshake too.
+        connecting.addCallback(lambda _: None)
+        return handshake
+
+    factory.opened.addCallback(forget)
+    return connecting.cancel
