@@ -95,6 +95,8 @@ DESIGN_DEFAULTS = [
     ("http.timeout", 60.0),
     ("log.format", "text"),
     ("log.session_keys", "fingerprint"),
+    ("gc.freeze", True),
+    ("gc.thaw_interval", 3600.0),
     ("pool.provider", "local"),
     ("pool.capacity", 1),
     ("pool.default_cost", 1),

@@ -495,6 +495,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class GcConfig:
+    freeze: bool = _key(True, _boolean)
+    thaw_interval: float = _key("1h", _duration())
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     path: str = _key("/health", _health_path)
     interval: float = _key("5s", _duration(positive=True))
@@ -566,6 +572,7 @@ class Config:
     queue: QueueConfig = _section(QueueConfig)
     http: HttpConfig = _section(HttpConfig)
     log: LogConfig = _section(LogConfig)
+    gc: GcConfig = _section(GcConfig)
     pool: PoolConfig = _section(PoolConfig)
     cost: CostConfig = _section(CostConfig)
 

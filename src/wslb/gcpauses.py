@@ -3,12 +3,10 @@ The garbage collector's pauses, measured.
 
 CPython's cyclic collector holds the reactor for as long as it traces: a
 full (generation 2) pass visits every tracked object, so an instance holding
-8,000 relayed users (about 275,000 objects) pauses 70-125 ms on the
-benchmark box (bench/keepalive.py). Python 3.11 runs one when the objects
-that survived into the oldest generation since the last full pass reach a
-quarter of it, i.e. a few seconds after a crowd arrives. No sweep of wslb's
-causes these stalls, and no setting removes them; ``wslb_gc_pause_seconds``
-shows them, so an operator can tell them from a slow worker or Redis.
+8,000 relayed users (about 230,000 objects) pauses 80-125 ms on the
+benchmark box (bench/keepalive.py) unless wslb.collector freezes what
+earlier passes found alive. ``wslb_gc_pause_seconds`` shows the pauses, so
+an operator can tell them from a slow worker or Redis.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ any local worker processes) goes last.
 
 from __future__ import annotations
 
+import gc
 import uuid
 from functools import partial
 
@@ -20,6 +21,7 @@ from wslb.admin.api import makeAdminRoutes, makeAdminSite
 from wslb.admin.history import History
 from wslb.admin.metrics_page import MetricsPage
 from wslb.admin.status_page import StatusAPI, StatusPage
+from wslb.collector import FrozenSurvivors
 from wslb.config import parseEndpoints
 from wslb.gcpauses import GCPauses
 from wslb.logs import showSessionKeys
@@ -145,6 +147,9 @@ def makeService(config, reactor=None):
 
     metrics = Metrics()
     GCPauses(metrics.gcPauses).setServiceParent(top)
+    if config.gc.freeze:
+        FrozenSurvivors(reactor, config.gc.thaw_interval).setServiceParent(top)
+    metrics.watch("wslb_gc_frozen_objects", gc.get_freeze_count)
     registry, leader = makeRegistry(config, reactor)
     for part in (registry, leader):
         if service.IService.providedBy(part):
