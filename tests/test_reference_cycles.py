@@ -96,17 +96,26 @@ CONNECTION_TYPES = (tcp.Server, tcp.Client, tcp.Connector, endpoints._WrappingFa
 def wslbsOwn(obj):
     """Whether ``obj`` is something wslb made for a connection."""
     kind = type(obj)
-    return kind.__module__.startswith("wslb.") or kind in CONNECTION_TYPES
+    module = kind.__module__  # a property, for a few odd types
+    return isinstance(module, str) and module.startswith("wslb.") or kind in CONNECTION_TYPES
 
 
 @contextmanager
 def garbageSaved():
-    """What the collector finds unreachable meanwhile is kept in the list it gives."""
+    """
+    What the collector finds unreachable meanwhile, of what wslb makes for
+    connections, is kept in the list it gives: only what was made
+    meanwhile (an earlier test's wslb may be let go of now).
+    """
     gc.collect()
+    before = {id(obj) for obj in gc.get_objects() if wslbsOwn(obj)}
     gc.garbage.clear()
     gc.set_debug(gc.DEBUG_SAVEALL)
+    left = []
     try:
-        yield gc.garbage
+        yield left
+        gc.collect()
+        left += [obj for obj in gc.garbage if wslbsOwn(obj) and id(obj) not in before]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -118,13 +127,11 @@ async def test_no_connection_leaves_a_reference_cycle(echo_workers, start_wslb):
     # Frozen objects are not traced, so their cycles would go unseen here.
     wslb = await start_wslb(echo_workers, "pool.capacity=1000", "gc.freeze=false")
     context = wslb.service.getServiceNamed("listener").factory.context
-    with garbageSaved() as garbage:  # from here on, only the users' connections
+    with garbageSaved() as left:  # from here on, only the users' connections
         out, err, code = await utils.getProcessOutputAndValue(
             sys.executable, ["-c", USERS, str(wslb.port), str(ROUNDS)])
         assert code == 0 and out.strip() == b"done", err.decode()[-2000:]
         await waitFor(
             lambda: context.gate.connections == 0 and not context.sessions.held.byKey(),
             what="every connection closed and counted out")
-        gc.collect()
-        left = [obj for obj in garbage if wslbsOwn(obj)]
     assert left == [], f"{len(left)} objects in reference cycles, e.g. {left[:10]}"
