@@ -16,6 +16,9 @@ lives long and dies by reference counting, as a connection does
 price: a reference cycle among frozen objects is not freed until they are
 thawed. So every ``thaw_interval`` everything is thawed and collected in
 one full pass, the only one that traces the whole heap.
+
+Nothing here counts the frozen objects: ``gc.get_freeze_count()`` walks
+them all, a stall of its own (~25 ms at 8,000 users) wherever it is asked.
 """
 
 from __future__ import annotations

@@ -208,8 +208,6 @@ class _SnapshotCollector:
 
 _LIVE_HELP = {
     "wslb_connections": "User connections open or in their handshake on this instance.",
-    "wslb_gc_frozen_objects": (
-        "Objects the garbage collector skips until the next thaw ([gc] freeze)."),
     "wslb_leader": "1 when this instance is the pool's leader.",
     "wslb_leader_fencing_token": "The fencing token of this instance's leadership.",
     "wslb_workers_starting_oldest_seconds": (

@@ -8,7 +8,6 @@ any local worker processes) goes last.
 
 from __future__ import annotations
 
-import gc
 import uuid
 from functools import partial
 
@@ -149,7 +148,6 @@ def makeService(config, reactor=None):
     GCPauses(metrics.gcPauses).setServiceParent(top)
     if config.gc.freeze:
         FrozenSurvivors(reactor, config.gc.thaw_interval).setServiceParent(top)
-    metrics.watch("wslb_gc_frozen_objects", gc.get_freeze_count)
     registry, leader = makeRegistry(config, reactor)
     for part in (registry, leader):
         if service.IService.providedBy(part):
