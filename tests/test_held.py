@@ -104,6 +104,23 @@ def test_a_release_is_retried_until_answered_then_the_grace_starts(world):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_release_unanswered_is_sent_again_ever_later(world):
+    clock, registry, link, sessions, router = world
+    yield router.route("a", 1, "r1")
+    link.stalled = True
+    sessions.release("a", "r1")
+    sent = []
+    for step in range(len(RETRY_DELAYS) + 2):
+        sent.append(link.sent.count("release"))
+        clock.advance(CALL_TIMEOUT)  # this attempt times out ...
+        clock.advance(RETRY_DELAYS[min(step, len(RETRY_DELAYS) - 1)] - 0.01)
+        assert link.sent.count("release") == sent[-1]  # ... and the next waits its delay
+        clock.advance(0.01)
+    assert sent == list(range(1, len(RETRY_DELAYS) + 3))
+    link.resume()
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_release_never_answered_is_left_to_reconcile(world):
     clock, registry, link, sessions, router = world
     yield router.route("a", 1, "r1")

@@ -98,7 +98,7 @@ class Held:
 
     def _retry(self, settling, failures):
         del self._retries[settling]
-        settling.attempt(failures)
+        settling.attempt(failures + 1)
 
 
 class _Settling:
