@@ -92,6 +92,14 @@ def test_stopping_thaws_and_stops_freezing():
 
 
 @pytest.mark.timeout(30)
+def test_stopping_one_that_never_ran_leaves_a_running_one_freezing(survivors):
+    FrozenSurvivors(Clock(), HOUR).stopService()
+    kept = Node()
+    gc.collect()
+    assert frozen(kept)
+
+
+@pytest.mark.timeout(30)
 def test_thaw_interval_zero_never_thaws():
     clock = Clock()
     freezer = FrozenSurvivors(clock, 0)

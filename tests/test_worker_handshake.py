@@ -4,9 +4,16 @@ and what it refuses (the user then gets 502, see test_proxy_e2e.py).
 """
 
 import pytest
+import pytest_twisted
+from _polling import waitFor
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 
 from wslb.proxy.worker_handshake import (
     HandshakeFailed,
+    WorkerConnector,
+    WorkerUnavailable,
     acceptFor,
     checkAnswer,
     handshakeRequest,
@@ -92,3 +99,66 @@ def test_an_answered_handshake_keeps_nothing_of_its_request():
     # bytes that would end a head: kept for the relay, never read as an answer.
     handshake.dataReceived(b"HTTP/1.1 500 x\r\n\r\n")
     assert handshake.data == b"\x81HTTP/1.1 500 x\r\n\r\n" and not transport.disconnecting
+
+
+class Silent(Protocol):
+    """A worker that accepts and never answers; ``lost`` once its connection is."""
+
+    lost = False
+
+    def connectionLost(self, reason):
+        self.lost = True
+
+
+class SilentWorker:
+    """A loopback listener of Silent connections, kept; stopped on exit."""
+
+    async def __aenter__(self):
+        self.accepted = []
+
+        def accept():
+            self.accepted.append(Silent())
+            return self.accepted[-1]
+
+        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            Factory.forProtocol(accept))
+        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/"
+        return self
+
+    async def __aexit__(self, *exc):
+        for protocol in self.accepted:
+            protocol.transport.abortConnection()
+        await self.port.stopListening()
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_never_answers_is_dropped_at_the_timeout():
+    async with SilentWorker() as worker:
+        connecting = WorkerConnector(reactor, 0.2).connect(worker.url, "/", {}, [])
+        with pytest.raises(WorkerUnavailable, match="no handshake"):
+            await connecting
+        await waitFor(lambda: worker.accepted and worker.accepted[0].lost, interval=0.01,
+                      what="the half-open connection dropped")
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.ensureDeferred
+async def test_a_connection_given_up_before_it_is_made_is_stopped():
+    """The user left while wslb's connection to its worker was still being made."""
+    async with SilentWorker() as worker:
+        connecting = WorkerConnector(reactor, 5.0).connect(worker.url, "/", {}, [])
+        connecting.cancel()  # before the reactor saw the connection complete
+        with pytest.raises(defer.CancelledError):
+            await connecting
+        await waitFor(lambda: all(p.lost for p in worker.accepted), interval=0.01,
+                      what="nothing left open at the worker")
+
+
+@pytest.mark.timeout(10)
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_cannot_be_dialled_at_all_is_unavailable():
+    """A host name that is not valid IDNA fails inside connect(): still a 502, not a 500."""
+    connecting = WorkerConnector(reactor, 1.0).connect("ws://my_worker:8080/", "/", {}, [])
+    with pytest.raises(WorkerUnavailable):
+        await connecting

@@ -11,8 +11,9 @@ stall for every user of the instance (bench/keepalive.py).
 While L{FrozenSurvivors} runs, whatever survives a full pass is moved to
 the collector's permanent generation (``gc.freeze()``), which later passes
 skip: each traces only what came since the last. That is sound for what
-lives long and dies by reference counting, as a connection does
-(tests/test_reference_cycles.py holds every way one ends to that). The
+lives long and dies by reference counting, as a user's connection does
+(tests/test_reference_cycles.py holds the ways one ends to that; a worker
+dialled by host name or over TLS is the exception, and is warned of). The
 price: a reference cycle among frozen objects is not freed until they are
 thawed. So every ``thaw_interval`` everything is thawed and collected in
 one full pass, the only one that traces the whole heap.
@@ -33,7 +34,8 @@ class FrozenSurvivors(service.Service):
     """
     Freezes the survivors of every full collection, and every
     ``thawInterval`` seconds of ``clock`` (0: never) thaws them into one
-    full collection. Collections are process-wide: stopping thaws.
+    full collection. Collections are process-wide: stopping thaws (another
+    instance in the process, as in tests, freezes again at its next pass).
     """
 
     name = "gc-freeze"
@@ -70,7 +72,7 @@ class FrozenSurvivors(service.Service):
         gc.unfreeze()
         gc.collect()
 
-    @staticmethod
-    def _survived(phase, info):
+    def _survived(self, phase, info):
+        # A bound method: each instance registers and removes its own.
         if phase == "stop" and info["generation"] == 2:
             gc.freeze()

@@ -90,6 +90,7 @@ class OpensSessions:
     _counted = False  # assign() counted this connection: release() it once
     _assigned = None  # (fresh, seconds waited) for the log
     _requestTimer = None  # bounds reading the request, or a refused client's stay
+    _waiting = None  # the Deferred _open waits on, if any
 
     def _startRequestTimer(self, then):
         self._requestTimer = self.context.requestTimers.start(then)
@@ -111,23 +112,51 @@ class OpensSessions:
         self.cost = identity.cost
         asked = context.clock.seconds()
         self.requestId = os.urandom(16).hex()  # as random as a uuid4, in a fifth of its time
-        assigned = await context.router.route(identity.key, identity.cost, self.requestId)
+        assigned = await self._waitFor(
+            context.router.route(identity.key, identity.cost, self.requestId))
         worker = assigned.worker
         # Only what re-asserting the session needs: a Worker snapshot would
         # keep the whole list of its sessions alive with every connection.
         self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
         self._assigned = (assigned.fresh, round(context.clock.seconds() - asked, 3))
+        why = None
         try:
-            self.worker = await context.connectWorker(
-                worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols)
+            self.worker = await self._waitFor(context.connectWorker(
+                worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols))
         except WorkerUnavailable as e:
+            why = str(e)
+        if why is not None:
+            # Raised here, not in the except clause: its exception, bound in
+            # this frame, would hold the frame through its traceback (a
+            # reference cycle with the whole connection in it).
             log.info("worker {worker} unavailable for {key}: {why}",
-                     worker=worker.id, key=self.key, why=str(e))
+                     worker=worker.id, key=self.key, why=why)
             self._counted = False  # abandoned: a session bound for it alone ends
             context.sessions.abandon(self.key, self.requestId)
-            raise HandshakeRefused(502, "the worker is unavailable") from e
+            raise HandshakeRefused(502, "the worker is unavailable")
         return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
+
+    def _waitFor(self, waited):
+        """``waited``, the Deferred _open awaits now: what L{_leave} cancels."""
+        self._waiting = waited
+        return waited.addBoth(self._waited)
+
+    def _waited(self, result):
+        self._waiting = None
+        return result
+
+    def _leave(self, opening):
+        """
+        The user left while ``opening`` (_open's Deferred) was under way: it
+        fails with CancelledError. Cancelled through what it waits on, not
+        itself: Twisted's cancellation of a coroutine's Deferred leaves its
+        failures' tracebacks in a reference cycle with the connection.
+        """
+        if self._waiting is not None:
+            self._waiting.cancel()
+        else:
+            opening.cancel()
 
     def _workerHeaders(self, request, scheme):
         headers = {

@@ -20,6 +20,7 @@ import math
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from wslb.logs import Logger
 from wslb.registry import Assigned, AssignRequest, Queued
@@ -126,24 +127,29 @@ class Router(Service):
         log.warn("registry unavailable for {key}: {error!r}", key=request.key, error=failure.value)
         raise self._refuse("the registry is unavailable", self.retryAfter) from failure.value
 
-    @defer.inlineCallbacks
     def route(self, key, cost, requestId):
         """
         Fire with the L{Assigned} for ``key``; every assign for it names
         ``requestId`` (the connection's, which its release names too).
         Cancelling the Deferred (the client went away) abandons its ticket
-        (see L{wait}).
+        (see L{wait}). Plain callbacks, not a coroutine: Twisted's
+        cancellation of a coroutine's Deferred leaves its failures'
+        tracebacks in reference cycles, with the connection in them.
         """
         request = self.request(key, cost, requestId)
-        result = yield self.assign(request)
+        routing = self.assign(request).addCallback(self._routed, request)
+        routed = defer.Deferred(lambda _: routing.cancel())  # fires once routed, not queued
+        routing.chainDeferred(routed)
+        return routed
+
+    def _routed(self, result, request):
         if isinstance(result, Assigned):
             return result
         if not isinstance(result, Queued):
-            raise self._refuse("the queue is full", self.retryAfter)
-        log.info("{key} queued at position {position}", event="queued", key=key,
-                 position=result.position, cost=cost)
-        assigned = yield self.wait(request, result)
-        return assigned
+            return Failure(self._refuse("the queue is full", self.retryAfter))
+        log.info("{key} queued at position {position}", event="queued", key=request.key,
+                 position=result.position, cost=request.cost)
+        return self.wait(request, result)
 
     def wait(self, request, queued):
         """

@@ -213,7 +213,8 @@ def makeProxy(config, registry, metrics, clock, instance):
     context = Context(
         clock=clock, registry=registry, gate=gate, identifier=identifier, router=router,
         sessions=sessions,
-        connectWorker=WorkerConnector(clock, listen.open_handshake_timeout).connect,
+        connectWorker=WorkerConnector(clock, listen.open_handshake_timeout,
+                                      freezing=config.gc.freeze).connect,
         traffic=metrics.traffic, requestTimeout=listen.open_handshake_timeout,
         requestTimers=Timeouts(clock, listen.open_handshake_timeout),
         closeTimers=Timeouts(clock, CLOSE_TIMEOUT),

@@ -160,7 +160,10 @@ class UserHandshake(OpensSessions, Protocol):
     def _refused(self, failure):
         self._opening = None
         if failure.check(defer.CancelledError):
-            return  # the user left: no answer is needed
+            # The user left: no answer is needed. The exception's traceback
+            # holds Twisted's frames, which hold failures that hold it.
+            failure.value.__traceback__ = None
+            return
         if failure.check(HandshakeRefused):
             self._refuse(failure.value)
             return
@@ -197,7 +200,7 @@ class UserHandshake(OpensSessions, Protocol):
     def connectionLost(self, reason):
         self._stopRequestTimer()
         if self._opening is not None:
-            self._opening.cancel()
+            self._leave(self._opening)
         if self.worker is not None:  # connected to the worker, never relayed
             self.worker.transport.abortConnection()
             self.worker = None

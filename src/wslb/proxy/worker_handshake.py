@@ -20,9 +20,13 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
 
+from wslb.logs import Logger
 from wslb.proxy.transports import dropConnector, noDelay, writeNow
 from wslb.timeouts import Timeouts
+
+log = Logger()
 
 # RFC 6455 §1.3: what a server appends to the key before hashing it.
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -118,10 +122,15 @@ class WorkerHandshake(Protocol):
             return
         head, self.data = self.data[:end], self.data[end + 4:]
         factory = self.factory
+        problem = None
         try:
             self.websocket_protocol_in_use = checkAnswer(head, factory.accept, factory.protocols)
         except HandshakeFailed as e:
-            self._fail(e)
+            problem = str(e)
+        if problem is not None:
+            # A new exception, outside the except clause: the one raised holds
+            # this frame through its traceback (a cycle with the connection).
+            self._fail(HandshakeFailed(problem))
             return
         factory.answered()
         opened, factory.opened = factory.opened, None
@@ -206,13 +215,18 @@ def remember(known, key, value):
 
 
 class WorkerConnector:
-    """Opens connections to workers and does wslb's handshake on them."""
+    """
+    Opens connections to workers and does wslb's handshake on them. With
+    ``freezing`` ([gc] freeze), the first worker dialled through an endpoint
+    is warned of: see L{_throughEndpoint}.
+    """
 
-    def __init__(self, reactor, timeout):
+    def __init__(self, reactor, timeout, freezing=False):
         self._reactor = reactor
         self._timeout = timeout
         self._timeouts = Timeouts(reactor, timeout)  # one timer bounds every handshake
         self._dialers = {}  # worker URL -> what _dialer made of it
+        self._warnEndpoint = freezing
 
     def _dialer(self, workerUrl):
         """("host:port", a dial function: see L{_direct}), made once per worker."""
@@ -225,6 +239,14 @@ class WorkerConnector:
             else:
                 dial = partial(_throughEndpoint, clientEndpoint(
                     self._reactor, host, port, tls, self._timeout))
+                if self._warnEndpoint:
+                    self._warnEndpoint = False
+                    log.warn(
+                        "worker {url} is named by a host name or reached over TLS: each "
+                        "connection to it ends in a reference cycle (Twisted's endpoint), "
+                        "which [gc] freeze keeps until its thaw ([gc] thaw_interval); give "
+                        "workers IP addresses and ws://, or set [gc] freeze = false",
+                        url=workerUrl)
             known = remember(self._dialers, workerUrl, (parts.netloc, dial))
         return known
 
@@ -242,21 +264,28 @@ class WorkerConnector:
         opened = factory.opened = defer.Deferred()
         stopConnecting = dial(factory)
 
+        # Errbacks check and return Failures rather than trap and raise: a
+        # raised exception's traceback holds the errback's frame, which holds
+        # the failure that holds the exception (a cycle with the connection).
+
         def giveUp(failure):
             # Timed out, or the user left: take the half-open connection down.
-            failure.trap(defer.TimeoutError, defer.CancelledError)
+            if not failure.check(defer.TimeoutError, defer.CancelledError):
+                return failure
             factory.opened = None
             if factory.handshake is not None:
                 factory.handshake.transport.abortConnection()
             else:
                 stopConnecting()
             if failure.check(defer.TimeoutError):
-                raise WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s")
+                return Failure(
+                    WorkerUnavailable(f"no handshake with {workerUrl} within {timeout:g}s"))
             return failure
 
         def refused(failure):
-            failure.trap(HandshakeFailed)
-            raise WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}")
+            if failure.check(HandshakeFailed):
+                return Failure(WorkerUnavailable(f"{workerUrl}: {failure.getErrorMessage()}"))
+            return failure
 
         self._timeouts.bound(opened)
         opened.addErrback(giveUp)
@@ -272,12 +301,27 @@ def _direct(reactor, host, port, factory):
     the connection; see wslb.collector). Returns what gives up on the
     connection attempt.
     """
-    # No timer of the connector's own: the caller's bound covers it.
-    return reactor.connectTCP(host, port, factory, timeout=None).stopConnecting
+    try:
+        # No timer of the connector's own: the caller's bound covers it.
+        connector = reactor.connectTCP(host, port, factory, timeout=None)
+    except Exception:  # e.g. an IPv6 scope that names no interface
+        factory.clientConnectionFailed(None, Failure())
+        return _nothingToStop
+    return connector.stopConnecting
+
+
+def _nothingToStop():
+    pass
 
 
 def _throughEndpoint(endpoint, factory):
-    """L{_direct} through an endpoint: for a worker with TLS or a host name."""
+    """
+    L{_direct} through an endpoint: for a worker with TLS or a host name.
+    Twisted's HostnameEndpoint makes a class for every connection, and its
+    wrapping factory, Deferred and connector name each other: what a
+    connection leaves is freed only by the garbage collector.
+    """
+    opened = factory.opened  # a connection that fails at once clears it
     connecting = endpoint.connect(factory)
     connecting.addErrback(lambda failure: factory.clientConnectionFailed(None, failure))
 
@@ -287,5 +331,5 @@ def _throughEndpoint(endpoint, factory):
         connecting.addCallback(lambda _: None)
         return handshake
 
-    factory.opened.addCallback(forget)
+    opened.addCallback(forget)
     return connecting.cancel
