@@ -194,8 +194,12 @@ async def users(wslb, phase, rounds=ROUNDS):
         what="every connection closed and counted out")
 
 
-def described(left):
-    return f"{len(left)} objects in reference cycles, e.g. {left[:12]}"
+async def assertNoCycles(wslb, *phases, rounds=ROUNDS):
+    """The users' process through each of ``phases`` leaves nothing in a cycle."""
+    with garbageSaved() as left:
+        for phase in phases:
+            await users(wslb, phase, rounds)
+    assert left == [], f"{len(left)} objects in reference cycles, e.g. {left[:12]}"
 
 
 # Frozen objects are not traced, so their cycles would go unseen here: each
@@ -206,9 +210,7 @@ def described(left):
 @pytest_twisted.ensureDeferred
 async def test_no_relayed_connection_leaves_a_reference_cycle(echo_workers, start_wslb):
     wslb = await start_wslb(echo_workers, "pool.capacity=1000", "gc.freeze=false")
-    with garbageSaved() as left:
-        await users(wslb, "relayed")
-    assert left == [], described(left)
+    await assertNoCycles(wslb, "relayed")
 
 
 @pytest.mark.timeout(90)
@@ -235,9 +237,7 @@ async def test_a_worker_dialled_through_an_endpoint_is_warned_of_once_when_freez
 async def test_nor_one_that_times_out_or_idles_away(echo_workers, start_wslb):
     wslb = await start_wslb(echo_workers, "pool.capacity=1000", "gc.freeze=false",
                             "listen.open_handshake_timeout=0.5", "listen.idle_timeout=1")
-    with garbageSaved() as left:
-        await users(wslb, "timeouts")
-    assert left == [], described(left)
+    await assertNoCycles(wslb, "timeouts")
 
 
 @pytest.mark.timeout(90)
@@ -245,10 +245,8 @@ async def test_nor_one_that_times_out_or_idles_away(echo_workers, start_wslb):
 async def test_nor_one_the_worker_refuses_or_its_user_leaves_meanwhile(start_wslb, stop_after):
     worker = await stop_after(RefusingWorker()).start()
     wslb = await start_wslb([worker], "pool.capacity=1000", "gc.freeze=false")
-    with garbageSaved() as left:
-        await users(wslb, "refused by the worker", rounds=3)
-        await users(wslb, "leaving during the worker's handshake", rounds=3)
-    assert left == [], described(left)
+    await assertNoCycles(
+        wslb, "refused by the worker", "leaving during the worker's handshake", rounds=3)
 
 
 @pytest.mark.timeout(90)
@@ -256,9 +254,7 @@ async def test_nor_one_the_worker_refuses_or_its_user_leaves_meanwhile(start_wsl
 async def test_nor_one_that_leaves_the_queue(start_wslb, stop_after):
     worker = await stop_after(RefusingWorker()).start()
     wslb = await start_wslb([worker], "pool.capacity=1", "gc.freeze=false")
-    with garbageSaved() as left:
-        await users(wslb, "leaving the queue", rounds=3)
-    assert left == [], described(left)
+    await assertNoCycles(wslb, "leaving the queue", rounds=3)
 
 
 class ByName:
