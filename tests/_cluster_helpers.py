@@ -5,6 +5,7 @@ import socket
 
 from _echo_helpers import TIMEOUT, EchoWorkerProcess, connectWebSocket, getJSON
 from _twistd_helpers import TwistdWslb
+from conftest import free_port
 from twisted.internet import defer
 
 SCALE_INTERVAL = 1.0
@@ -16,10 +17,17 @@ POLL = 0.2
 
 def startEchoFleet(n):
     """``n`` echo worker processes, started together, each healthy on return."""
-    workers = [EchoWorkerProcess() for _ in range(n)]
+    # free_port() may name one port twice (about one fleet of 30 in 40): the
+    # second worker then dies on bind while the first answers its health checks.
+    ports = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    workers = [EchoWorkerProcess(port=port) for port in ports]
     try:
         for worker in workers:
             worker.waitHealthy(timeout=60)  # many start at once on two cores
+        for worker in workers:  # each answered itself, not another on its port
+            worker.waitHealthy()
     except Exception:
         for worker in workers:
             worker.kill()
