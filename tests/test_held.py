@@ -88,12 +88,17 @@ def test_a_release_whose_answer_was_lost_counts_once(world):
     assert (session.connections, sessions.held.byKey()) == (1, {})
 
 
+def releasedWhileStalled(link, sessions, router):
+    """Route "a" (request id r1), then release it while the link is stalled: its Deferred."""
+    assert router.route("a", 1, "r1").called  # the link answers at once until stalled
+    link.stalled = True
+    return sessions.release("a", "r1")
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_release_is_retried_until_answered_then_the_grace_starts(world):
     clock, registry, link, sessions, router = world
-    yield router.route("a", 1, "r1")
-    link.stalled = True
-    released = sessions.release("a", "r1")
+    released = releasedWhileStalled(link, sessions, router)
     clock.pump([CALL_TIMEOUT, *RETRY_DELAYS[:3]])
     assert sessions.held.byKey() == {"a": ["r1"]}
     link.resume()
@@ -103,12 +108,9 @@ def test_a_release_is_retried_until_answered_then_the_grace_starts(world):
     assert (yield registry.getSession("a")) is None
 
 
-@pytest_twisted.inlineCallbacks
 def test_a_release_unanswered_is_sent_again_ever_later(world):
     clock, registry, link, sessions, router = world
-    yield router.route("a", 1, "r1")
-    link.stalled = True
-    sessions.release("a", "r1")
+    releasedWhileStalled(link, sessions, router)
     sent = []
     for step in range(len(RETRY_DELAYS) + 2):
         sent.append(link.sent.count("release"))
@@ -123,9 +125,7 @@ def test_a_release_unanswered_is_sent_again_ever_later(world):
 @pytest_twisted.inlineCallbacks
 def test_a_release_never_answered_is_left_to_reconcile(world):
     clock, registry, link, sessions, router = world
-    yield router.route("a", 1, "r1")
-    link.stalled = True
-    sessions.release("a", "r1")
+    releasedWhileStalled(link, sessions, router)
     clock.pump([RETRY_DELAYS[-1]] * int(RETRY_FOR / RETRY_DELAYS[-1] + 3))
     assert sessions.held.byKey() == {}  # given up: not held any more
     link.stalled = False

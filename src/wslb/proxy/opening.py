@@ -120,21 +120,15 @@ class OpensSessions:
         self.placement = WorkerRef(worker.id, worker.url, worker.provider, worker.capacity)
         self._counted = True
         self._assigned = (assigned.fresh, round(context.clock.seconds() - asked, 3))
-        why = None
         try:
             self.worker = await self._waitFor(context.connectWorker(
                 worker.url, request.uri, self._workerHeaders(request, scheme), request.protocols))
         except WorkerUnavailable as e:
-            why = str(e)
-        if why is not None:
-            # Raised here, not in the except clause: its exception, bound in
-            # this frame, would hold the frame through its traceback (a
-            # reference cycle with the whole connection in it).
             log.info("worker {worker} unavailable for {key}: {why}",
-                     worker=worker.id, key=self.key, why=why)
+                     worker=worker.id, key=self.key, why=str(e))
             self._counted = False  # abandoned: a session bound for it alone ends
             context.sessions.abandon(self.key, self.requestId)
-            raise HandshakeRefused(502, "the worker is unavailable")
+            raise HandshakeRefused(502, "the worker is unavailable") from e
         return {"Set-Cookie": identity.setCookie} if identity.setCookie else {}
 
     def _waitFor(self, waited):

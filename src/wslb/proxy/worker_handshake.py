@@ -122,15 +122,10 @@ class WorkerHandshake(Protocol):
             return
         head, self.data = self.data[:end], self.data[end + 4:]
         factory = self.factory
-        problem = None
         try:
             self.websocket_protocol_in_use = checkAnswer(head, factory.accept, factory.protocols)
         except HandshakeFailed as e:
-            problem = str(e)
-        if problem is not None:
-            # A new exception, outside the except clause: the one raised holds
-            # this frame through its traceback (a cycle with the connection).
-            self._fail(HandshakeFailed(problem))
+            self._fail(e)
             return
         factory.answered()
         opened, factory.opened = factory.opened, None
